@@ -1,0 +1,371 @@
+"""The ASGI application: routes, middleware and the resources one process shares.
+
+One hook call, in order:
+    request in (validated by `hooks.py`) → service definition (`services.py`) → data resolved from
+    prefetch or the FHIR server (`prefetch.py`) → patient record (`record.py`) → rules
+    (`rules/`) → cards (`cards.py`) → issued cards recorded (`store/`) → response out.
+
+This module wires; it holds no clinical knowledge. Every error the client can cause is answered
+with a 4xx and a FHIR OperationOutcome that says what was wrong and where (forward compatible with
+CDS Hooks 3.0, which recommends exactly that), never a stack trace and never patient data.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cds_service import cards as card_rendering
+from cds_service import prefetch
+from cds_service.fhir_client import FhirClient, new_http_client
+from cds_service.hooks import (
+    HOOK_CONTEXTS,
+    CDSRequest,
+    CDSResponse,
+    DiscoveryResponse,
+    FeedbackRequest,
+    OrderSelectContext,
+    OrderSignContext,
+)
+from cds_service.record import build_record
+from cds_service.rules import RuleConfig, evaluate
+from cds_service.services import ServiceDefinition, build_services
+from cds_service.settings import Settings
+from cds_service.store import IssuedCard, Store
+
+log = logging.getLogger("cds_service")
+
+Clock = Callable[[], datetime]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class AppState:
+    """What one process shares across requests, created in the lifespan."""
+
+    settings: Settings
+    services: dict[str, ServiceDefinition]
+    catalogue: card_rendering.CardCatalogue
+    fhir: FhirClient
+    store: Store
+    clock: Clock
+
+    @property
+    def rule_config(self) -> RuleConfig:
+        return RuleConfig(
+            profile=self.settings.profile,
+            riluzole_lft_interval_after_year1_days=self.settings.riluzole_lft_interval_after_year1_days,
+        )
+
+
+class ClientError(Exception):
+    """A request the client got wrong: answered with `status` and an OperationOutcome."""
+
+    def __init__(
+        self, status: int, diagnostics: str, *, where: Sequence[str] = (), code: str = "invalid"
+    ) -> None:
+        super().__init__(diagnostics)
+        self.status = status
+        self.issues = [_issue(diagnostics, where=where, code=code)]
+
+    @classmethod
+    def with_issues(cls, status: int, issues: list[dict[str, Any]]) -> ClientError:
+        error = cls(status, issues[0]["diagnostics"])
+        error.issues = issues
+        return error
+
+
+def _issue(
+    diagnostics: str, *, where: Sequence[str] = (), code: str = "invalid", severity: str = "error"
+) -> dict:
+    issue: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": diagnostics}
+    if where:
+        issue["expression"] = list(where)
+    return issue
+
+
+def operation_outcome(
+    status: int, issues: list[dict[str, Any]], headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"resourceType": "OperationOutcome", "issue": issues},
+        status_code=status,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+def _validation_issues(errors: Sequence[Any], prefix: str = "") -> list[dict[str, Any]]:
+    """pydantic errors → OperationOutcome issues. Only locations and messages: inputs are PHI."""
+    issues = []
+    for error in errors:
+        raw_loc = list(error.get("loc", ()))
+        if error.get("type") == "json_invalid":
+            detail = (error.get("ctx") or {}).get("error", "invalid JSON")
+            position = raw_loc[-1] if raw_loc and isinstance(raw_loc[-1], int) else None
+            at = f" at character {position}" if position is not None else ""
+            issues.append(_issue(f"The request body is not valid JSON{at}: {detail}", code="structure"))
+            continue
+        loc = [str(p) for p in raw_loc if p != "body"]
+        where = ".".join(([prefix] if prefix else []) + loc)
+        message = error.get("msg", "invalid value")
+        if not where:
+            message = f"The request body: {message}"
+        issues.append(_issue(message, where=[where] if where else ()))
+    return issues or [_issue("invalid request")]
+
+
+def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        catalogue = card_rendering.load_catalogue(settings.cards_dir)
+        services = build_services()
+        missing = sorted({r.id for s in services.values() for r in s.rules if r.id not in catalogue})
+        if missing:
+            raise card_rendering.CardFileError(
+                f"rules without a card file in {settings.cards_dir}: {missing}"
+            )
+        store = Store(settings.database_url)
+        if settings.migrate_on_start:
+            await run_in_threadpool(store.migrate)
+        http = new_http_client(
+            max_connections=settings.fhir_max_connections, timeout_seconds=settings.fhir_budget_seconds
+        )
+        app.state.als = AppState(
+            settings=settings,
+            services=services,
+            catalogue=catalogue,
+            fhir=FhirClient(http, max_pages=settings.fhir_max_pages),
+            store=store,
+            clock=clock or _utc_now,
+        )
+        try:
+            yield
+        finally:
+            await http.aclose()
+            store.close()
+
+    app = FastAPI(
+        title="als-cds",
+        summary="CDS Hooks 2.0 service for guideline-based ALS/MND care",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    origins = settings.cors_origins
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"] if "*" in origins else origins,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type"],
+        max_age=600,
+    )
+    _install_error_handlers(app)
+    _add_routes(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return operation_outcome(400, _validation_issues(exc.errors()))
+
+    @app.exception_handler(ClientError)
+    async def _client_error(_: Request, exc: ClientError) -> JSONResponse:
+        return operation_outcome(exc.status, exc.issues)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = "not-found" if exc.status_code == 404 else "processing"
+        return operation_outcome(
+            exc.status_code, [_issue(str(exc.detail), code=code)], getattr(exc, "headers", None)
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # The message of an unexpected exception may quote data: log only its type.
+        log.error("unhandled error", extra={"error_type": type(exc).__name__}, exc_info=False)
+        return operation_outcome(500, [_issue("internal error", code="exception")])
+
+
+def _state(request: Request) -> AppState:
+    return request.app.state.als
+
+
+def _service(state: AppState, service_id: str) -> ServiceDefinition:
+    service = state.services.get(service_id)
+    if service is None:
+        raise ClientError(404, f"no CDS service with id '{service_id}'", code="not-found")
+    return service
+
+
+def _add_routes(app: FastAPI) -> None:
+    @app.get("/cds-services", summary="CDS Hooks discovery")
+    @app.get("/cds-services/", include_in_schema=False)
+    async def discovery(request: Request) -> dict[str, Any]:
+        state = _state(request)
+        today = state.clock().date()
+        services = [s.descriptor(state.settings, today) for s in state.services.values()]
+        return DiscoveryResponse(services=services).to_json()
+
+    @app.post(
+        "/cds-services/{service_id}",
+        summary="Invoke a CDS service",
+        responses={400: {}, 404: {}, 412: {"description": "required FHIR data could not be obtained"}},
+    )
+    async def invoke(service_id: str, body: CDSRequest, request: Request) -> dict[str, Any]:
+        started = time.perf_counter()
+        state = _state(request)
+        service = _service(state, service_id)
+        if body.hook != service.hook:
+            raise ClientError(
+                400,
+                f"service '{service.id}' answers the '{service.hook}' hook, not '{body.hook}'",
+                where=["hook"],
+            )
+        context = _validate_context(body)
+        now = state.clock()
+        templates = service.prefetch(state.settings, now.date())
+        try:
+            data = await prefetch.resolve(
+                body, templates, state.fhir, budget_seconds=state.settings.fhir_budget_seconds
+            )
+        except prefetch.PrefetchInvalid as exc:
+            raise ClientError(400, exc.message, where=[f"prefetch.{exc.key}"]) from exc
+        if data.unavailable:
+            _log_call(service, body, started, status=412, unavailable=sorted(data.unavailable))
+            raise ClientError.with_issues(
+                412,
+                [
+                    _issue(
+                        f"prefetch key '{u.key}' ({templates[u.key]}) could not be obtained: {u.reason}",
+                        where=[f"prefetch.{u.key}"],
+                        code=u.issue_code,
+                    )
+                    for u in sorted(data.unavailable.values(), key=lambda u: list(templates).index(u.key))
+                ],
+            )
+        record = build_record(
+            patient_id=context.patientId,
+            now=now,
+            resources=data.resources(),
+            interest=service.interest,
+            draft_orders=context.draftOrders.model_dump() if isinstance(context, OrderSignContext) else None,
+            selections=context.selections if isinstance(context, OrderSelectContext) else (),
+        )
+        findings = evaluate(service.rules, record, state.rule_config)
+        cards = card_rendering.render_all(findings, state.catalogue)
+        await _record_issued(state, service, body, cards, now)
+        _log_call(service, body, started, status=200, cards=cards, ingest=record.report.summary())
+        return CDSResponse(cards=cards).to_json()
+
+    @app.post("/cds-services/{service_id}/feedback", summary="Feedback on cards (accepted / overridden)")
+    async def feedback(service_id: str, body: FeedbackRequest, request: Request) -> dict[str, Any]:
+        state = _state(request)
+        service = _service(state, service_id)
+        result = await run_in_threadpool(state.store.save_feedback, service.id, body.feedback, state.clock())
+        log.info(
+            "feedback",
+            extra={
+                "service": service.id,
+                "items": len(body.feedback),
+                "stored": result.stored,
+                "duplicates": result.duplicates,
+                "unknown_cards": result.unknown_cards,
+            },
+        )
+        return {
+            "stored": result.stored,
+            "duplicates": result.duplicates,
+            "unknownCards": result.unknown_cards,
+        }
+
+    @app.get("/healthz", summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: the database answers")
+    async def readyz(request: Request) -> JSONResponse:
+        ok = await run_in_threadpool(_state(request).store.ping)
+        return JSONResponse(
+            {"status": "ok" if ok else "database unavailable"}, status_code=200 if ok else 503
+        )
+
+
+def _validate_context(body: CDSRequest) -> Any:
+    model = HOOK_CONTEXTS.get(body.hook)
+    if model is None:
+        raise ClientError(400, f"unsupported hook '{body.hook}'", where=["hook"])
+    try:
+        return model.model_validate(body.context)
+    except ValidationError as exc:
+        raise _context_error(exc) from exc
+
+
+def _context_error(exc: ValidationError) -> ClientError:
+    return ClientError.with_issues(400, _validation_issues(exc.errors(include_input=False), prefix="context"))
+
+
+async def _record_issued(
+    state: AppState, service: ServiceDefinition, body: CDSRequest, cards: Sequence[Any], now: datetime
+) -> None:
+    """Remember which rule issued each card, so feedback can name the rule. Never fails the call:
+    cards matter more to the clinician than our analytics."""
+    if not cards:
+        return
+    issued = [
+        IssuedCard(
+            card_uuid=card.uuid,
+            rule_id=card.source.topic.code,
+            service_id=service.id,
+            hook=body.hook,
+            hook_instance=body.hookInstance,
+            indicator=card.indicator,
+            suggestion_uuids=tuple(s.uuid for s in card.suggestions or ()),
+            issued_at=now,
+        )
+        for card in cards
+    ]
+    try:
+        await run_in_threadpool(state.store.record_issued_cards, issued)
+    except Exception as exc:
+        log.error("could not record issued cards", extra={"error_type": type(exc).__name__})
+
+
+def _log_call(
+    service: ServiceDefinition, body: CDSRequest, started: float, *, status: int, **fields: Any
+) -> None:
+    cards = fields.pop("cards", None) or []
+    log.info(
+        "hook call",
+        extra={
+            "service": service.id,
+            "hook": body.hook,
+            "hook_instance": body.hookInstance,
+            "status": status,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+            "cards": len(cards),
+            "rule_ids": [c.source.topic.code for c in cards],
+            **fields,
+        },
+    )
+
+
+app = create_app()

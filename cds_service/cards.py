@@ -1,0 +1,250 @@
+"""Card definitions from `cards/`, and rendering findings into CDS Hooks cards.
+
+Wording is data: one TOML file per rule id holds the summary and detail templates, indicator,
+source, links, suggestions (with the FHIR resources they create), override reasons, citations and
+review metadata. A clinician can review and edit it without reading Python. Loading is strict: a
+card file that would render an invalid card, or that lacks its citations, stops the service at
+start-up rather than failing on a patient.
+"""
+
+from __future__ import annotations
+
+import copy
+import string
+import tomllib
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cds_service.hooks import (
+    INDICATOR_ORDER,
+    Action,
+    Card,
+    Coding,
+    Indicator,
+    Link,
+    OverrideReason,
+    Source,
+    Suggestion,
+)
+from cds_service.rules.base import Finding
+
+#: `source.topic.system`: the code system of our rule ids, so feedback and analytics can name rules.
+RULE_ID_SYSTEM = "urn:als-cds:rule-id"
+OVERRIDE_REASON_SYSTEM = "urn:als-cds:override-reason"
+
+
+class CardFileError(ValueError):
+    """A card file is invalid. The message names the file and the problem."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CitationDef(_Model):
+    key: str
+    label: str
+    url: str
+    status: str = Field(pattern=r"^(verified|corroborated|unverified)$")
+    checked: str
+
+
+class SourceDef(_Model):
+    label: str
+    url: str | None = None
+
+
+class LinkDef(_Model):
+    label: str
+    url: str
+    type: str = "absolute"
+
+
+class ActionDef(_Model):
+    type: str
+    description: str
+    resource: dict[str, Any] | None = None
+    resourceId: str | None = None
+
+
+class SuggestionDef(_Model):
+    key: str
+    label: str
+    recommended: bool = False
+    actions: list[ActionDef] = Field(min_length=1)
+
+
+class OverrideReasonDef(_Model):
+    code: str
+    display: str
+    system: str = OVERRIDE_REASON_SYSTEM
+
+
+class VariantDef(_Model):
+    """Overrides for a named variant of the card (e.g. profile `us`, or a 'stop' severity)."""
+
+    indicator: Indicator | None = None
+    summary: str | None = None
+    detail: str | None = None
+    suggestions: list[SuggestionDef] | None = None
+
+
+class CardDef(_Model):
+    rule_id: str
+    title: str
+    version: str
+    last_reviewed: date
+    review_status: str
+    indicator: Indicator
+    summary: str
+    detail: str
+    source: SourceDef
+    links: list[LinkDef] = []
+    suggestions: list[SuggestionDef] = []
+    override_reasons: list[OverrideReasonDef] = []
+    citations: list[CitationDef] = Field(min_length=1)
+    variants: dict[str, VariantDef] = {}
+
+    @model_validator(mode="after")
+    def _citation_keys_unique(self) -> CardDef:
+        keys = [c.key for c in self.citations]
+        if len(keys) != len(set(keys)):
+            raise ValueError("citation keys must be unique")
+        return self
+
+    def citation(self, key: str) -> CitationDef | None:
+        return next((c for c in self.citations if c.key == key), None)
+
+    def placeholders(self) -> set[str]:
+        """Every {name} the summary and detail templates (and their variants) use."""
+        texts = [self.summary, self.detail]
+        for variant in self.variants.values():
+            texts += [t for t in (variant.summary, variant.detail) if t]
+        names: set[str] = set()
+        for text in texts:
+            names |= {field for _, field, _, _ in string.Formatter().parse(text) if field}
+        return names
+
+
+@dataclass(frozen=True)
+class CardCatalogue:
+    definitions: Mapping[str, CardDef]
+
+    def __getitem__(self, rule_id: str) -> CardDef:
+        return self.definitions[rule_id]
+
+    def __contains__(self, rule_id: object) -> bool:
+        return rule_id in self.definitions
+
+
+def load_catalogue(directory: Path) -> CardCatalogue:
+    definitions: dict[str, CardDef] = {}
+    for path in sorted(directory.glob("*.toml")):
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            definition = CardDef.model_validate(raw)
+        except (tomllib.TOMLDecodeError, ValidationError) as exc:
+            raise CardFileError(f"{path.name}: {exc}") from exc
+        if definition.rule_id != path.stem:
+            raise CardFileError(f"{path.name}: rule_id {definition.rule_id!r} does not match the file name")
+        definitions[definition.rule_id] = definition
+    return CardCatalogue(definitions)
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+
+
+class _StrictFields(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        raise CardFileError(f"the card text uses {{{key}}}, which the rule does not provide")
+
+
+def _fill(template: str, fields: Mapping[str, str]) -> str:
+    return template.format_map(_StrictFields(fields)).strip()
+
+
+def _bind(value: Any, bindings: Mapping[str, str]) -> Any:
+    """Replace "$name" strings in a suggestion resource with values from the finding."""
+    if isinstance(value, str) and value.startswith("$"):
+        if value[1:] not in bindings:
+            raise CardFileError(f"a suggestion uses {value}, which the rule does not provide")
+        return bindings[value[1:]]
+    if isinstance(value, dict):
+        return {k: _bind(v, bindings) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_bind(v, bindings) for v in value]
+    return value
+
+
+def _detail(definition: CardDef, template: str, finding: Finding) -> str:
+    parts = [_fill(template, finding.fields)]
+    if finding.evidence:
+        parts.append("**Data behind this card:**\n" + "\n".join(f"- {line}" for line in finding.evidence))
+    sources = "\n".join(f"- [{c.label}]({c.url})" for c in definition.citations)
+    parts.append(f"**Sources:**\n{sources}")
+    return "\n\n".join(parts)
+
+
+def render(finding: Finding, definition: CardDef) -> Card:
+    """One finding → one card, with fresh UUIDs for the card and each suggestion."""
+    variant = definition.variants.get(finding.variant) if finding.variant else None
+    if finding.variant and variant is None:
+        raise CardFileError(f"{definition.rule_id}: no variant {finding.variant!r} in the card file")
+    summary = (variant and variant.summary) or definition.summary
+    detail = (variant and variant.detail) or definition.detail
+    suggestion_defs = (
+        variant.suggestions if variant and variant.suggestions is not None else definition.suggestions
+    )
+    indicator = finding.indicator or (variant and variant.indicator) or definition.indicator
+
+    suggestions = [
+        Suggestion(
+            label=s.label,
+            uuid=str(uuid.uuid4()),
+            isRecommended=True if s.recommended else None,
+            actions=[
+                Action(
+                    type=a.type,  # type: ignore[arg-type]
+                    description=_fill(a.description, finding.fields),
+                    resource=_bind(copy.deepcopy(a.resource), finding.bindings) if a.resource else None,
+                    resourceId=_bind(a.resourceId, finding.bindings) if a.resourceId else None,
+                )
+                for a in s.actions
+            ],
+        )
+        for s in suggestion_defs
+    ]
+    return Card(
+        uuid=str(uuid.uuid4()),
+        summary=_fill(summary, finding.fields),
+        detail=_detail(definition, detail, finding),
+        indicator=indicator,
+        source=Source(
+            label=definition.source.label,
+            url=definition.source.url,
+            topic=Coding(system=RULE_ID_SYSTEM, code=definition.rule_id, display=definition.title),
+        ),
+        suggestions=suggestions or None,
+        # "any": Epic accepts only this value, and our suggestions never exclude each other.
+        selectionBehavior="any" if suggestions else None,
+        overrideReasons=[
+            OverrideReason(system=r.system, code=r.code, display=r.display)
+            for r in definition.override_reasons
+        ]
+        or None,
+        links=[Link(label=lk.label, url=lk.url, type=lk.type) for lk in definition.links] or None,  # type: ignore[arg-type]
+    )
+
+
+def render_all(findings: Iterable[Finding], catalogue: CardCatalogue) -> list[Card]:
+    """Cards for all findings, most severe first (critical, warning, info); stable otherwise."""
+    cards = [render(f, catalogue[f.rule_id]) for f in findings]
+    cards.sort(key=lambda c: INDICATOR_ORDER[c.indicator])
+    return cards

@@ -1,0 +1,330 @@
+"""CDS Hooks 2.0 wire models: discovery, requests and hook contexts, cards, feedback.
+
+These models are the contract with the EHR. They follow CDS Hooks 2.0.1 (HL7 STU2) and the hook
+definitions of the CDS Hooks Library STU1. Two rules shape every choice here:
+
+* Requests are read leniently where real clients differ from the spec (unknown fields and
+  `extension` tolerated, `draftOrders` Bundles without `type`, `fhirAuthorization.expires_in`
+  missing, `overrideReason.reason` without `system` or `display`), and strictly where the spec is
+  normative and the service would otherwise guess (required fields, hook names, outcome values).
+* Responses are built strictly: every invariant of the 2.0 response model is checked when a card
+  is constructed (summary under 140 characters, `selectionBehavior` whenever there are suggestions,
+  `display` on override reasons, `description` on actions, `appContext` only on SMART links), and
+  optional fields are never emitted as null or empty (`to_json()`).
+
+This module depends on nothing else in the service.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+HookName = Literal["patient-view", "order-select", "order-sign"]
+
+#: Context fields that the CDS Hooks Library STU1 marks "Prefetch Token: Yes", per hook.
+PREFETCH_CONTEXT_TOKENS: dict[str, frozenset[str]] = {
+    "patient-view": frozenset({"userId", "patientId", "encounterId"}),
+    "order-select": frozenset({"userId", "patientId", "encounterId"}),
+    "order-sign": frozenset({"userId", "patientId", "encounterId"}),
+}
+
+#: The user identifier tokens that CDS Hooks 2.0 allows in every prefetch template.
+USER_TOKENS: dict[str, str] = {
+    "userPractitionerId": "Practitioner",
+    "userPractitionerRoleId": "PractitionerRole",
+    "userPatientId": "Patient",
+    "userRelatedPersonId": "RelatedPerson",
+}
+
+
+class _Lenient(BaseModel):
+    """Request-side base: unknown fields (extensions, newer spec versions) are kept, not refused."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class _Strict(BaseModel):
+    """Response-side base: we only ever emit what the spec defines.
+
+    `extension` is the one name the spec reserves on every object for extensions; it is allowed
+    everywhere and must be a JSON object.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    extension: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Serialise for the wire: no null and no empty optional collections (spec 2.0 §JSON)."""
+        return _prune(self.model_dump(mode="json", exclude_none=True, by_alias=True))
+
+
+def _prune(value: Any) -> Any:
+    if isinstance(value, dict):
+        pruned = {k: _prune(v) for k, v in value.items()}
+        return {k: v for k, v in pruned.items() if v not in (None, "", [], {})}
+    if isinstance(value, list):
+        return [_prune(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Requests
+
+
+class FhirAuthorization(_Lenient):
+    """OAuth 2.0 bearer token for `fhirServer`. The token is a secret: it never prints or logs."""
+
+    access_token: SecretStr
+    token_type: str = "Bearer"  # noqa: S105 - a token type, not a secret
+    # The spec makes these REQUIRED, but real clients omit them (cds-hooks/sandbox#65); the
+    # service never bases a decision on them, so their absence is not worth refusing a call over.
+    expires_in: int | None = None
+    scope: str | None = None
+    subject: str | None = None
+    patient: str | None = None
+
+    def __repr__(self) -> str:  # pragma: no cover - defensive; SecretStr already masks
+        return "FhirAuthorization(access_token=**********)"
+
+
+class CDSRequest(_Lenient):
+    """The body of `POST /cds-services/{id}`. `context` is validated per hook afterwards."""
+
+    hook: str = Field(min_length=1)
+    hookInstance: str = Field(min_length=1)
+    fhirServer: str | None = None
+    fhirAuthorization: FhirAuthorization | None = None
+    context: dict[str, Any]
+    prefetch: dict[str, Any] | None = None
+
+    @field_validator("fhirServer")
+    @classmethod
+    def _server_is_http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("fhirServer must be an absolute http(s) URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _authorization_needs_server(self) -> CDSRequest:
+        # Invariant cds-r-1: "if fhirAuthorization details are provided, a fhirServer SHALL be
+        # specified".
+        if self.fhirAuthorization is not None and self.fhirServer is None:
+            raise ValueError("fhirServer is required when fhirAuthorization is given")
+        return self
+
+
+class PatientViewContext(_Lenient):
+    userId: str = Field(min_length=1)
+    patientId: str = Field(min_length=1)
+    encounterId: str | None = None
+
+
+class DraftOrdersBundle(_Lenient):
+    """A FHIR Bundle of draft orders. `type` is optional: the 2.0 examples and the sandbox omit it."""
+
+    resourceType: Literal["Bundle"]
+    type: str | None = None
+    entry: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class OrderSignContext(PatientViewContext):
+    draftOrders: DraftOrdersBundle
+
+
+class OrderSelectContext(OrderSignContext):
+    selections: list[str] = Field(min_length=1)
+
+
+HOOK_CONTEXTS: dict[str, type[PatientViewContext]] = {
+    "patient-view": PatientViewContext,
+    "order-select": OrderSelectContext,
+    "order-sign": OrderSignContext,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Discovery
+
+
+class ServiceDescriptor(_Strict):
+    hook: str
+    title: str | None = None
+    description: str
+    id: str
+    prefetch: dict[str, str] | None = None
+    usageRequirements: str | None = None
+
+
+class DiscoveryResponse(_Strict):
+    services: list[ServiceDescriptor]
+
+
+# --------------------------------------------------------------------------------------------
+# Responses
+
+
+class Coding(_Strict):
+    system: str
+    code: str
+    display: str | None = None
+
+
+class Source(_Strict):
+    label: str = Field(min_length=1)
+    url: str | None = None
+    icon: str | None = None
+    topic: Coding | None = None
+
+
+class Action(_Strict):
+    type: Literal["create", "update", "delete"]
+    description: str = Field(min_length=1)
+    resource: dict[str, Any] | None = None
+    resourceId: str | None = None
+
+    @model_validator(mode="after")
+    def _payload_fits_type(self) -> Action:
+        if self.type in ("create", "update") and not self.resource:
+            raise ValueError(f"a {self.type} action needs a resource")
+        if self.type == "delete" and (not self.resourceId or self.resource is not None):
+            # cds-resp-2: a delete names the resource by resourceId and carries no resource.
+            raise ValueError("a delete action needs resourceId and no resource")
+        return self
+
+
+class Suggestion(_Strict):
+    label: str = Field(min_length=1)
+    # OPTIONAL in the spec, but without it the EHR cannot report which suggestion was accepted:
+    # this service always sets it (cards.render).
+    uuid: str | None = None
+    isRecommended: bool | None = None
+    actions: list[Action] | None = None
+
+
+class Link(_Strict):
+    label: str = Field(min_length=1)
+    url: str
+    type: Literal["absolute", "smart"]
+    appContext: str | None = None
+    autolaunchable: bool | None = None
+
+    @model_validator(mode="after")
+    def _app_context_only_for_smart(self) -> Link:
+        if self.appContext is not None and self.type != "smart":
+            raise ValueError("appContext is only allowed on smart links (cds-resp-3)")
+        return self
+
+
+class OverrideReason(Coding):
+    display: str = Field(min_length=1)  # cds-resp-4: REQUIRED on override reasons
+
+
+Indicator = Literal["info", "warning", "critical"]
+INDICATOR_ORDER: dict[str, int] = {"critical": 0, "warning": 1, "info": 2}
+
+
+class Card(_Strict):
+    # OPTIONAL in the spec; this service always sets it, as feedback needs it (cards.render).
+    uuid: str | None = None
+    summary: str = Field(min_length=1, max_length=139)  # spec: "<140-character"
+    detail: str | None = None
+    indicator: Indicator
+    source: Source
+    suggestions: list[Suggestion] | None = None
+    selectionBehavior: Literal["at-most-one", "any"] | None = None
+    overrideReasons: list[OverrideReason] | None = None
+    links: list[Link] | None = None
+
+    @model_validator(mode="after")
+    def _suggestions_need_selection_behaviour(self) -> Card:
+        if self.suggestions and self.selectionBehavior is None:
+            raise ValueError("selectionBehavior is required when suggestions are present (cds-resp-6)")
+        if self.suggestions and self.selectionBehavior == "at-most-one":
+            recommended = sum(1 for s in self.suggestions if s.isRecommended)
+            if recommended > 1:
+                raise ValueError("at most one suggestion may be recommended with at-most-one (cds-resp-1)")
+        return self
+
+
+class CDSResponse(_Strict):
+    cards: list[Card] = Field(default_factory=list)
+    systemActions: list[Action] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        body = super().to_json()
+        body.setdefault("cards", [])  # the one array that is sent even when empty
+        return body
+
+
+# --------------------------------------------------------------------------------------------
+# Feedback
+
+
+class FeedbackCoding(_Lenient):
+    """A reason Coding as clients really send it: the sandbox omits `display` and often `system`."""
+
+    code: str = Field(min_length=1)
+    system: str | None = None
+    display: str | None = None
+
+
+class OverrideReasonFeedback(_Lenient):
+    reason: FeedbackCoding | None = None
+    userComment: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_flat_ballot_form(cls, value: Any) -> Any:
+        # The 1.1 ballot (and older sandboxes) sent {code, system, userComment} without `reason`.
+        if isinstance(value, dict) and "reason" not in value and "code" in value:
+            flat = dict(value)
+            reason = {k: flat.pop(k) for k in ("code", "system", "display") if k in flat}
+            return {**flat, "reason": reason}
+        return value
+
+    @model_validator(mode="after")
+    def _has_reason_or_comment(self) -> OverrideReasonFeedback:
+        if self.reason is None and self.userComment is None:
+            raise ValueError("overrideReason needs a reason or a userComment (cds-fb-3)")
+        return self
+
+
+class AcceptedSuggestion(_Lenient):
+    id: str = Field(min_length=1)
+
+
+class FeedbackItem(_Lenient):
+    card: str = Field(min_length=1)
+    outcome: Literal["accepted", "overridden"]
+    acceptedSuggestions: list[AcceptedSuggestion] | None = None
+    overrideReason: OverrideReasonFeedback | None = None
+    # Epic sends the plural form; the spec defines the singular. Both are read.
+    overrideReasons: list[OverrideReasonFeedback] | None = None
+    outcomeTimestamp: AwareDatetime
+
+    @model_validator(mode="after")
+    def _accepted_needs_suggestions(self) -> FeedbackItem:
+        if self.outcome == "accepted" and not self.acceptedSuggestions:
+            raise ValueError("acceptedSuggestions is required for accepted outcomes (cds-fb-2)")
+        return self
+
+    def reasons(self) -> list[OverrideReasonFeedback]:
+        found = [self.overrideReason] if self.overrideReason else []
+        return found + list(self.overrideReasons or [])
+
+
+class FeedbackRequest(_Lenient):
+    feedback: list[FeedbackItem] = Field(min_length=1)

@@ -1,0 +1,271 @@
+"""Prefetch: the templates the service asks for, and getting the data each key stands for.
+
+Per key, CDS Hooks 2.0 gives the request four possible states, and each has one meaning here:
+
+=====================================  ==========================================================
+the key in `request.prefetch`          what the service does
+=====================================  ==========================================================
+a resource, or a Bundle                use it; a Bundle's `next` pages are fetched from fhirServer
+`null`                                 the EHR queried and found nothing: no data, not an error
+an OperationOutcome (or a Bundle       the EHR could not run the query: fetch it from fhirServer
+holding an error OperationOutcome)
+absent                                 the EHR chose not to: fetch it from fhirServer
+=====================================  ==========================================================
+
+Every fetch of one hook call runs concurrently, under one time budget. A key whose data cannot
+be had (no fhirServer, the server refused, timed out or answered garbage) is *unavailable*; the
+caller answers 412 naming those keys rather than guess from partial data.
+
+Templates use only what CDS Hooks 2.0 allows: `{{context.patientId}}`-style tokens for the hook's
+tokenisable context fields and the four `{{userXxxId}}` tokens. 2.0 has no relative-date token,
+so the Observation date window is written as a literal date computed when the templates are
+served, rounded down to the first of the month: a copy that goes stale in an EHR's configuration
+only ever asks for more history, never less.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+from urllib.parse import quote
+
+from cds_service.fhir_client import FetchResult, FhirClient, FhirFetchError, operation_outcome_is_error
+from cds_service.hooks import PREFETCH_CONTEXT_TOKENS, USER_TOKENS, CDSRequest
+from cds_service.record import Interest, resources_from_bundle
+from cds_service.settings import Settings
+
+#: Prefetch key per resource type, in the order discovery lists them.
+KEY_BY_TYPE: dict[str, str] = {
+    "Patient": "patient",
+    "Condition": "conditions",
+    "MedicationRequest": "medications",
+    "Observation": "observations",
+    "AllergyIntolerance": "allergies",
+    "Procedure": "procedures",
+    "Encounter": "encounters",
+}
+
+
+def prefetch_templates(interest: Interest, settings: Settings, today: date) -> dict[str, str]:
+    """The prefetch templates for what `interest` reads. The Patient is always asked for."""
+    patient = "patient={{context.patientId}}"
+    templates = {"patient": "Patient/{{context.patientId}}"}
+    for rtype, key in KEY_BY_TYPE.items():
+        if rtype == "Patient" or not interest.wants_type(rtype):
+            continue
+        query = [patient]
+        if rtype == "Observation":
+            valuesets = interest.by_type[rtype]
+            if valuesets is not None:
+                codes = sorted({f"{system}|{code}" for vs in valuesets for system, code in vs.codes})
+                query.append("code=" + ",".join(codes))
+            since = (today - timedelta(days=settings.observation_lookback_days)).replace(day=1)
+            query += [f"date=ge{since.isoformat()}", "_sort=-date", "_count=100"]
+        templates[key] = f"{rtype}?{'&'.join(query)}"
+    return templates
+
+
+# --------------------------------------------------------------------------------------------
+# Template tokens
+
+_TOKEN = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
+
+
+class _Unfillable(Exception):
+    pass
+
+
+def render_template(template: str, hook: str, context: Mapping[str, Any]) -> str | None:
+    """Fill a template's tokens from the context; None when a token cannot be filled.
+
+    Values are percent-encoded: a context value can never add path segments or query parameters
+    to a request that carries the EHR's access token.
+    """
+
+    def substitute(match: re.Match[str]) -> str:
+        token = match.group(1)
+        if token.startswith("context."):
+            name = token.removeprefix("context.")
+            value = context.get(name)
+            if name not in PREFETCH_CONTEXT_TOKENS.get(hook, ()) or not isinstance(value, str) or not value:
+                raise _Unfillable
+            return (
+                "/".join(quote(part, safe="") for part in value.split("/"))
+                if name == "userId"
+                else quote(value, safe="")
+            )
+        if token in USER_TOKENS:
+            user = context.get("userId")
+            if isinstance(user, str) and user.count("/") == 1:
+                user_type, user_id = user.split("/")
+                if user_type == USER_TOKENS[token] and user_id:
+                    return quote(user_id, safe="")
+        raise _Unfillable
+
+    try:
+        return _TOKEN.sub(substitute, template)
+    except _Unfillable:
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Resolution
+
+
+class PrefetchInvalid(ValueError):
+    """The EHR sent a prefetch value that cannot be read as FHIR: a client error (400)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+@dataclass(frozen=True)
+class KeyData:
+    key: str
+    origin: str  # 'prefetch', 'prefetch-null', 'prefetch+pages', 'fetched'
+    resources: list[Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    key: str
+    reason: str  # safe to log and to return: no PHI, no token, no URL
+    issue_code: str = "incomplete"  # FHIR OperationOutcome issue type
+
+
+@dataclass
+class DataResolution:
+    data: dict[str, KeyData] = field(default_factory=dict)
+    unavailable: dict[str, Unavailable] = field(default_factory=dict)
+
+    def resources(self) -> list[Mapping[str, Any]]:
+        return [r for item in self.data.values() for r in item.resources]
+
+
+_MISSING = object()
+
+
+async def resolve(
+    request: CDSRequest,
+    templates: Mapping[str, str],
+    fhir: FhirClient,
+    *,
+    budget_seconds: float,
+) -> DataResolution:
+    """Get the data for every template key, from prefetch where it is usable, else from FHIR."""
+    result = DataResolution()
+    server = request.fhirServer
+    token = request.fhirAuthorization.access_token.get_secret_value() if request.fhirAuthorization else None
+    provided_all = request.prefetch or {}
+    jobs: dict[str, Awaitable[FetchResult]] = {}
+    origins: dict[str, str] = {}
+
+    for key, template in templates.items():
+        provided = provided_all.get(key, _MISSING)
+        why_fetch: str
+        if provided is None:
+            result.data[key] = KeyData(key, "prefetch-null", [])
+            continue
+        if provided is _MISSING:
+            why_fetch = "not in prefetch"
+        else:
+            if not isinstance(provided, Mapping) or not isinstance(provided.get("resourceType"), str):
+                raise PrefetchInvalid(key, f"prefetch.{key} must be a FHIR resource, a Bundle or null")
+            rtype = provided["resourceType"]
+            if rtype == "OperationOutcome" or (rtype == "Bundle" and _bundle_has_error(provided)):
+                why_fetch = "the EHR reported an error for this key"
+            elif rtype == "Bundle" and _has_next(provided):
+                if server is None:
+                    result.unavailable[key] = Unavailable(
+                        key,
+                        "the prefetched Bundle has more pages, and there is no fhirServer to fetch them from",
+                    )
+                    continue
+                jobs[key] = fhir.complete_bundle(server, provided, token)
+                origins[key] = "prefetch+pages"
+                continue
+            else:
+                _check_patient(key, provided, request)
+                resources = resources_from_bundle(provided) if rtype == "Bundle" else [provided]
+                result.data[key] = KeyData(key, "prefetch", resources)
+                continue
+
+        if server is None:
+            result.unavailable[key] = Unavailable(key, f"{why_fetch}, and the request has no fhirServer")
+            continue
+        url = render_template(template, request.hook, request.context)
+        if url is None:
+            result.unavailable[key] = Unavailable(
+                key, f"{why_fetch}, and the context cannot fill its template"
+            )
+            continue
+        jobs[key] = fhir.get(server, url, token)
+        origins[key] = "fetched"
+
+    if jobs:
+        await _run_jobs(jobs, origins, result, budget_seconds)
+    return result
+
+
+async def _run_jobs(
+    jobs: Mapping[str, Awaitable[FetchResult]],
+    origins: Mapping[str, str],
+    result: DataResolution,
+    budget_seconds: float,
+) -> None:
+    tasks = {asyncio.ensure_future(job): key for key, job in jobs.items()}
+    done, pending = await asyncio.wait(tasks, timeout=budget_seconds)
+    for task in pending:
+        task.cancel()
+        key = tasks[task]
+        result.unavailable[key] = Unavailable(
+            key, f"the FHIR server did not answer within the {budget_seconds:g} s budget", "timeout"
+        )
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
+    for task in done:
+        key = tasks[task]
+        exc = task.exception()
+        if exc is None:
+            result.data[key] = KeyData(key, origins[key], task.result().resources)
+        elif isinstance(exc, FhirFetchError):
+            code = (
+                "security"
+                if exc.status in (401, 403)
+                else "timeout"
+                if "timed out" in exc.reason
+                else "incomplete"
+            )
+            result.unavailable[key] = Unavailable(key, exc.reason, code)
+        else:
+            raise exc
+
+
+def _bundle_has_error(bundle: Mapping[str, Any]) -> bool:
+    return any(
+        isinstance(e, Mapping)
+        and isinstance(e.get("resource"), Mapping)
+        and e["resource"].get("resourceType") == "OperationOutcome"
+        and operation_outcome_is_error(e["resource"])
+        for e in bundle.get("entry") or ()
+    )
+
+
+def _has_next(bundle: Mapping[str, Any]) -> bool:
+    return any(
+        isinstance(link, Mapping) and link.get("relation") == "next" for link in bundle.get("link") or ()
+    )
+
+
+def _check_patient(key: str, resource: Mapping[str, Any], request: CDSRequest) -> None:
+    """A prefetched Patient that is not the patient in context is a client error, not data."""
+    if resource.get("resourceType") == "Patient":
+        patient_id = request.context.get("patientId")
+        if resource.get("id") is not None and resource.get("id") != patient_id:
+            raise PrefetchInvalid(key, f"prefetch.{key} is a different Patient from context.patientId")

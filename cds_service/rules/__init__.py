@@ -1,0 +1,42 @@
+"""The rule catalogue and the evaluator.
+
+Each clinical area has its own module; this package lists their rules in `CATALOGUE` and runs
+them. Evaluation is where the ALS gate is applied: a patient without an ALS/MND diagnosis gets
+no card from any rule.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+
+from cds_service.record import PatientRecord
+from cds_service.rules import als, riluzole
+from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
+
+__all__ = ["CATALOGUE", "Finding", "Rule", "RuleConfig", "RuleFact", "evaluate", "rules_for_hook"]
+
+log = logging.getLogger(__name__)
+
+CATALOGUE: tuple[Rule, ...] = (riluzole.LFT_DUE,)
+
+
+def rules_for_hook(hook: str, catalogue: Iterable[Rule] = CATALOGUE) -> tuple[Rule, ...]:
+    return tuple(rule for rule in catalogue if hook in rule.hooks)
+
+
+def evaluate(rules: Sequence[Rule], record: PatientRecord, config: RuleConfig) -> list[Finding]:
+    """Run the rules on the record. One failing rule does not silence the others.
+
+    A rule that raises is logged by its id and exception type (never the message, which could
+    quote patient data) and contributes no card.
+    """
+    if not als.has_als(record):
+        return []
+    findings: list[Finding] = []
+    for rule in rules:
+        try:
+            findings.extend(rule.evaluate(record, config))
+        except Exception as exc:
+            log.error("rule failed", extra={"rule_id": rule.id, "error_type": type(exc).__name__})
+    return findings

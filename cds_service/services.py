@@ -1,0 +1,80 @@
+"""The three CDS services this server offers, one per hook, and what each one needs.
+
+A service is its hook, its words for the discovery document, and its rules. Its prefetch templates
+are not written by hand: they follow from what its rules read (`Rule.reads`), so discovery always
+asks for exactly the data the rules use, and no more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+from cds_service.hooks import ServiceDescriptor
+from cds_service.prefetch import prefetch_templates
+from cds_service.record import Interest
+from cds_service.rules import CATALOGUE, Rule, als, rules_for_hook
+from cds_service.settings import Settings
+
+
+@dataclass(frozen=True)
+class ServiceDefinition:
+    id: str
+    hook: str
+    title: str
+    description: str
+    rules: tuple[Rule, ...]
+
+    @property
+    def interest(self) -> Interest:
+        """Everything the rules (and the ALS gate in front of them) read from the chart."""
+        return Interest.merge([als.READS, *(rule.reads for rule in self.rules)])
+
+    def prefetch(self, settings: Settings, today: date) -> dict[str, str]:
+        return prefetch_templates(self.interest, settings, today)
+
+    def descriptor(self, settings: Settings, today: date) -> ServiceDescriptor:
+        return ServiceDescriptor(
+            hook=self.hook,
+            id=self.id,
+            title=self.title,
+            description=self.description,
+            prefetch=self.prefetch(settings, today),
+        )
+
+
+def build_services(catalogue: tuple[Rule, ...] = CATALOGUE) -> dict[str, ServiceDefinition]:
+    services = (
+        ServiceDefinition(
+            id="als-patient-view",
+            hook="patient-view",
+            title="ALS/MND care review",
+            description=(
+                "Guideline-based care for amyotrophic lateral sclerosis / motor neurone disease when a "
+                "chart is opened: disease-modifying treatment and its monitoring, symptoms, nutrition, "
+                "breathing, multidisciplinary review and advance care planning (NICE NG42, drug labels)."
+            ),
+            rules=rules_for_hook("patient-view", catalogue),
+        ),
+        ServiceDefinition(
+            id="als-order-select",
+            hook="order-select",
+            title="ALS/MND order check (select)",
+            description=(
+                "Checks orders for a patient with ALS/MND as they are selected: riluzole, edaravone, "
+                "tofersen, quinine, antimuscarinics, physiotherapy and massage."
+            ),
+            rules=rules_for_hook("order-select", catalogue),
+        ),
+        ServiceDefinition(
+            id="als-order-sign",
+            hook="order-sign",
+            title="ALS/MND order check (sign)",
+            description=(
+                "Checks the complete orders for a patient with ALS/MND before they are signed: dose, "
+                "contraindications and monitoring."
+            ),
+            rules=rules_for_hook("order-sign", catalogue),
+        ),
+    )
+    return {service.id: service for service in services}

@@ -1,0 +1,98 @@
+"""Every setting of the service, read from `ALS_CDS_*` environment variables (or a `.env` file).
+
+The defaults are the embedded quickstart: a SQLite file in the working directory, the card data and
+fixtures bundled in this repository, CORS open to the CDS Hooks sandbox. Production deployments
+override them; the README lists each one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ALS_CDS_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # -- serving ---------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Interface `als-cds serve` binds to.")
+    port: int = Field(8080, ge=1, le=65535, description="Port `als-cds serve` listens on.")
+    workers: int = Field(1, ge=1, description="Uvicorn worker processes for `als-cds serve`.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+
+    # -- storage ---------------------------------------------------------------------------------
+    database_url: str = Field(
+        "sqlite:///./als-cds.db",
+        description="SQLAlchemy URL of the feedback store: a SQLite file by default, "
+        "`postgresql+psycopg://user:pass@host/db` in production.",
+    )
+    migrate_on_start: bool = Field(
+        True,
+        description="Apply Alembic migrations when the service starts. Switch off where a separate "
+        "migration job runs `als-cds migrate` (Kubernetes).",
+    )
+
+    # -- content ---------------------------------------------------------------------------------
+    cards_dir: Path = Field(
+        _REPO_ROOT / "cards", description="Folder of card definitions, one TOML file per rule id."
+    )
+    profile: Literal["nice", "us"] = Field(
+        "nice",
+        description="Guideline profile for the cards where UK (NICE) and US guidance differ.",
+    )
+    riluzole_lft_interval_after_year1_days: int = Field(
+        365,
+        ge=28,
+        le=730,
+        description="Interval between ALT checks after the first year of riluzole. The SmPC says "
+        "'periodically'; NICE TA20 3.3 says annually, hence 365.",
+    )
+
+    # -- talking to the EHR's FHIR server --------------------------------------------------------
+    fhir_budget_seconds: float = Field(
+        4.0,
+        gt=0,
+        le=60,
+        description="Time budget for all FHIR fetches of one hook call (missing prefetch keys, "
+        "next pages). What has not arrived by then counts as unavailable.",
+    )
+    fhir_max_pages: int = Field(
+        20, ge=1, le=1000, description="Most `next` pages followed for one prefetch key."
+    )
+    fhir_max_connections: int = Field(
+        50, ge=1, description="Connection pool size of the shared FHIR HTTP client."
+    )
+
+    # -- browsers --------------------------------------------------------------------------------
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["https://sandbox.cds-hooks.org", "http://localhost:8080"],
+        description="Origins allowed by CORS, comma-separated (`*` for any). Preflight OPTIONS "
+        "requests never need a token.",
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @property
+    def observation_lookback_days(self) -> int:
+        """How far back the Observation prefetch reaches.
+
+        The longest look-back any rule needs: the yearly ALT interval after the first year of
+        riluzole, plus one month so that a result taken just before the interval ends is seen.
+        """
+        return self.riluzole_lft_interval_after_year1_days + 31
+
+
+def get_settings() -> Settings:
+    return Settings()

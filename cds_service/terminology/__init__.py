@@ -1,0 +1,220 @@
+"""Value sets and code matching.
+
+Real EHR data says one thing in many ways: a riluzole order may carry an RxNorm ingredient code,
+a product-level (SCD/SBD) code, an OID instead of the RxNorm URI, a local code and only a text.
+Matching therefore looks at every coding of a concept, normalises code systems and ICD-10 code
+spellings, and, for value sets that allow it (medications), falls back to the ingredient or brand
+name in the text or displays. The match says how it matched, so a card can say "matched by name".
+
+Value sets are FHIR ValueSet JSON files in `valuesets/`, one per concept, each code with the
+source where it was checked (extension `urn:als-cds:checked`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+VALUESET_DIR = Path(__file__).parent / "valuesets"
+
+SNOMED = "http://snomed.info/sct"
+LOINC = "http://loinc.org"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+ICD10 = "http://hl7.org/fhir/sid/icd-10"
+UCUM = "http://unitsofmeasure.org"
+
+# Other spellings of the same code systems seen in real traffic: HL7 OIDs (Epic sends RxNorm as
+# urn:oid:2.16.840.1.113883.6.88), trailing slashes, SNOMED CT edition URIs.
+_SYSTEM_ALIASES: dict[str, str] = {
+    "urn:oid:2.16.840.1.113883.6.96": SNOMED,
+    "urn:oid:2.16.840.1.113883.6.1": LOINC,
+    "urn:oid:2.16.840.1.113883.6.88": RXNORM,
+    "urn:oid:2.16.840.1.113883.6.90": ICD10CM,
+    "urn:oid:2.16.840.1.113883.6.3": ICD10,
+    "urn:oid:2.16.840.1.113883.6.8": UCUM,
+}
+_ICD_SYSTEMS = frozenset({ICD10CM, ICD10})
+
+_CHECKED_EXT = "urn:als-cds:checked"
+_MATCH_NAME_EXT = "urn:als-cds:match-name"
+_EXCLUDE_NAME_EXT = "urn:als-cds:exclude-name"
+
+
+def normalise_system(system: str | None) -> str:
+    """Map a code system URI to its canonical FHIR form ('' when absent)."""
+    if not system:
+        return ""
+    system = system.strip()
+    if system in _SYSTEM_ALIASES:
+        return _SYSTEM_ALIASES[system]
+    stripped = system.rstrip("/")
+    if stripped.startswith(SNOMED):  # http://snomed.info/sct/900000000000207008 (edition URI)
+        return SNOMED
+    return _SYSTEM_ALIASES.get(stripped, stripped)
+
+
+def normalise_code(system: str, code: str) -> str:
+    """ICD-10 codes are compared without the dot and in upper case (G12.21 == G1221 == g12.21)."""
+    code = code.strip()
+    if system in _ICD_SYSTEMS:
+        return code.replace(".", "").upper()
+    return code
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    """One coding as the matchers see it: canonical system, comparable code, display for humans."""
+
+    system: str
+    code: str
+    display: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.system, normalise_code(self.system, self.code))
+
+
+@dataclass(frozen=True, slots=True)
+class Concept:
+    """A CodeableConcept reduced to what matching and card text need: every coding, and the text."""
+
+    codes: tuple[Code, ...] = ()
+    text: str | None = None
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any] | None) -> Concept:
+        """Build from raw FHIR JSON: cheap enough to run on every resource of a large chart."""
+        if not isinstance(value, Mapping):
+            return cls()
+        codes: list[Code] = []
+        for coding in value.get("coding") or ():
+            if isinstance(coding, Mapping) and isinstance(coding.get("code"), str):
+                display = coding.get("display")
+                codes.append(
+                    Code(
+                        normalise_system(coding.get("system")),
+                        coding["code"],
+                        display if isinstance(display, str) else None,
+                    )
+                )
+        text = value.get("text")
+        return cls(tuple(codes), text if isinstance(text, str) else None)
+
+    @property
+    def label(self) -> str:
+        """The most human name the data offers."""
+        if self.text:
+            return self.text
+        for code in self.codes:
+            if code.display:
+                return code.display
+        return self.codes[0].code if self.codes else "(no name)"
+
+    def names(self) -> Iterable[str]:
+        if self.text:
+            yield self.text
+        for code in self.codes:
+            if code.display:
+                yield code.display
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """Why a concept belongs to a value set: by which code, or by which name in its text."""
+
+    valueset: str
+    kind: Literal["code", "name"]
+    code: Code | None = None
+    name: str | None = None
+
+    def describe(self) -> str:
+        if self.kind == "code" and self.code is not None:
+            return f"code {self.code.code}"
+        return f"name '{self.name}' in the text (no known code)"
+
+
+@dataclass(frozen=True)
+class ValueSet:
+    id: str
+    title: str
+    codes: frozenset[tuple[str, str]]
+    displays: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    match_names: tuple[str, ...] = ()
+    exclude_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_name_re", _word_pattern(self.match_names))
+        object.__setattr__(self, "_exclude_re", _word_pattern(self.exclude_names))
+
+    @property
+    def systems(self) -> frozenset[str]:
+        return frozenset(system for system, _ in self.codes)
+
+    def contains(self, code: Code) -> bool:
+        return code.key in self.codes
+
+    def match(self, concept: Concept) -> Match | None:
+        """Match every coding first; fall back to names only where the value set allows it."""
+        for code in concept.codes:
+            if code.key in self.codes:
+                return Match(self.id, "code", code=code)
+        name_re: re.Pattern[str] | None = self._name_re  # type: ignore[attr-defined]
+        if name_re is None:
+            return None
+        exclude_re: re.Pattern[str] | None = self._exclude_re  # type: ignore[attr-defined]
+        for name in concept.names():
+            if exclude_re is not None and exclude_re.search(name):
+                continue
+            found = name_re.search(name)
+            if found:
+                return Match(self.id, "name", name=found.group(0).lower())
+        return None
+
+
+def _word_pattern(words: Iterable[str]) -> re.Pattern[str] | None:
+    words = [w for w in words if w]
+    if not words:
+        return None
+    return re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
+
+
+def parse_valueset(resource: Mapping[str, Any]) -> ValueSet:
+    """Read our ValueSet JSON: compose.include concepts, plus the name-matching extensions."""
+    codes: set[tuple[str, str]] = set()
+    displays: dict[tuple[str, str], str] = {}
+    for include in resource.get("compose", {}).get("include", []):
+        system = normalise_system(include["system"])
+        for concept in include.get("concept", []):
+            if not any(ext.get("url") == _CHECKED_EXT for ext in concept.get("extension", [])):
+                raise ValueError(
+                    f"value set {resource['id']}: code {concept['code']} does not say where it was checked"
+                )
+            key = Code(system, concept["code"]).key
+            codes.add(key)
+            displays[key] = concept.get("display", "")
+    extensions = resource.get("extension", [])
+    return ValueSet(
+        id=resource["id"],
+        title=resource.get("title", resource["id"]),
+        codes=frozenset(codes),
+        displays=displays,
+        match_names=tuple(e["valueString"] for e in extensions if e.get("url") == _MATCH_NAME_EXT),
+        exclude_names=tuple(e["valueString"] for e in extensions if e.get("url") == _EXCLUDE_NAME_EXT),
+    )
+
+
+@cache
+def load(valueset_id: str) -> ValueSet:
+    """Load a bundled value set by id (cached: value sets are immutable data)."""
+    path = VALUESET_DIR / f"{valueset_id}.json"
+    return parse_valueset(json.loads(path.read_text(encoding="utf-8")))
+
+
+def all_valueset_ids() -> list[str]:
+    return sorted(p.stem for p in VALUESET_DIR.glob("*.json"))
