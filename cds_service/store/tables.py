@@ -1,0 +1,147 @@
+"""SQLAlchemy 2 declarative models of the feedback store.
+
+Two tables, deliberately free of patient data:
+
+* `issued_cards` remembers every card the service sent to an EHR (which rule produced it, which
+  suggestions it offered). It exists so that feedback, which only names a card uuid, can be tied
+  back to the rule that fired, and so that feedback for cards we never issued can be told apart.
+* `feedback` keeps every feedback item exactly once (see `dedupe_key`), with the rule it belongs to
+  when known. It has no foreign key to `issued_cards` on purpose: feedback for unknown cards (other
+  services, expired rows, a misbehaving client) is stored too and flagged, not refused.
+
+Migration `0001_initial` must create exactly what is declared here; a test compares the two with
+Alembic's autogenerate. Any change to this module needs a new migration.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import cast
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+#: Deterministic constraint and index names on every database. Without them PostgreSQL and SQLite
+#: invent different names, and later migrations could not drop or alter constraints portably.
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+#: The feedback outcomes CDS Hooks 2.0 defines.
+OUTCOMES: tuple[str, ...] = ("accepted", "overridden")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware timestamp that is always written and read back as UTC.
+
+    PostgreSQL keeps the offset (`timestamptz`), but SQLite has no timestamp type: SQLAlchemy
+    stores a naive ISO string there and returns naive datetimes. Normalising to UTC on the way in
+    and attaching UTC on the way out makes both databases return the same aware values, and
+    refusing naive input stops local wall-clock times from being stored as if they were UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("naive datetimes are not stored; pass a timezone-aware datetime")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base carrying the shared metadata (and its naming convention)."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class IssuedCardRow(Base):
+    """One card sent to an EHR. Written when the hook response is built; never updated."""
+
+    __tablename__ = "issued_cards"
+
+    # Our own uuid4 strings; 64 leaves room should the format ever change.
+    card_uuid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    rule_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    service_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    hook: Mapped[str] = mapped_column(String(64), nullable=False)
+    # Chosen by the EHR, so not length-limited: an over-long value must not fail the hook call.
+    hook_instance: Mapped[str] = mapped_column(Text, nullable=False)
+    indicator: Mapped[str] = mapped_column(String(16), nullable=False)
+    suggestion_uuids: Mapped[list[str]] = mapped_column(JSON, nullable=False)
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+    __table_args__ = (
+        Index(None, "rule_id"),
+        Index(None, "issued_at"),
+    )
+
+
+class FeedbackRow(Base):
+    """One feedback item as received, stored once however often the EHR repeats it.
+
+    Everything that comes from the client (card uuid, codes, comment) is unbounded text: the store
+    must never turn a well-formed but unusual feedback item into a database error.
+    """
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # sha256 hex of the canonical JSON of (service id, item as received). Unique: the database,
+    # not the application, is what makes repeats (even concurrent ones) a no-op.
+    dedupe_key: Mapped[str] = mapped_column(String(64), nullable=False)
+    service_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    card_uuid: Mapped[str] = mapped_column(Text, nullable=False)
+    # Looked up from issued_cards when the feedback arrives; None for unknown cards.
+    rule_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    unknown_card: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    outcome: Mapped[str] = mapped_column(String(16), nullable=False)
+    accepted_suggestion_ids: Mapped[list[str]] = mapped_column(JSON, nullable=False)
+    unknown_suggestion_ids: Mapped[list[str]] = mapped_column(JSON, nullable=False)
+    override_reason_code: Mapped[str | None] = mapped_column(Text, nullable=True)
+    override_reason_system: Mapped[str | None] = mapped_column(Text, nullable=True)
+    override_reason_display: Mapped[str | None] = mapped_column(Text, nullable=True)
+    override_user_comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    outcome_timestamp: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+    __table_args__ = (
+        UniqueConstraint("dedupe_key"),
+        CheckConstraint("outcome IN ('accepted', 'overridden')", name="outcome"),
+        Index(None, "card_uuid"),
+        Index(None, "rule_id"),
+        Index(None, "received_at"),
+        Index(None, "service_id"),
+    )
+
+
+metadata: MetaData = Base.metadata
+issued_cards: Table = cast(Table, IssuedCardRow.__table__)
+feedback: Table = cast(Table, FeedbackRow.__table__)
