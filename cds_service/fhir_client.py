@@ -14,7 +14,7 @@ Time limits are the caller's: `prefetch.py` runs all fetches of one hook call un
 
 from __future__ import annotations
 
-import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +25,12 @@ import httpx
 from cds_service.record import resources_from_bundle
 
 FHIR_JSON = "application/fhir+json"
+
+# httpx logs every request line at INFO, and our request lines carry the patient id
+# (`Observation?patient=...`). Its loggers are held at WARNING whatever the logging configuration,
+# so that no deployment can leak patient ids into logs by turning on INFO.
+for _name in ("httpx", "httpcore"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 class FhirFetchError(Exception):
@@ -42,9 +48,13 @@ class FetchResult:
     pages: int
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
+def _origin(url: str) -> tuple[str, str, int | None] | None:
+    """(scheme, host, port) of `url`; None when it has no valid origin (e.g. port out of range)."""
     parts = urlsplit(url)
-    port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+    try:
+        port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+    except ValueError:
+        return None
     return (parts.scheme.lower(), (parts.hostname or "").lower(), port)
 
 
@@ -76,7 +86,8 @@ class FhirClient:
         next_url = _next_link(bundle)
         while next_url:
             absolute = urljoin(base_url.rstrip("/") + "/", next_url)
-            if _origin(absolute) != _origin(base_url):
+            origin = _origin(absolute)
+            if origin is None or origin != _origin(base_url):
                 raise FhirFetchError("a next link points outside the FHIR server; not followed")
             if absolute in seen:
                 raise FhirFetchError("the FHIR server's next links loop")
@@ -102,19 +113,21 @@ class FhirClient:
             raise FhirFetchError("FHIR server timed out") from exc
         except httpx.HTTPError as exc:
             raise FhirFetchError(f"FHIR server unreachable ({type(exc).__name__})") from exc
+        except httpx.InvalidURL as exc:  # not an HTTPError; its message quotes the URL
+            raise FhirFetchError("the FHIR server URL or a next link is not a valid URL") from exc
         if response.status_code == 404 and read:
             return None  # a read of a resource that does not exist: the same as a null prefetch
         if response.status_code in (401, 403):
             raise FhirFetchError(
                 f"FHIR server refused access (HTTP {response.status_code})", status=response.status_code
             )
-        if response.status_code >= 400:
+        if not response.is_success:  # 3xx too: redirects are not followed, their body is not the answer
             raise FhirFetchError(
                 f"FHIR server error (HTTP {response.status_code})", status=response.status_code
             )
         try:
             body = response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError; deep nesting
             raise FhirFetchError("FHIR server answered with something that is not JSON") from exc
         if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
             raise FhirFetchError("FHIR server answered with JSON that is not a FHIR resource")

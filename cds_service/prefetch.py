@@ -26,8 +26,9 @@ only ever asks for more history, never less.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -79,6 +80,17 @@ class _Unfillable(Exception):
     pass
 
 
+def _segment(value: str) -> str:
+    """`value` percent-encoded as one path segment or query value.
+
+    `.` and `..` are refused: quote() leaves them as they are, and URL normalisation (httpx
+    applies it) would turn `Patient/..` into the FHIR base itself, or climb above it.
+    """
+    if not value or value in (".", ".."):
+        raise _Unfillable
+    return quote(value, safe="")
+
+
 def render_template(template: str, hook: str, context: Mapping[str, Any]) -> str | None:
     """Fill a template's tokens from the context; None when a token cannot be filled.
 
@@ -93,17 +105,18 @@ def render_template(template: str, hook: str, context: Mapping[str, Any]) -> str
             value = context.get(name)
             if name not in PREFETCH_CONTEXT_TOKENS.get(hook, ()) or not isinstance(value, str) or not value:
                 raise _Unfillable
-            return (
-                "/".join(quote(part, safe="") for part in value.split("/"))
-                if name == "userId"
-                else quote(value, safe="")
-            )
+            if name == "userId":  # `Type/id`: exactly two segments, each encoded
+                parts = value.split("/")
+                if len(parts) != 2:
+                    raise _Unfillable
+                return "/".join(_segment(part) for part in parts)
+            return _segment(value)
         if token in USER_TOKENS:
             user = context.get("userId")
             if isinstance(user, str) and user.count("/") == 1:
                 user_type, user_id = user.split("/")
-                if user_type == USER_TOKENS[token] and user_id:
-                    return quote(user_id, safe="")
+                if user_type == USER_TOKENS[token]:
+                    return _segment(user_id)
         raise _Unfillable
 
     try:
@@ -163,7 +176,9 @@ async def resolve(
     server = request.fhirServer
     token = request.fhirAuthorization.access_token.get_secret_value() if request.fhirAuthorization else None
     provided_all = request.prefetch or {}
-    jobs: dict[str, Awaitable[FetchResult]] = {}
+    # Started only once every key has been checked: a PrefetchInvalid raised for a later key must
+    # not leave coroutines behind that were created but never awaited.
+    jobs: dict[str, Callable[[], Awaitable[FetchResult]]] = {}
     origins: dict[str, str] = {}
 
     for key, template in templates.items():
@@ -187,7 +202,7 @@ async def resolve(
                         "the prefetched Bundle has more pages, and there is no fhirServer to fetch them from",
                     )
                     continue
-                jobs[key] = fhir.complete_bundle(server, provided, token)
+                jobs[key] = functools.partial(fhir.complete_bundle, server, provided, token)
                 origins[key] = "prefetch+pages"
                 continue
             else:
@@ -205,7 +220,7 @@ async def resolve(
                 key, f"{why_fetch}, and the context cannot fill its template"
             )
             continue
-        jobs[key] = fhir.get(server, url, token)
+        jobs[key] = functools.partial(fhir.get, server, url, token)
         origins[key] = "fetched"
 
     if jobs:
@@ -214,12 +229,12 @@ async def resolve(
 
 
 async def _run_jobs(
-    jobs: Mapping[str, Awaitable[FetchResult]],
+    jobs: Mapping[str, Callable[[], Awaitable[FetchResult]]],
     origins: Mapping[str, str],
     result: DataResolution,
     budget_seconds: float,
 ) -> None:
-    tasks = {asyncio.ensure_future(job): key for key, job in jobs.items()}
+    tasks = {asyncio.ensure_future(job()): key for key, job in jobs.items()}
     done, pending = await asyncio.wait(tasks, timeout=budget_seconds)
     for task in pending:
         task.cancel()
