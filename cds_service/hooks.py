@@ -326,5 +326,10 @@ class FeedbackItem(_Lenient):
         return found + list(self.overrideReasons or [])
 
 
+#: Most feedback items accepted in one request: a CDS client batches the outcomes of one screen,
+#: a handful of cards; anything far larger is a misbehaving client, not feedback.
+MAX_FEEDBACK_ITEMS = 500
+
+
 class FeedbackRequest(_Lenient):
-    feedback: list[FeedbackItem] = Field(min_length=1)
+    feedback: list[FeedbackItem] = Field(min_length=1, max_length=MAX_FEEDBACK_ITEMS)

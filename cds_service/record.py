@@ -19,6 +19,7 @@ context. This module turns them into facts the rules can trust:
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -373,7 +374,7 @@ def build_record(
         model = _parse(raw, report)
         if model is None:
             continue
-        _add_fact(record, rtype, model, concept)
+        _add_fact(record, rtype, model, concept, _raw_id(raw))
 
     if draft_orders:
         record.draft_orders = _draft_orders(draft_orders, selections, medications_by_ref, report)
@@ -531,8 +532,6 @@ def _repair(raw: Mapping[str, Any], exc: ValidationError) -> dict[str, Any] | No
     Unknown elements (newer FHIR versions, vendor habits) and ids outside the FHIR pattern (Epic
     ids longer than 64 characters, underscores) are dropped. Anything else is a real defect.
     """
-    import copy
-
     fixed: dict[str, Any] = copy.deepcopy(dict(raw))
     for error in exc.errors(include_input=False, include_url=False):
         loc = error["loc"]
@@ -560,14 +559,20 @@ def _note_skip(rtype: str, exc: ValidationError, report: IngestReport) -> None:
     log.info("skipped invalid %s resource", rtype, extra={"resource_type": rtype, "invalid_at": where})
 
 
-def _add_fact(record: PatientRecord, rtype: str, model: Any, concept: Concept) -> None:
+def _raw_id(raw: Mapping[str, Any]) -> str | None:
+    """The id as the EHR sent it: kept even when the model had to drop it (Epic's long ids)."""
+    rid = raw.get("id")
+    return rid if isinstance(rid, str) else None
+
+
+def _add_fact(record: PatientRecord, rtype: str, model: Any, concept: Concept, rid: str | None) -> None:
     if rtype == "Condition":
         verification = _first_code(model.verificationStatus)
         if verification in _CONDITION_EXCLUDED_VERIFICATION:
             return
         record.conditions.append(
             ConditionFact(
-                id=model.id,
+                id=rid,
                 concept=concept,
                 clinical_status=_first_code(model.clinicalStatus),
                 verification_status=verification,
@@ -589,7 +594,7 @@ def _add_fact(record: PatientRecord, rtype: str, model: Any, concept: Concept) -
         )
         record.observations.append(
             ObservationFact(
-                id=model.id,
+                id=rid,
                 concept=concept,
                 status=model.status,
                 effective=_observation_time(model),
@@ -599,18 +604,18 @@ def _add_fact(record: PatientRecord, rtype: str, model: Any, concept: Concept) -
             )
         )
     elif rtype == "MedicationRequest":
-        record.medications.append(_medication_fact(model, concept))
+        record.medications.append(_medication_fact(model, concept, rid))
     elif rtype in ("Procedure", "AllergyIntolerance", "Encounter"):
-        fact = GenericFact(model.id, concept, _generic_time(model), model)
+        fact = GenericFact(rid, concept, _generic_time(model), model)
         target = {"Procedure": record.procedures, "AllergyIntolerance": record.allergies}.get(
             rtype, record.encounters
         )
         target.append(fact)
 
 
-def _medication_fact(model: Any, concept: Concept) -> MedicationFact:
+def _medication_fact(model: Any, concept: Concept, rid: str | None) -> MedicationFact:
     return MedicationFact(
-        id=model.id,
+        id=rid,
         concept=concept,
         status=model.status,
         intent=model.intent,
@@ -669,7 +674,7 @@ def _draft_orders(
         model = _parse(raw, report)
         if model is None:
             continue
-        rid = raw.get("id") if isinstance(raw.get("id"), str) else None
+        rid = _raw_id(raw)
         orders.append(
             DraftOrder(
                 resource_type=rtype,
@@ -677,7 +682,7 @@ def _draft_orders(
                 concept=concept,
                 selected=f"{rtype}/{rid}" in selected_refs,
                 resource=model,
-                medication=_medication_fact(model, concept) if rtype == "MedicationRequest" else None,
+                medication=_medication_fact(model, concept, rid) if rtype == "MedicationRequest" else None,
             )
         )
     orders.sort(key=lambda o: not o.selected)  # stable: selected first, EHR order kept

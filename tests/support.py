@@ -75,9 +75,15 @@ def searchset(resources: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 def prefetch_from(resources: Iterable[Mapping[str, Any]], keys: Mapping[str, str]) -> dict[str, Any]:
     """Group resources by resource type into the prefetch keys a service declared."""
     items = list(resources)
-    by_key = {"patient": "Patient", "conditions": "Condition", "medications": "MedicationRequest",
-              "observations": "Observation", "allergies": "AllergyIntolerance",
-              "procedures": "Procedure", "encounters": "Encounter"}
+    by_key = {
+        "patient": "Patient",
+        "conditions": "Condition",
+        "medications": "MedicationRequest",
+        "observations": "Observation",
+        "allergies": "AllergyIntolerance",
+        "procedures": "Procedure",
+        "encounters": "Encounter",
+    }
     prefetch: dict[str, Any] = {}
     for key in keys:
         rtype = by_key[key]

@@ -50,7 +50,7 @@ def lft_due(record: PatientRecord, config: RuleConfig) -> list[Finding]:
 
     if start is None:
         # Unknown start is not "long-standing": apply the strictest part of the schedule.
-        window, phase, months = MONTHLY_DAYS, "start date not recorded", None
+        window, phase = MONTHLY_DAYS, "start date not recorded"
     else:
         months = max(months_between(start, record.now), 0)
         if months < 3:
@@ -61,26 +61,22 @@ def lft_due(record: PatientRecord, config: RuleConfig) -> list[Finding]:
             window, phase = config.riluzole_lft_interval_after_year1_days, "after the first year"
 
     latest = record.latest_observation(ALT)
-    if latest is not None and latest.effective is not None:
-        age_days = (record.now - latest.effective).days
-        if age_days <= window:
-            return []
+    if latest is not None and latest.effective is not None and (record.now - latest.effective).days <= window:
+        return []
+
     evidence = [_medication_line(current[0])]
     if start is None:
         evidence.append("Start of riluzole not recorded: the monthly schedule of the first 3 months applies.")
     else:
         evidence.append(f"Riluzole course started {start.date().isoformat()} ({phase}).")
-    if latest is None:
+    if latest is None or latest.effective is None:
         last_text = "none on record"
         evidence.append("No dated ALT result in the data received.")
     else:
-        value = f"{latest.value}" if latest.value is not None else "no value"
-        assert latest.effective is not None
-        last_text = f"{latest.effective.date().isoformat()}"
-        evidence.append(
-            f"Latest ALT: {value} on {latest.effective.date().isoformat()}"
-            f" ({(record.now - latest.effective).days} days ago)."
-        )
+        last_text = latest.effective.date().isoformat()
+        value = str(latest.value) if latest.value is not None else "no value"
+        age = (record.now - latest.effective).days
+        evidence.append(f"Latest ALT: {value} on {last_text} ({age} days ago).")
     evidence.append(f"Schedule at this stage: at least every {window} days.")
     return [
         Finding(

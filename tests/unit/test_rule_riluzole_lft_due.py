@@ -27,7 +27,9 @@ def als(**extra: Any) -> dict[str, Any]:
     return condition
 
 
-def riluzole(started: datetime | None, *, status: str = "active", rid: str = "ril", **medication: Any) -> dict:
+def riluzole(
+    started: datetime | None, *, status: str = "active", rid: str = "ril", **medication: Any
+) -> dict:
     request: dict[str, Any] = {
         "resourceType": "MedicationRequest",
         "id": rid,
@@ -50,7 +52,12 @@ def alt(when: datetime, value: float = 30, *, oid: str | None = None, **extra: A
         "code": {"coding": [{"system": "http://loinc.org", "code": "1742-6"}]},
         "subject": {"reference": f"Patient/{PID}"},
         "effectiveDateTime": when.isoformat(),
-        "valueQuantity": {"value": value, "unit": "U/L", "system": "http://unitsofmeasure.org", "code": "U/L"},
+        "valueQuantity": {
+            "value": value,
+            "unit": "U/L",
+            "system": "http://unitsofmeasure.org",
+            "code": "U/L",
+        },
     }
     obs.update(extra)
     return obs

@@ -1,0 +1,90 @@
+"""The README's promises: every setting documented, and the quickstart works as written."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cds_service.settings import Settings
+from tests.support import ROOT
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def bash_blocks() -> list[str]:
+    return re.findall(r"```bash\n(.*?)\n```", README, re.S)
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    for name in Settings.model_fields:
+        assert f"`ALS_CDS_{name.upper()}`" in README, name
+
+
+def test_readme_test_command_is_what_ci_runs() -> None:
+    test_command = bash_blocks()[2]
+    assert test_command in (ROOT / ".ci" / "run").read_text()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _copy_of_the_repository(target: Path) -> Path:
+    ignore = shutil.ignore_patterns(
+        ".venv", ".git", "*.db", "__pycache__", ".pytest_cache", ".ruff_cache", "*.egg-info"
+    )
+    shutil.copytree(ROOT, target, ignore=ignore)
+    return target
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the README's second command uses curl")
+def test_readme_quickstart_in_a_fresh_virtualenv_returns_the_riluzole_card(tmp_path: Path) -> None:
+    serve, curl = bash_blocks()[0], bash_blocks()[1]
+    assert curl.count("8080") == 1
+    work = _copy_of_the_repository(tmp_path / "als-cds")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALS_CDS_", "VIRTUAL_ENV"))}
+    env["ALS_CDS_PORT"] = str(port)  # the one change: a free port instead of 8080
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen(
+        ["bash", "-c", serve], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 600  # includes `pip install` into a fresh venv
+        while time.monotonic() < deadline:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        else:
+            pytest.fail("the service did not start: " + (tmp_path / "serve.log").read_text()[-3000:])
+        out = subprocess.run(
+            ["bash", "-c", curl.replace("8080", str(port))],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        cards = json.loads(out.stdout)["cards"]
+        assert [c["source"]["topic"]["code"] for c in cards] == ["riluzole-lft-due"]
+        assert cards[0]["summary"].startswith("Riluzole: ALT check due")
+        assert (work / "als-cds.db").exists()  # the embedded SQLite default
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        log.close()

@@ -1,0 +1,145 @@
+"""Card files: complete, cited, and rendered into spec-valid cards."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cds_service import cards
+from cds_service.hooks import Card
+from cds_service.rules import CATALOGUE, RuleConfig, evaluate
+from cds_service.rules.base import Finding
+from cds_service.settings import Settings
+from tests.support import patient_resources, record_from
+
+CARDS_DIR = Settings().cards_dir
+CATALOG = cards.load_catalogue(CARDS_DIR)
+
+
+def no_empty_values(value: Any, path: str = "$") -> list[str]:
+    """Paths of null, empty string, empty list or empty object anywhere in the JSON."""
+    if value is None or value == "" or value == [] or value == {}:
+        return [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in no_empty_values(v, f"{path}.{k}")]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in no_empty_values(v, f"{path}[{i}]")]
+    return []
+
+
+def test_every_rule_has_a_card_file_and_every_card_file_a_rule() -> None:
+    assert {r.id for r in CATALOGUE} == set(CATALOG.definitions)
+
+
+@pytest.mark.parametrize("rule", CATALOGUE, ids=lambda r: r.id)
+def test_every_fact_a_rule_relies_on_cites_a_source_in_its_card(rule: Any) -> None:
+    definition = CATALOG[rule.id]
+    assert rule.facts, "a rule must record the facts it relies on"
+    for fact in rule.facts:
+        assert definition.citation(fact.citation) is not None, f"{rule.id}: {fact.name} cites {fact.citation}"
+
+
+def test_riluzole_card_renders_from_the_fixture_patient() -> None:
+    record = record_from(patient_resources("als-riluzole-lft-overdue"), patient_id="als-riluzole-lft-overdue")
+    [finding] = evaluate(CATALOGUE, record, RuleConfig())
+    assert CATALOG[finding.rule_id].placeholders() <= set(finding.fields)
+    card = cards.render(finding, CATALOG[finding.rule_id])
+    body = card.to_json()
+    assert no_empty_values(body) == []
+    Card.model_validate(body)
+    assert body["uuid"] and all(s["uuid"] for s in body["suggestions"])
+    assert body["selectionBehavior"] == "any"
+    assert body["source"]["topic"] == {
+        "system": cards.RULE_ID_SYSTEM,
+        "code": "riluzole-lft-due",
+        "display": "Riluzole: ALT monitoring due",
+    }
+    assert "38 U/L on 2025-01-10" in body["detail"]  # the data that fired it
+    assert "https://www.nice.org.uk/guidance/ta20" in body["detail"]  # the sources
+    action = body["suggestions"][0]["actions"][0]
+    assert action["resource"]["subject"] == {"reference": "Patient/als-riluzole-lft-overdue"}
+    assert action["resource"]["status"] == "draft"
+
+
+def test_two_renders_get_different_uuids() -> None:
+    finding = Finding(
+        "riluzole-lft-due",
+        {"window_days": "31", "phase": "x", "last_alt": "y"},
+        (),
+        bindings={"patient_reference": "Patient/1"},
+    )
+    a, b = (cards.render(finding, CATALOG["riluzole-lft-due"]) for _ in range(2))
+    assert a.uuid != b.uuid
+    assert a.suggestions and b.suggestions and a.suggestions[0].uuid != b.suggestions[0].uuid
+
+
+def test_longest_summary_stays_under_140_characters() -> None:
+    worst = {"window_days": "730", "phase": "start date not recorded", "last_alt": "none on record"}
+    finding = Finding("riluzole-lft-due", worst, (), bindings={"patient_reference": "Patient/x"})
+    assert len(cards.render(finding, CATALOG["riluzole-lft-due"]).summary) < 140
+
+
+def test_cards_are_sorted_critical_then_warning_then_info() -> None:
+    fields = {"window_days": "31", "phase": "x", "last_alt": "y"}
+    bind = {"patient_reference": "Patient/1"}
+    findings = [
+        Finding("riluzole-lft-due", fields, (), indicator="info", bindings=bind),
+        Finding("riluzole-lft-due", fields, (), indicator="critical", bindings=bind),
+        Finding("riluzole-lft-due", fields, (), indicator="warning", bindings=bind),
+    ]
+    assert [c.indicator for c in cards.render_all(findings, CATALOG)] == ["critical", "warning", "info"]
+
+
+def test_a_template_field_the_rule_does_not_provide_is_an_error_not_a_blank() -> None:
+    finding = Finding(
+        "riluzole-lft-due", {"window_days": "31"}, (), bindings={"patient_reference": "Patient/1"}
+    )
+    with pytest.raises(cards.CardFileError, match="which the rule does not provide"):
+        cards.render(finding, CATALOG["riluzole-lft-due"])
+
+
+def _write_card(tmp_path: Path, name: str, **changes: Any) -> Path:
+    raw = tomllib.loads((CARDS_DIR / "riluzole-lft-due.toml").read_text())
+    raw.update(changes)
+    lines = []
+    import json
+
+    # A tiny TOML writer is enough here: the tests only need valid variations of the real file.
+    def emit(prefix: str, table: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in table.items() if not isinstance(v, (dict, list))}
+        for k, v in scalars.items():
+            lines.append(f"{k} = {json.dumps(v if not hasattr(v, 'isoformat') else v.isoformat())}")
+        for k, v in table.items():
+            if isinstance(v, dict):
+                lines.append(f"[{prefix}{k}]")
+                emit(f"{prefix}{k}.", v)
+            elif isinstance(v, list):
+                for item in v:
+                    lines.append(f"[[{prefix}{k}]]")
+                    emit(f"{prefix}{k}.", item)
+
+    emit("", raw)
+    path = tmp_path / f"{name}.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def test_card_file_must_be_named_for_its_rule(tmp_path: Path) -> None:
+    _write_card(tmp_path, "other-name")
+    with pytest.raises(cards.CardFileError, match="does not match the file name"):
+        cards.load_catalogue(tmp_path)
+
+
+def test_card_file_without_citations_is_refused(tmp_path: Path) -> None:
+    _write_card(tmp_path, "riluzole-lft-due", citations=[])
+    with pytest.raises(cards.CardFileError, match="citations"):
+        cards.load_catalogue(tmp_path)
+
+
+def test_card_file_with_an_unknown_key_is_refused(tmp_path: Path) -> None:
+    _write_card(tmp_path, "riluzole-lft-due", summry="typo")
+    with pytest.raises(cards.CardFileError, match="summry"):
+        cards.load_catalogue(tmp_path)

@@ -1,0 +1,310 @@
+"""The patient record: R4 parsing, the raw-JSON relevance filter, statuses, dates, draft orders."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cds_service import terminology
+from cds_service.record import Interest, build_record, resources_from_bundle, to_instant
+from tests.support import NOW, SYNTHEA, load_json, patient_resources, record_from
+
+ALT = terminology.load("alt")
+RILUZOLE = terminology.load("riluzole")
+ALS = terminology.load("als-diagnosis")
+EVERYTHING = Interest(
+    {
+        t: None
+        for t in (
+            "Condition",
+            "Observation",
+            "MedicationRequest",
+            "Procedure",
+            "AllergyIntolerance",
+            "Encounter",
+        )
+    }
+)
+
+
+def synthea_charts() -> list[Path]:
+    charts = sorted(SYNTHEA.glob("*.json"))
+    assert len(charts) >= 30, "the shared Synthea R4 charts are missing"
+    return charts
+
+
+def synthea_patient_id(resources: list[dict[str, Any]]) -> str:
+    return next(r["id"] for r in resources if r["resourceType"] == "Patient")
+
+
+# -- R4 payloads parse with the R4B models --------------------------------------------------
+
+
+@pytest.mark.parametrize("chart", synthea_charts()[:6], ids=lambda p: p.name.split("_")[0])
+def test_real_r4_charts_parse_without_a_single_skipped_resource(chart: Path) -> None:
+    resources = [dict(r) for r in resources_from_bundle(load_json(chart))]
+    record = build_record(
+        patient_id=synthea_patient_id(resources), now=NOW, resources=resources, interest=EVERYTHING
+    )
+    assert record.report.skipped_invalid == Counter()
+    expected = Counter(r["resourceType"] for r in resources if r["resourceType"] in EVERYTHING.by_type)
+    for rtype, count in expected.items():
+        assert record.report.parsed[rtype] == count, rtype
+    assert record.patient is not None
+
+
+def test_large_chart_is_filtered_on_raw_json_before_model_parsing() -> None:
+    chart = max(synthea_charts(), key=lambda p: p.stat().st_size)
+    resources = [dict(r) for r in resources_from_bundle(load_json(chart))]
+    observations = [r for r in resources if r["resourceType"] == "Observation"]
+    alts = [
+        o
+        for o in observations
+        if any(
+            c.get("code") in {"1742-6", "1744-2", "1743-4", "76625-3"} for c in o["code"].get("coding", [])
+        )
+    ]
+    assert len(observations) > 200
+    record = record_from(resources, patient_id=synthea_patient_id(resources))
+    # Only the ALT results were model-parsed; every other Observation was looked at as raw JSON only.
+    assert record.report.parsed["Observation"] == len(alts)
+    assert record.report.not_relevant["Observation"] == len(observations) - len(alts)
+    # Types no rule reads (claims, immunizations, ...) are not parsed at all.
+    assert record.report.parsed["ExplanationOfBenefit"] == 0
+    assert record.report.not_relevant["Claim"] > 0
+
+
+# -- resources that cannot be read ----------------------------------------------------------
+
+
+def test_malformed_resource_is_skipped_counted_and_the_rest_is_kept(caplog: pytest.LogCaptureFixture) -> None:
+    resources = patient_resources("als-riluzole-lft-overdue")
+    broken = {
+        "resourceType": "Observation",
+        "id": "broken",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "1742-6"}]},
+        "subject": {"reference": "Patient/als-riluzole-lft-overdue"},
+        "valueQuantity": {"value": "SECRET-PHI-VALUE-42"},
+    }
+    with caplog.at_level(logging.DEBUG, logger="cds_service"):
+        record = record_from([*resources, broken], patient_id="als-riluzole-lft-overdue")
+    assert record.report.skipped_invalid == Counter({"Observation": 1})
+    assert len(record.observations_in(ALT)) == 5
+    logged = " ".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert "SECRET-PHI-VALUE-42" not in logged
+    assert "valueQuantity.value" in logged  # the log says where, not what
+
+
+def test_epic_long_id_and_unknown_elements_are_repaired_not_dropped() -> None:
+    long_id = "eAB3mDIBBcyUKviyzrxsnAw3" * 4 + "_x"
+    condition = {
+        "resourceType": "Condition",
+        "id": long_id,
+        "clinicalStatus": {"coding": [{"code": "active"}]},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "86044005"}]},
+        "subject": {"reference": "Patient/p"},
+        "someFutureElement": {"x": 1},
+    }
+    record = record_from([condition], patient_id="p")
+    assert record.report.repaired == Counter({"Condition": 1})
+    [fact] = record.active_conditions(ALS)
+    assert fact.id == long_id
+
+
+def test_resources_of_another_patient_are_dropped() -> None:
+    resources = patient_resources("als-riluzole-lft-overdue")
+    record = record_from(resources, patient_id="someone-else")
+    assert record.conditions == []
+    assert record.report.other_patient["Condition"] == 3  # one was entered in error, still counted
+
+
+def test_urn_uuid_references_are_kept() -> None:
+    condition = {
+        "resourceType": "Condition",
+        "id": "c",
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "86044005"}]},
+        "subject": {"reference": "urn:uuid:3f1c5a9e-0000-4000-8000-000000000001"},
+    }
+    assert record_from([condition], patient_id="p").has_active_condition(ALS)
+
+
+def test_a_resource_sent_under_two_prefetch_keys_is_kept_once() -> None:
+    resources = patient_resources("als-riluzole-lft-overdue")
+    record = record_from([*resources, *resources], patient_id="als-riluzole-lft-overdue")
+    assert len(record.observations_in(ALT)) == 5
+
+
+# -- statuses --------------------------------------------------------------------------------
+
+
+def test_condition_statuses() -> None:
+    record = record_from(patient_resources("als-riluzole-lft-overdue"), patient_id="als-riluzole-lft-overdue")
+    ids = {c.id for c in record.conditions}
+    assert "wrong-dx-1" not in ids  # entered-in-error is gone entirely
+    assert "als-dx-1" in ids
+    refuted = record_from(patient_resources("no-als-on-riluzole"), patient_id="no-als-on-riluzole")
+    assert not refuted.has_active_condition(ALS)
+
+
+def test_medication_statuses_and_intents() -> None:
+    base = {
+        "resourceType": "MedicationRequest",
+        "subject": {"reference": "Patient/p"},
+        "medicationCodeableConcept": {"text": "riluzole 50 mg"},
+    }
+    requests = [
+        {**base, "id": "a", "status": "active", "intent": "order"},
+        {**base, "id": "b", "status": "on-hold", "intent": "order"},
+        {**base, "id": "c", "status": "stopped", "intent": "order"},
+        {**base, "id": "d", "status": "active", "intent": "proposal"},
+        {**base, "id": "e", "status": "cancelled", "intent": "order"},
+    ]
+    record = record_from(requests, patient_id="p")
+    assert sorted(m.fact.id for m in record.active_medications(RILUZOLE)) == ["a", "b"]
+
+
+def test_observation_statuses() -> None:
+    def obs(oid: str, status: str) -> dict[str, Any]:
+        return {
+            "resourceType": "Observation",
+            "id": oid,
+            "status": status,
+            "code": {"coding": [{"system": "http://loinc.org", "code": "1742-6"}]},
+            "effectiveDateTime": "2026-11-01",
+        }
+
+    statuses = ["final", "amended", "corrected", "preliminary", "registered", "cancelled", "entered-in-error"]
+    record = record_from([obs(s, s) for s in statuses], patient_id="p")
+    assert {o.id for o in record.observations_in(ALT)} == {"final", "amended", "corrected", "preliminary"}
+
+
+def test_future_dated_results_are_not_the_latest() -> None:
+    obs = {
+        "resourceType": "Observation",
+        "id": "future",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "1742-6"}]},
+        "effectiveDateTime": (NOW + timedelta(days=30)).isoformat(),
+    }
+    assert record_from([obs], patient_id="p").latest_observation(ALT) is None
+
+
+def test_observation_keeps_value_unit_and_reference_range() -> None:
+    record = record_from(patient_resources("als-riluzole-lft-overdue"), patient_id="als-riluzole-lft-overdue")
+    latest = record.latest_observation(ALT, with_value=True)
+    assert latest is not None
+    assert str(latest.value) == "38 U/L"
+    assert latest.value.code == "U/L"
+    assert latest.reference_range is not None and latest.reference_range.high is not None
+    assert str(latest.reference_range.high) == "40 U/L"
+    assert latest.effective == datetime(2025, 1, 10, 9, 30, tzinfo=UTC)
+
+
+# -- dates -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2025", datetime(2025, 1, 1, tzinfo=UTC)),
+        ("2025-03", datetime(2025, 3, 1, tzinfo=UTC)),
+        ("2025-03-09", datetime(2025, 3, 9, tzinfo=UTC)),
+        (date(2025, 3, 9), datetime(2025, 3, 9, tzinfo=UTC)),
+        ("2025-03-09T10:00:00+02:00", datetime(2025, 3, 9, 8, 0, tzinfo=UTC)),
+        (datetime(2025, 3, 9, 10, 0), datetime(2025, 3, 9, 10, 0, tzinfo=UTC)),
+        (
+            datetime(2025, 3, 9, 10, 0, tzinfo=timezone(timedelta(hours=-5))),
+            datetime(2025, 3, 9, 15, 0, tzinfo=UTC),
+        ),
+        ("not a date", None),
+        (None, None),
+    ],
+)
+def test_fhir_dates_become_aware_utc_instants(value: object, expected: datetime | None) -> None:
+    assert to_instant(value) == expected
+
+
+# -- draft orders ----------------------------------------------------------------------------
+
+
+def test_draft_orders_selected_first_with_medication_resolved_from_the_bundle() -> None:
+    from tests.support import hook_request
+
+    context = hook_request("order-select-riluzole")["context"]
+    record = record_from(
+        [],
+        patient_id=context["patientId"],
+        draft_orders=context["draftOrders"],
+        selections=context["selections"],
+    )
+    assert [o.reference for o in record.draft_orders] == [
+        "MedicationRequest/draft-riluzole-1",
+        "ServiceRequest/draft-cbc-1",
+    ]
+    assert record.draft_orders[0].selected and not record.draft_orders[1].selected
+    [(order, match)] = record.draft_orders_in(RILUZOLE)
+    assert match.kind == "code" and match.code is not None and match.code.code == "199206"
+    assert order.medication is not None and order.medication.status == "draft"
+
+
+def test_contained_medication_is_resolved() -> None:
+    draft = {
+        "resourceType": "Bundle",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "MedicationRequest",
+                    "id": "m1",
+                    "status": "draft",
+                    "intent": "order",
+                    "contained": [
+                        {
+                            "resourceType": "Medication",
+                            "id": "med",
+                            "code": {
+                                "coding": [
+                                    {"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "35623"}
+                                ]
+                            },
+                        }
+                    ],
+                    "medicationReference": {"reference": "#med"},
+                    "subject": {"reference": "Patient/p"},
+                }
+            }
+        ],
+    }
+    record = record_from([], patient_id="p", draft_orders=draft, selections=["MedicationRequest/m1"])
+    assert record.draft_orders_in(RILUZOLE)
+
+
+def test_dstu2_draft_orders_are_counted_not_read() -> None:
+    draft = {
+        "resourceType": "Bundle",
+        "entry": [
+            {"resource": {"resourceType": "MedicationOrder", "id": "x", "status": "draft"}},
+            {"resource": {"resourceType": "OperationOutcome", "issue": []}},
+        ],
+    }
+    record = record_from([], patient_id="p", draft_orders=draft)
+    assert record.draft_orders == []
+    assert record.report.unsupported_draft_types == Counter({"MedicationOrder": 1})
+
+
+def test_bundle_outcome_entries_are_not_data() -> None:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [
+            {"resource": {"resourceType": "OperationOutcome", "issue": []}, "search": {"mode": "outcome"}},
+            {"resource": {"resourceType": "Condition", "id": "c"}, "search": {"mode": "match"}},
+            {"fullUrl": "no-resource"},
+        ],
+    }
+    assert [r["resourceType"] for r in resources_from_bundle(bundle)] == ["Condition"]

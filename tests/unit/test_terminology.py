@@ -1,0 +1,105 @@
+"""Value sets are valid FHIR data with provenance, and matching sees every way a code is written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fhir.resources.R4B.valueset import ValueSet as FhirValueSet
+
+from cds_service import terminology
+from cds_service.terminology import ICD10CM, RXNORM, SNOMED, Code, Concept, normalise_system
+
+
+@pytest.mark.parametrize("valueset_id", terminology.all_valueset_ids())
+def test_every_valueset_file_is_a_valid_fhir_valueset_with_a_source_for_every_code(valueset_id: str) -> None:
+    raw = json.loads((terminology.VALUESET_DIR / f"{valueset_id}.json").read_text())
+    FhirValueSet.model_validate(raw)
+    assert raw["id"] == valueset_id
+    for include in raw["compose"]["include"]:
+        for concept in include["concept"]:
+            checked = [e for e in concept.get("extension", []) if e["url"] == "urn:als-cds:checked"]
+            assert checked and checked[0]["valueString"].split(":")[0].split()[0] in {
+                "VERIFIED",
+                "CORROBORATED",
+                "UNVERIFIED",
+            }, concept["code"]
+    assert terminology.load(valueset_id).codes
+
+
+def test_a_code_without_provenance_is_refused() -> None:
+    with pytest.raises(ValueError, match="does not say where it was checked"):
+        terminology.parse_valueset(
+            {"id": "x", "compose": {"include": [{"system": SNOMED, "concept": [{"code": "1"}]}]}}
+        )
+
+
+@pytest.mark.parametrize(
+    ("alias", "canonical"),
+    [
+        ("urn:oid:2.16.840.1.113883.6.88", RXNORM),
+        ("urn:oid:2.16.840.1.113883.6.96", SNOMED),
+        ("http://snomed.info/sct/900000000000207008", SNOMED),
+        ("http://loinc.org/", "http://loinc.org"),
+        ("urn:oid:2.16.840.1.113883.6.90", ICD10CM),
+        (None, ""),
+    ],
+)
+def test_code_system_aliases_are_normalised(alias: str | None, canonical: str) -> None:
+    assert normalise_system(alias) == canonical
+
+
+def test_every_coding_of_a_concept_is_matched_not_only_the_first() -> None:
+    riluzole = terminology.load("riluzole")
+    concept = Concept.from_json(
+        {
+            "coding": [
+                {"system": "urn:oid:1.2.840.114350", "code": "LOCAL-1"},
+                {"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "2265862"},
+            ]
+        }
+    )
+    match = riluzole.match(concept)
+    assert match is not None and match.kind == "code" and match.code == Code(RXNORM, "2265862")
+
+
+@pytest.mark.parametrize("code", ["G12.21", "G1221", "g12.21"])
+def test_icd10_codes_match_with_or_without_the_dot(code: str) -> None:
+    als = terminology.load("als-diagnosis")
+    assert als.match(Concept.from_json({"coding": [{"system": ICD10CM, "code": code}]}))
+
+
+def test_name_match_is_a_whole_word_and_only_where_the_valueset_allows_it() -> None:
+    riluzole = terminology.load("riluzole")
+    assert riluzole.match(Concept(text="RILUZOLE 50mg tabs")).kind == "name"  # type: ignore[union-attr]
+    assert riluzole.match(Concept(codes=(Code("urn:x", "1", "Tiglutik 5 mg/mL"),))) is not None
+    assert riluzole.match(Concept(text="ariluzoleb")) is None
+    # Conditions never match by name: "ALS" in a text is not a diagnosis code.
+    assert terminology.load("als-diagnosis").match(Concept(text="Amyotrophic lateral sclerosis")) is None
+
+
+def test_excluded_names_do_not_match() -> None:
+    vs = terminology.parse_valueset(
+        {
+            "id": "hyoscine",
+            "extension": [
+                {"url": "urn:als-cds:match-name", "valueString": "hyoscine"},
+                {"url": "urn:als-cds:exclude-name", "valueString": "butylbromide"},
+            ],
+            "compose": {"include": []},
+        }
+    )
+    assert vs.match(Concept(text="Hyoscine hydrobromide 300 micrograms")) is not None
+    assert vs.match(Concept(text="Hyoscine butylbromide 20 mg")) is None
+
+
+def test_concept_from_messy_json_never_raises() -> None:
+    for value in (
+        None,
+        "text",
+        [],
+        {"coding": "x"},
+        {"coding": [None, {"code": 5}, {"system": 1}]},
+        {"text": 5},
+    ):
+        assert Concept.from_json(value).codes == ()  # type: ignore[arg-type]
