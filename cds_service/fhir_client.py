@@ -34,12 +34,17 @@ for _name in ("httpx", "httpcore"):
 
 
 class FhirFetchError(Exception):
-    """A fetch that did not yield usable FHIR data. `reason` is free of PHI and secrets."""
+    """A fetch that did not yield usable FHIR data. `reason` is free of PHI and secrets.
 
-    def __init__(self, reason: str, *, status: int | None = None) -> None:
+    `issue_code` is the FHIR OperationOutcome issue type the failure maps to: `security` when the
+    server refused the token, `timeout` when it did not answer, `incomplete` otherwise.
+    """
+
+    def __init__(self, reason: str, *, status: int | None = None, issue_code: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
+        self.issue_code = issue_code or ("security" if status in (401, 403) else "incomplete")
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,7 @@ class FhirClient:
         try:
             response = await self._http.get(url, headers=headers)
         except httpx.TimeoutException as exc:
-            raise FhirFetchError("FHIR server timed out") from exc
+            raise FhirFetchError("FHIR server timed out", issue_code="timeout") from exc
         except httpx.HTTPError as exc:
             raise FhirFetchError(f"FHIR server unreachable ({type(exc).__name__})") from exc
         except httpx.InvalidURL as exc:  # not an HTTPError; its message quotes the URL

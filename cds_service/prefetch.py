@@ -250,14 +250,7 @@ async def _run_jobs(
         if exc is None:
             result.data[key] = KeyData(key, origins[key], task.result().resources)
         elif isinstance(exc, FhirFetchError):
-            code = (
-                "security"
-                if exc.status in (401, 403)
-                else "timeout"
-                if "timed out" in exc.reason
-                else "incomplete"
-            )
-            result.unavailable[key] = Unavailable(key, exc.reason, code)
+            result.unavailable[key] = Unavailable(key, exc.reason, exc.issue_code)
         else:
             raise exc
 

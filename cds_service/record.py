@@ -153,10 +153,6 @@ class MedicationFact:
     resource: Resource
 
     @property
-    def reference(self) -> str | None:
-        return f"MedicationRequest/{self.id}" if self.id else None
-
-    @property
     def started(self) -> datetime | None:
         """When therapy started: the validity start of the first supply, else the authoring date."""
         dispense = getattr(self.resource, "dispenseRequest", None)
@@ -207,10 +203,6 @@ class IngestReport:
     repaired: Counter[str] = field(default_factory=Counter)
     other_patient: Counter[str] = field(default_factory=Counter)
     unsupported_draft_types: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def skipped_total(self) -> int:
-        return sum(self.skipped_invalid.values())
 
     def summary(self) -> dict[str, dict[str, int]]:
         return {

@@ -16,6 +16,20 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fhir_fixtures"
 SYNTHEA = ROOT.parent / "shared" / "data" / "synthea-r4"
 
+#: The prefetch tokens CDS Hooks 2.0.1 allows for our hooks (written from the spec, not from the
+#: code under test): the tokenisable context fields and the four user identifier tokens.
+SPEC_ALLOWED_TOKENS = frozenset(
+    {
+        "context.patientId",
+        "context.userId",
+        "context.encounterId",
+        "userPractitionerId",
+        "userPractitionerRoleId",
+        "userPatientId",
+        "userRelatedPersonId",
+    }
+)
+
 #: The date the tests run "at": fixtures are written relative to it.
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 

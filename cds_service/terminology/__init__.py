@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -144,20 +144,12 @@ class ValueSet:
     id: str
     title: str
     codes: frozenset[tuple[str, str]]
-    displays: Mapping[tuple[str, str], str] = field(default_factory=dict)
     match_names: tuple[str, ...] = ()
     exclude_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_name_re", _word_pattern(self.match_names))
         object.__setattr__(self, "_exclude_re", _word_pattern(self.exclude_names))
-
-    @property
-    def systems(self) -> frozenset[str]:
-        return frozenset(system for system, _ in self.codes)
-
-    def contains(self, code: Code) -> bool:
-        return code.key in self.codes
 
     def match(self, concept: Concept) -> Match | None:
         """Match every coding first; fall back to names only where the value set allows it."""
@@ -187,7 +179,6 @@ def _word_pattern(words: Iterable[str]) -> re.Pattern[str] | None:
 def parse_valueset(resource: Mapping[str, Any]) -> ValueSet:
     """Read our ValueSet JSON: compose.include concepts, plus the name-matching extensions."""
     codes: set[tuple[str, str]] = set()
-    displays: dict[tuple[str, str], str] = {}
     for include in resource.get("compose", {}).get("include", []):
         system = normalise_system(include["system"])
         for concept in include.get("concept", []):
@@ -195,15 +186,12 @@ def parse_valueset(resource: Mapping[str, Any]) -> ValueSet:
                 raise ValueError(
                     f"value set {resource['id']}: code {concept['code']} does not say where it was checked"
                 )
-            key = Code(system, concept["code"]).key
-            codes.add(key)
-            displays[key] = concept.get("display", "")
+            codes.add(Code(system, concept["code"]).key)
     extensions = resource.get("extension", [])
     return ValueSet(
         id=resource["id"],
         title=resource.get("title", resource["id"]),
         codes=frozenset(codes),
-        displays=displays,
         match_names=tuple(e["valueString"] for e in extensions if e.get("url") == _MATCH_NAME_EXT),
         exclude_names=tuple(e["valueString"] for e in extensions if e.get("url") == _EXCLUDE_NAME_EXT),
     )

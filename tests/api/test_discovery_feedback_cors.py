@@ -8,19 +8,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.support import hook_request
+from tests.support import SPEC_ALLOWED_TOKENS, hook_request
 from tests.unit.test_cards import no_empty_values
-
-ALLOWED_TOKENS = {
-    "context.patientId",
-    "context.userId",
-    "context.encounterId",
-    "userPractitionerId",
-    "userPractitionerRoleId",
-    "userPatientId",
-    "userRelatedPersonId",
-}
-
 
 # -- discovery --------------------------------------------------------------------------------
 
@@ -45,7 +34,7 @@ def test_discovery_prefetch_uses_only_tokens_the_spec_allows(client: TestClient)
     for service in client.get("/cds-services").json()["services"]:
         for template in service["prefetch"].values():
             tokens = set(re.findall(r"\{\{\s*(.*?)\s*\}\}", template))
-            assert tokens <= ALLOWED_TOKENS, template
+            assert tokens <= SPEC_ALLOWED_TOKENS, template
 
 
 def test_patient_view_prefetch_asks_for_what_its_rule_reads(client: TestClient) -> None:

@@ -32,7 +32,7 @@ from cds_service.prefetch import (
 from cds_service.record import Interest
 from cds_service.services import build_services
 from cds_service.settings import Settings
-from tests.support import NOW, searchset
+from tests.support import NOW, SPEC_ALLOWED_TOKENS, searchset
 
 BASE = "https://ehr.example.org/fhir"
 TODAY = NOW.date()  # 2026-11-22
@@ -40,17 +40,7 @@ PID = "pid-zq8x7-4711"
 TOKEN = "tok-SECRET-9f8e7d6c5b4a"
 USER = "Practitioner/neuro-1"
 
-ALLOWED_TOKENS = frozenset(
-    {
-        "context.patientId",
-        "context.userId",
-        "context.encounterId",
-        "userPractitionerId",
-        "userPractitionerRoleId",
-        "userPatientId",
-        "userRelatedPersonId",
-    }
-)
+ALLOWED_TOKENS = SPEC_ALLOWED_TOKENS
 TOKEN_RE = re.compile(r"\{\{(.*?)\}\}")
 
 
