@@ -68,10 +68,7 @@ class AppState:
 
     @property
     def rule_config(self) -> RuleConfig:
-        return RuleConfig(
-            profile=self.settings.profile,
-            riluzole_lft_interval_after_year1_days=self.settings.riluzole_lft_interval_after_year1_days,
-        )
+        return RuleConfig.from_settings(self.settings)
 
 
 class ClientError(Exception):

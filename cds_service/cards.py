@@ -69,7 +69,9 @@ class LinkDef(_Model):
 class ActionDef(_Model):
     type: str
     description: str
-    resource: dict[str, Any] | None = None
+    # A resource written out here (with "$name" placeholders), or "$name" for a whole resource the
+    # rule builds (e.g. the draft order with its dose corrected).
+    resource: dict[str, Any] | str | None = None
     resourceId: str | None = None
 
 
@@ -170,7 +172,7 @@ def _fill(template: str, fields: Mapping[str, str]) -> str:
     return template.format_map(_StrictFields(fields)).strip()
 
 
-def _bind(value: Any, bindings: Mapping[str, str]) -> Any:
+def _bind(value: Any, bindings: Mapping[str, Any]) -> Any:
     """Replace "$name" strings in a suggestion resource with values from the finding."""
     if isinstance(value, str) and value.startswith("$"):
         if value[1:] not in bindings:

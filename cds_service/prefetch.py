@@ -48,6 +48,9 @@ KEY_BY_TYPE: dict[str, str] = {
     "AllergyIntolerance": "allergies",
     "Procedure": "procedures",
     "Encounter": "encounters",
+    "Device": "devices",
+    "DocumentReference": "documents",
+    "Consent": "consents",
 }
 
 
@@ -65,6 +68,9 @@ def prefetch_templates(interest: Interest, settings: Settings, today: date) -> d
                 codes = sorted({f"{system}|{code}" for vs in valuesets for system, code in vs.codes})
                 query.append("code=" + ",".join(codes))
             since = (today - timedelta(days=settings.observation_lookback_days)).replace(day=1)
+            query += [f"date=ge{since.isoformat()}", "_sort=-date", "_count=100"]
+        elif rtype == "Encounter":
+            since = (today - timedelta(days=settings.encounter_lookback_days)).replace(day=1)
             query += [f"date=ge{since.isoformat()}", "_sort=-date", "_count=100"]
         templates[key] = f"{rtype}?{'&'.join(query)}"
     return templates

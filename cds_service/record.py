@@ -32,7 +32,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.resource import Resource
 from pydantic import ValidationError
 
-from cds_service.terminology import Concept, Match, ValueSet
+from cds_service.terminology import Concept, Match, ValueSet, units
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,18 @@ class ObservationFact:
     value: Quantity | None
     reference_range: ReferenceRange | None
     resource: Resource
+    value_concept: Concept = field(default_factory=Concept)
+    components: tuple[tuple[Concept, Quantity | None, Concept], ...] = ()
+
+    def value_in(self, unit: str) -> Decimal | None:
+        """The value converted to `unit`; None when there is none or it cannot be converted."""
+        return units.convert(self.value, unit)
+
+    def reference_high_in(self, unit: str) -> Decimal | None:
+        return units.convert(self.reference_range.high, unit) if self.reference_range else None
+
+    def reference_low_in(self, unit: str) -> Decimal | None:
+        return units.convert(self.reference_range.low, unit) if self.reference_range else None
 
 
 @dataclass(frozen=True)
@@ -151,6 +163,10 @@ class MedicationFact:
     intent: str
     authored_on: datetime | None
     resource: Resource
+
+    @property
+    def dosage(self) -> Dosage | None:
+        return _dosage(self.resource)
 
     @property
     def started(self) -> datetime | None:
@@ -185,12 +201,62 @@ class DraftOrder:
 
 @dataclass(frozen=True)
 class GenericFact:
-    """Procedures, allergies, encounters: the concept and the date, plus the parsed resource."""
+    """Procedures, allergies, encounters, devices, documents, consents.
+
+    `concepts` holds every concept that says what the resource is about (an allergy's code and its
+    reactions' substances; an encounter's types, service type and class), so a value set can match
+    any of them.
+    """
 
     id: str | None
-    concept: Concept
+    concepts: tuple[Concept, ...]
+    status: str | None
     when: datetime | None
     resource: Resource
+
+    @property
+    def concept(self) -> Concept:
+        return self.concepts[0] if self.concepts else Concept()
+
+    def match(self, valueset: ValueSet) -> Match | None:
+        for concept in self.concepts:
+            found = valueset.match(concept)
+            if found is not None:
+                return found
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Dosage:
+    """The first dosage instruction of a medication order, as far as it is structured."""
+
+    dose: Quantity | None  # the 'ordered' dose when several doseAndRate entries are given
+    frequency: int | None  # timing.repeat.frequency ...
+    period: Decimal | None  # ... per `period` `period_unit`
+    period_unit: str | None  # UCUM: s, min, h, d, wk, mo, a
+    route: Concept
+    text: str | None
+
+    @property
+    def per_day(self) -> Decimal | None:
+        """Administrations per day, when the timing says so."""
+        hours = {
+            "s": Decimal(1) / 3600,
+            "min": Decimal(1) / 60,
+            "h": Decimal(1),
+            "d": Decimal(24),
+            "wk": Decimal(168),
+            "mo": Decimal(720),
+            "a": Decimal(8760),
+        }
+        if self.frequency is None or self.period is None or self.period_unit not in hours or self.period == 0:
+            return None
+        return Decimal(self.frequency) * 24 / (self.period * hours[self.period_unit])
+
+    @property
+    def interval_hours(self) -> Decimal | None:
+        per_day = self.per_day
+        return Decimal(24) / per_day if per_day else None
 
 
 @dataclass
@@ -234,8 +300,17 @@ class PatientRecord:
     procedures: list[GenericFact] = field(default_factory=list)
     allergies: list[GenericFact] = field(default_factory=list)
     encounters: list[GenericFact] = field(default_factory=list)
+    devices: list[GenericFact] = field(default_factory=list)
+    documents: list[GenericFact] = field(default_factory=list)
+    consents: list[GenericFact] = field(default_factory=list)
     draft_orders: list[DraftOrder] = field(default_factory=list)
     report: IngestReport = field(default_factory=IngestReport)
+
+    # -- the patient ----------------------------------------------------------------------------
+    @property
+    def sex(self) -> str | None:
+        """Administrative gender from the Patient resource ('male', 'female', 'other', 'unknown')."""
+        return getattr(self.patient, "gender", None) if self.patient is not None else None
 
     # -- conditions -----------------------------------------------------------------------------
     def active_conditions(self, valueset: ValueSet) -> list[ConditionFact]:
@@ -278,15 +353,59 @@ class PatientRecord:
     def active_medications(self, valueset: ValueSet) -> list[MedicationMatch]:
         return self.medication_requests(valueset, MEDICATION_CURRENT_STATUSES)
 
+    # -- procedures, allergies, encounters, devices, documents, consents -----------------------
+    def procedures_in(
+        self, valueset: ValueSet | None = None, since: datetime | None = None
+    ) -> list[GenericFact]:
+        """Done (or ongoing) procedures, newest first; all of them when `valueset` is None."""
+        return _facts_in(self.procedures, valueset, since)
+
+    def allergies_in(self, valueset: ValueSet) -> list[GenericFact]:
+        """Current, not refuted allergies and intolerances whose code or reaction substance matches."""
+        return _facts_in(self.allergies, valueset, None)
+
+    def encounters_in(
+        self, valueset: ValueSet | None = None, since: datetime | None = None
+    ) -> list[GenericFact]:
+        return _facts_in(self.encounters, valueset, since)
+
+    def devices_in(self, valueset: ValueSet) -> list[GenericFact]:
+        return _facts_in(self.devices, valueset, None)
+
+    def documents_in(self, valueset: ValueSet) -> list[GenericFact]:
+        return _facts_in(self.documents, valueset, None)
+
+    def consents_in(self, valueset: ValueSet) -> list[GenericFact]:
+        return _facts_in(self.consents, valueset, None)
+
     # -- draft orders ---------------------------------------------------------------------------
+    @property
+    def orders_to_check(self) -> list[DraftOrder]:
+        """The orders a card should be about: on order-select the selected ones (the others were
+        checked when they were selected), on order-sign all of them."""
+        selected = [o for o in self.draft_orders if o.selected]
+        return selected or self.draft_orders
+
     def draft_orders_in(self, valueset: ValueSet) -> list[tuple[DraftOrder, Match]]:
-        """Draft orders whose code (or medication) is in the value set; selected orders first."""
+        """Orders to check whose code (or medication) is in the value set."""
         found = []
-        for order in self.draft_orders:
+        for order in self.orders_to_check:
             match = valueset.match(order.concept)
             if match is not None:
                 found.append((order, match))
         return found
+
+
+def _facts_in(
+    facts: Sequence[GenericFact], valueset: ValueSet | None, since: datetime | None
+) -> list[GenericFact]:
+    found = [
+        f
+        for f in facts
+        if (valueset is None or f.match(valueset) is not None)
+        and (since is None or (f.when is not None and f.when >= since))
+    ]
+    return sorted(found, key=lambda f: f.when or datetime.min.replace(tzinfo=UTC), reverse=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,11 +421,11 @@ class Interest:
     def wants_type(self, resource_type: str) -> bool:
         return resource_type in self.by_type
 
-    def wants(self, resource_type: str, concept: Concept) -> bool:
+    def wants(self, resource_type: str, concepts: Sequence[Concept]) -> bool:
         if resource_type not in self.by_type:
             return False
         valuesets = self.by_type[resource_type]
-        return valuesets is None or any(vs.match(concept) for vs in valuesets)
+        return valuesets is None or any(vs.match(c) for vs in valuesets for c in concepts)
 
     @classmethod
     def merge(cls, interests: Iterable[Interest]) -> Interest:
@@ -359,14 +478,14 @@ def build_record(
         if _names_other_patient(raw, patient_id):
             report.other_patient[rtype] += 1
             continue
-        concept = _main_concept(raw, medications_by_ref)
-        if not interest.wants(rtype, concept):
+        concepts = _concepts(raw, medications_by_ref)
+        if not interest.wants(rtype, concepts):
             report.not_relevant[rtype] += 1
             continue
         model = _parse(raw, report)
         if model is None:
             continue
-        _add_fact(record, rtype, model, concept, _raw_id(raw))
+        _add_fact(record, rtype, model, concepts, _raw_id(raw))
 
     if draft_orders:
         record.draft_orders = _draft_orders(draft_orders, selections, medications_by_ref, report)
@@ -470,27 +589,38 @@ def _medication_concept(raw: Mapping[str, Any], medications: Mapping[str, Concep
     return Concept(text=display) if isinstance(display, str) else Concept()
 
 
-_CONCEPT_ELEMENT: dict[str, str] = {
-    "Observation": "code",
-    "Condition": "code",
-    "Procedure": "code",
-    "AllergyIntolerance": "code",
-    "ServiceRequest": "code",
-    "DeviceRequest": "codeCodeableConcept",
-    "NutritionOrder": "oralDiet",
+#: Where each resource type says what it is about. Lists are read whole.
+_CONCEPT_ELEMENTS: dict[str, tuple[str, ...]] = {
+    "Observation": ("code",),
+    "Condition": ("code",),
+    "Procedure": ("code",),
+    "AllergyIntolerance": ("code",),
+    "ServiceRequest": ("code", "category"),
+    "DeviceRequest": ("codeCodeableConcept",),
+    "Encounter": ("type", "serviceType"),
+    "Device": ("type",),
+    "DocumentReference": ("type", "category"),
+    "Consent": ("scope", "category"),
 }
 
 
-def _main_concept(raw: Mapping[str, Any], medications: Mapping[str, Concept]) -> Concept:
+def _concepts(raw: Mapping[str, Any], medications: Mapping[str, Concept]) -> tuple[Concept, ...]:
     rtype = raw["resourceType"]
     if rtype == "MedicationRequest":
-        return _medication_concept(raw, medications)
-    if rtype == "Encounter":
-        types = raw.get("type") or []
-        first = types[0] if types and isinstance(types[0], Mapping) else None
-        return Concept.from_json(first)
-    element = _CONCEPT_ELEMENT.get(rtype)
-    return Concept.from_json(raw.get(element)) if element else Concept()
+        return (_medication_concept(raw, medications),)
+    found: list[Concept] = []
+    for element in _CONCEPT_ELEMENTS.get(rtype, ()):
+        value = raw.get(element)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, Mapping):
+                found.append(Concept.from_json(item))
+    if rtype == "AllergyIntolerance":
+        for reaction in raw.get("reaction") or ():
+            if isinstance(reaction, Mapping) and isinstance(reaction.get("substance"), Mapping):
+                found.append(Concept.from_json(reaction["substance"]))
+    if rtype == "Encounter" and isinstance(raw.get("class"), Mapping):
+        found.append(Concept.from_json({"coding": [raw["class"]]}))  # class is a bare Coding
+    return tuple(found) or (Concept(),)
 
 
 def _parse(raw: Mapping[str, Any], report: IngestReport) -> Resource | None:
@@ -557,7 +687,21 @@ def _raw_id(raw: Mapping[str, Any]) -> str | None:
     return rid if isinstance(rid, str) else None
 
 
-def _add_fact(record: PatientRecord, rtype: str, model: Any, concept: Concept, rid: str | None) -> None:
+#: Per type: statuses that mean the thing happened / holds now, and where its date is.
+_GENERIC_KEEP: dict[str, frozenset[str | None]] = {
+    "Procedure": frozenset({"completed", "in-progress"}),
+    "Encounter": frozenset({"finished", "in-progress", "arrived", "triaged", "onleave"}),
+    "Device": frozenset({"active", None}),
+    "DocumentReference": frozenset({"current", None}),
+    "Consent": frozenset({"active"}),
+}
+_ALLERGY_EXCLUDED_CLINICAL = frozenset({"inactive", "resolved"})
+
+
+def _add_fact(
+    record: PatientRecord, rtype: str, model: Any, concepts: tuple[Concept, ...], rid: str | None
+) -> None:
+    concept = concepts[0]
     if rtype == "Condition":
         verification = _first_code(model.verificationStatus)
         if verification in _CONDITION_EXCLUDED_VERIFICATION:
@@ -593,16 +737,40 @@ def _add_fact(record: PatientRecord, rtype: str, model: Any, concept: Concept, r
                 value=Quantity.from_model(model.valueQuantity),
                 reference_range=reference_range,
                 resource=model,
+                value_concept=_concept_of(model.valueCodeableConcept),
+                components=tuple(
+                    (
+                        _concept_of(c.code),
+                        Quantity.from_model(c.valueQuantity),
+                        _concept_of(c.valueCodeableConcept),
+                    )
+                    for c in model.component or ()
+                ),
             )
         )
     elif rtype == "MedicationRequest":
         record.medications.append(_medication_fact(model, concept, rid))
-    elif rtype in ("Procedure", "AllergyIntolerance", "Encounter"):
-        fact = GenericFact(rid, concept, _generic_time(model), model)
-        target = {"Procedure": record.procedures, "AllergyIntolerance": record.allergies}.get(
-            rtype, record.encounters
-        )
-        target.append(fact)
+    elif rtype == "AllergyIntolerance":
+        if _first_code(model.verificationStatus) in _CONDITION_EXCLUDED_VERIFICATION:
+            return
+        clinical = _first_code(model.clinicalStatus)
+        if clinical in _ALLERGY_EXCLUDED_CLINICAL:
+            return
+        record.allergies.append(GenericFact(rid, concepts, clinical, _generic_time(model), model))
+    elif rtype in _GENERIC_KEEP:
+        status = getattr(model, "status", None)
+        if status not in _GENERIC_KEEP[rtype]:
+            return
+        if rtype == "DocumentReference" and getattr(model, "docStatus", None) == "entered-in-error":
+            return
+        target = {
+            "Procedure": record.procedures,
+            "Encounter": record.encounters,
+            "Device": record.devices,
+            "DocumentReference": record.documents,
+            "Consent": record.consents,
+        }[rtype]
+        target.append(GenericFact(rid, concepts, status, _generic_time(model), model))
 
 
 def _medication_fact(model: Any, concept: Concept, rid: str | None) -> MedicationFact:
@@ -614,6 +782,54 @@ def _medication_fact(model: Any, concept: Concept, rid: str | None) -> Medicatio
         authored_on=to_instant(model.authoredOn),
         resource=model,
     )
+
+
+def _concept_of(model: Any) -> Concept:
+    """A parsed CodeableConcept as a Concept (the same view `Concept.from_json` gives of raw JSON)."""
+    return (
+        Concept.from_json(model.model_dump(mode="json", exclude_none=True))
+        if model is not None
+        else Concept()
+    )
+
+
+_GTS_PER_DAY = {
+    "QD": 1,
+    "BID": 2,
+    "TID": 3,
+    "QID": 4,
+    "Q12H": 2,
+    "Q8H": 3,
+    "Q6H": 4,
+    "Q4H": 6,
+    "AM": 1,
+    "PM": 1,
+}
+
+
+def _dosage(model: Any) -> Dosage | None:
+    instructions = getattr(model, "dosageInstruction", None) or []
+    if not instructions:
+        return None
+    first = instructions[0]
+    dose = None
+    rates = first.doseAndRate or []
+    ordered = [r for r in rates if r.type and any(c.code == "ordered" for c in r.type.coding or [])]
+    for rate in ordered + [r for r in rates if r not in ordered]:
+        if rate.doseQuantity is not None:
+            dose = Quantity.from_model(rate.doseQuantity)
+            break
+    frequency = period = period_unit = None
+    timing = first.timing
+    repeat = timing.repeat if timing is not None else None
+    if repeat is not None and repeat.frequency is not None and repeat.period is not None:
+        frequency, period, period_unit = repeat.frequency, Decimal(str(repeat.period)), repeat.periodUnit
+    elif timing is not None and timing.code is not None:
+        for coding in timing.code.coding or []:
+            if coding.code and coding.code.upper() in _GTS_PER_DAY:
+                frequency, period, period_unit = _GTS_PER_DAY[coding.code.upper()], Decimal(1), "d"
+                break
+    return Dosage(dose, frequency, period, period_unit, _concept_of(first.route), first.text)
 
 
 def _first_code(concept: Any) -> str | None:
@@ -633,7 +849,7 @@ def _observation_time(model: Any) -> datetime | None:
 
 
 def _generic_time(model: Any) -> datetime | None:
-    for name in ("performedDateTime", "recordedDate", "onsetDateTime"):
+    for name in ("performedDateTime", "recordedDate", "onsetDateTime", "date", "dateTime"):
         value = getattr(model, name, None)
         if value is not None:
             return to_instant(value)
@@ -662,7 +878,7 @@ def _draft_orders(
             # DSTU2 MedicationOrder / STU3 ProcedureRequest: this service reads R4 only.
             report.unsupported_draft_types[rtype] += 1
             continue
-        concept = _main_concept(raw, medications)
+        concept = _concepts(raw, medications)[0]
         model = _parse(raw, report)
         if model is None:
             continue

@@ -55,6 +55,41 @@ class Settings(BaseSettings):
         "'periodically'; NICE TA20 3.3 says annually, hence 365.",
     )
 
+    alt_uln_default_male: float = Field(
+        33,
+        gt=0,
+        description="ALT upper limit of normal (U/L) for men, used only when a result carries no "
+        "reference range. ACG 2017 (Kwo et al.): a healthy ALT is up to 29-33 IU/L in men.",
+    )
+    alt_uln_default_female: float = Field(
+        25,
+        gt=0,
+        description="ALT upper limit of normal (U/L) for women and for patients whose sex is not "
+        "recorded (the lower limit errs towards flagging). ACG 2017: up to 19-25 IU/L in women.",
+    )
+    neutrophil_lower_limit: float = Field(
+        1.5,
+        gt=0,
+        description="Neutrophil lower limit (10^9/L) used when a result carries no reference range.",
+    )
+    mdt_interval_days: int = Field(
+        92,
+        ge=28,
+        le=365,
+        description="Multidisciplinary review interval: NICE NG42 1.5.2 'usually every 2 to 3 months'.",
+    )
+    mdt_encounter_codes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Extra `system|code` encounter type codes (comma-separated) that count as an MND "
+        "multidisciplinary clinic visit, for sites with local clinic codes.",
+    )
+    respiratory_interval_days: int = Field(
+        92,
+        ge=28,
+        le=365,
+        description="Respiratory assessment interval: NICE NG42 1.14.10 / QS126 'every 2 to 3 months'.",
+    )
+
     # -- talking to the EHR's FHIR server --------------------------------------------------------
     fhir_budget_seconds: float = Field(
         4.0,
@@ -77,7 +112,7 @@ class Settings(BaseSettings):
         "requests never need a token.",
     )
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "mdt_encounter_codes", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
@@ -85,13 +120,19 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def encounter_lookback_days(self) -> int:
+        """How far back the Encounter prefetch reaches: one MDT interval plus a month."""
+        return self.mdt_interval_days + 31
+
+    @property
     def observation_lookback_days(self) -> int:
         """How far back the Observation prefetch reaches.
 
-        The longest look-back any rule needs: the yearly ALT interval after the first year of
-        riluzole, plus one month so that a result taken just before the interval ends is seen.
+        The longest look-back any rule needs (the ALT interval after the first year of riluzole,
+        or the 12 months of weight history for weight loss), plus one month so that a result taken
+        just before the interval ends is seen.
         """
-        return self.riluzole_lft_interval_after_year1_days + 31
+        return max(self.riluzole_lft_interval_after_year1_days, 365) + 31
 
 
 def get_settings() -> Settings:

@@ -11,14 +11,24 @@ import logging
 from collections.abc import Iterable, Sequence
 
 from cds_service.record import PatientRecord
-from cds_service.rules import als, riluzole
+from cds_service.rules import als, care, dmt, muscle, nutrition, physio, respiratory, riluzole, saliva
 from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
 
 __all__ = ["CATALOGUE", "Finding", "Rule", "RuleConfig", "RuleFact", "evaluate", "rules_for_hook"]
 
 log = logging.getLogger(__name__)
 
-CATALOGUE: tuple[Rule, ...] = (riluzole.LFT_DUE,)
+#: Every rule, by clinical area. Each area module lists its rules in `RULES`.
+CATALOGUE: tuple[Rule, ...] = (
+    *riluzole.RULES,
+    *dmt.RULES,
+    *respiratory.RULES,
+    *nutrition.RULES,
+    *saliva.RULES,
+    *muscle.RULES,
+    *care.RULES,
+    *physio.RULES,
+)
 
 
 def rules_for_hook(hook: str, catalogue: Iterable[Rule] = CATALOGUE) -> tuple[Rule, ...]:

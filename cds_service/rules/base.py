@@ -12,8 +12,8 @@ test proves that every fact points at a citation that exists.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 from cds_service.hooks import Indicator
 from cds_service.record import Interest, PatientRecord
@@ -21,10 +21,26 @@ from cds_service.record import Interest, PatientRecord
 
 @dataclass(frozen=True)
 class RuleConfig:
-    """The settings rules may depend on; passed in so that rules stay pure."""
+    """The settings rules may depend on; passed in so that rules stay pure.
+
+    Field names are those of `Settings` (the app copies them over by name); the defaults here are
+    the settings' defaults, so tests can build a RuleConfig without a Settings object.
+    """
 
     profile: Literal["nice", "us"] = "nice"
     riluzole_lft_interval_after_year1_days: int = 365
+    alt_uln_default_male: float = 33
+    alt_uln_default_female: float = 25
+    neutrophil_lower_limit: float = 1.5
+    mdt_interval_days: int = 92
+    mdt_encounter_codes: tuple[str, ...] = ()
+    respiratory_interval_days: int = 92
+
+    @classmethod
+    def from_settings(cls, settings: object) -> RuleConfig:
+        values = {f.name: getattr(settings, f.name) for f in fields(cls)}
+        values["mdt_encounter_codes"] = tuple(values["mdt_encounter_codes"])
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -46,7 +62,8 @@ class Finding:
     evidence: tuple[str, ...]  # the data that fired it, one line each, shown on the card
     variant: str | None = None  # a named variant of the card text (e.g. 'stop' vs 'monitor')
     indicator: Indicator | None = None  # when the rule, not the card file, decides the severity
-    bindings: Mapping[str, str] = field(default_factory=dict)  # $names used in suggestion resources
+    # $names used in suggestion actions: strings (a reference) or whole resources (an updated order)
+    bindings: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

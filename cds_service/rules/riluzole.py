@@ -135,3 +135,5 @@ LFT_DUE = Rule(
         ),
     ),
 )
+
+RULES: tuple[Rule, ...] = (LFT_DUE,)

@@ -178,10 +178,12 @@ def test_an_observation_interest_without_value_sets_asks_for_every_code() -> Non
 def test_templates_are_only_declared_for_types_the_rules_read() -> None:
     templates = prefetch_templates(Interest({"Condition": None, "Encounter": None}), Settings(), TODAY)
 
+    since = (TODAY - timedelta(days=Settings().encounter_lookback_days)).replace(day=1)
     assert templates == {
         "patient": "Patient/{{context.patientId}}",
         "conditions": "Condition?patient={{context.patientId}}",
-        "encounters": "Encounter?patient={{context.patientId}}",
+        # Encounters only matter for the MDT interval: a literal date window, newest first.
+        "encounters": f"Encounter?patient={{{{context.patientId}}}}&date=ge{since.isoformat()}&_sort=-date&_count=100",
     }
 
 

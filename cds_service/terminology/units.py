@@ -1,0 +1,140 @@
+"""Units: read a FHIR Quantity in whatever unit the lab used, or refuse to.
+
+A value is only ever compared after conversion to the unit the rule's threshold is written in.
+A unit this table does not know, or one of another dimension (FVC in litres where a threshold is
+in % predicted), gives `None`, and rules treat `None` as "cannot tell", never as normal.
+
+The UCUM code (`Quantity.code` with system http://unitsofmeasure.org) is preferred; the
+human-readable `Quantity.unit` is read as a fallback, since many EHRs fill only that.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Protocol
+
+UCUM_SYSTEM = "http://unitsofmeasure.org"
+
+
+class QuantityLike(Protocol):
+    value: Decimal
+    unit: str | None
+    code: str | None
+    system: str | None
+
+
+# Each unit: (dimension, factor to the dimension's base unit). Keys are compared after
+# `_normalise` (case kept where UCUM is case-sensitive: 'mL' vs 'ML' do not collide here).
+_D = Decimal
+_UNITS: dict[str, tuple[str, Decimal]] = {}
+
+
+def _add(dimension: str, factor: str, *spellings: str) -> None:
+    for spelling in spellings:
+        _UNITS[_normalise(spelling)] = (dimension, _D(factor))
+
+
+def _normalise(unit: str) -> str:
+    return unit.strip().replace("µ", "u").replace("μ", "u").replace(" ", "").replace("^", "*").lower()
+
+
+# Catalytic activity concentration, base U/L. 1 µkat = 60 µmol/min = 60 U.
+_add("catalytic", "1", "U/L", "[IU]/L", "IU/L", "U/l", "IU/l", "unit/L", "units/L")
+_add("catalytic", "60", "ukat/L", "µkat/L", "umol/s/L")
+_add("catalytic", "0.06", "nkat/L")
+# Mass (body weight), base kg.
+_add("mass", "1", "kg", "kilogram", "kilograms")
+_add("mass", "0.001", "g", "gram", "grams")
+_add("mass", "0.45359237", "[lb_av]", "lb", "lbs", "pound", "pounds")
+_add("mass", "0.028349523125", "[oz_av]", "oz")
+# Pressure, base kPa. 1 mm[Hg] = 0.133322387415 kPa; 1 cm[H2O] = 0.0980665 kPa.
+_add("pressure", "1", "kPa", "kilopascal")
+_add("pressure", "0.133322387415", "mm[Hg]", "mmHg", "mm Hg", "torr")
+_add("pressure", "0.0980665", "cm[H2O]", "cmH2O", "cm H2O")
+# Volume, base L.
+_add("volume", "1", "L", "l", "litre", "liter", "litres", "liters")
+_add("volume", "0.001", "mL", "ml")
+# Fractions, base %.
+_add("percent", "1", "%", "percent", "%{saturation}", "% predicted", "%{predicted}")
+# Cell number concentration, base 10*9/L (= 10*3/uL = 1/nL).
+_add(
+    "cells",
+    "1",
+    "10*9/L",
+    "10^9/L",
+    "x10*9/L",
+    "x10^9/L",
+    "10*3/uL",
+    "10^3/uL",
+    "x10*3/uL",
+    "x10^3/uL",
+    "10*3/mm3",
+    "K/uL",
+    "thou/uL",
+    "/nL",
+    "10.*9/L",
+    "10.*3/uL",
+    "GI/L",
+    "x10E9/L",
+    "x10E3/uL",
+)
+_add("cells", "0.001", "/uL", "/mm3", "cells/uL", "{cells}/uL", "/mm[3]")
+_add("cells", "0.001", "10*6/L", "10^6/L")
+# Bilirubin (mass or substance concentration), base umol/L. 1 mg/dL = 17.104 umol/L (M = 584.66 g/mol).
+_add("bilirubin", "1", "umol/L", "µmol/L", "micromol/L")
+_add("bilirubin", "17.104", "mg/dL", "mg/dl")
+
+#: What each dimension's base unit is called, for rules that ask "in which unit?".
+BASE_UNITS = {
+    "catalytic": "U/L",
+    "mass": "kg",
+    "pressure": "kPa",
+    "volume": "L",
+    "percent": "%",
+    "cells": "10*9/L",
+    "bilirubin": "umol/L",
+}
+
+_TEMPERATURE_C = {_normalise(u) for u in ("Cel", "°C", "C", "degC", "celsius", "deg C")}
+_TEMPERATURE_F = {_normalise(u) for u in ("[degF]", "°F", "F", "degF", "fahrenheit", "deg F")}
+
+
+def _unit_of(quantity: QuantityLike) -> str | None:
+    if quantity.code and (quantity.system in (None, UCUM_SYSTEM)):
+        return quantity.code
+    return quantity.unit or quantity.code
+
+
+def convert(quantity: QuantityLike | None, target: str) -> Decimal | None:
+    """The quantity's value in `target` units, or None if it cannot be known safely."""
+    if quantity is None or quantity.value is None:
+        return None
+    source = _unit_of(quantity)
+    if source is None:
+        return None
+    if _normalise(target) in _TEMPERATURE_C | _TEMPERATURE_F:
+        return _convert_temperature(quantity.value, source, target)
+    src = _UNITS.get(_normalise(source))
+    dst = _UNITS.get(_normalise(target))
+    if src is None or dst is None or src[0] != dst[0]:
+        return None
+    return quantity.value * src[1] / dst[1]
+
+
+def _convert_temperature(value: Decimal, source: str, target: str) -> Decimal | None:
+    src, dst = _normalise(source), _normalise(target)
+    if src in _TEMPERATURE_C:
+        celsius = value
+    elif src in _TEMPERATURE_F:
+        celsius = (value - 32) * 5 / 9
+    else:
+        return None
+    return celsius if dst in _TEMPERATURE_C else celsius * 9 / 5 + 32
+
+
+def dimension(unit: str) -> str | None:
+    """The dimension of a unit spelling ('catalytic', 'mass', ...), or None if unknown."""
+    if _normalise(unit) in _TEMPERATURE_C | _TEMPERATURE_F:
+        return "temperature"
+    found = _UNITS.get(_normalise(unit))
+    return found[0] if found else None
