@@ -24,24 +24,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cds_service import cards as card_rendering
-from cds_service import prefetch
+from cds_service.engine import Engine, RequestError, issue, validation_issues
 from cds_service.fhir_client import FhirClient, new_http_client
-from cds_service.hooks import (
-    HOOK_CONTEXTS,
-    CDSRequest,
-    CDSResponse,
-    DiscoveryResponse,
-    FeedbackRequest,
-    OrderSelectContext,
-    OrderSignContext,
-)
-from cds_service.record import build_record
-from cds_service.rules import RuleConfig, evaluate
+from cds_service.hooks import CDSRequest, CDSResponse, DiscoveryResponse, FeedbackRequest
 from cds_service.services import ServiceDefinition, build_services
 from cds_service.settings import Settings
 from cds_service.store import IssuedCard, Store
@@ -61,40 +50,9 @@ class AppState:
 
     settings: Settings
     services: dict[str, ServiceDefinition]
-    catalogue: card_rendering.CardCatalogue
-    fhir: FhirClient
+    engine: Engine
     store: Store
     clock: Clock
-
-    @property
-    def rule_config(self) -> RuleConfig:
-        return RuleConfig.from_settings(self.settings)
-
-
-class ClientError(Exception):
-    """A request the client got wrong: answered with `status` and an OperationOutcome."""
-
-    def __init__(
-        self, status: int, diagnostics: str, *, where: Sequence[str] = (), code: str = "invalid"
-    ) -> None:
-        super().__init__(diagnostics)
-        self.status = status
-        self.issues = [_issue(diagnostics, where=where, code=code)]
-
-    @classmethod
-    def with_issues(cls, status: int, issues: list[dict[str, Any]]) -> ClientError:
-        error = cls(status, issues[0]["diagnostics"])
-        error.issues = issues
-        return error
-
-
-def _issue(
-    diagnostics: str, *, where: Sequence[str] = (), code: str = "invalid", severity: str = "error"
-) -> dict:
-    issue: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": diagnostics}
-    if where:
-        issue["expression"] = list(where)
-    return issue
 
 
 def operation_outcome(
@@ -106,26 +64,6 @@ def operation_outcome(
         headers=headers,
         media_type="application/json",
     )
-
-
-def _validation_issues(errors: Sequence[Any], prefix: str = "") -> list[dict[str, Any]]:
-    """pydantic errors → OperationOutcome issues. Only locations and messages: inputs are PHI."""
-    issues = []
-    for error in errors:
-        raw_loc = list(error.get("loc", ()))
-        if error.get("type") == "json_invalid":
-            detail = (error.get("ctx") or {}).get("error", "invalid JSON")
-            position = raw_loc[-1] if raw_loc and isinstance(raw_loc[-1], int) else None
-            at = f" at character {position}" if position is not None else ""
-            issues.append(_issue(f"The request body is not valid JSON{at}: {detail}", code="structure"))
-            continue
-        loc = [str(p) for p in raw_loc if p != "body"]
-        where = ".".join(([prefix] if prefix else []) + loc)
-        message = error.get("msg", "invalid value")
-        if not where:
-            message = f"The request body: {message}"
-        issues.append(_issue(message, where=[where] if where else ()))
-    return issues or [_issue("invalid request")]
 
 
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:
@@ -146,13 +84,13 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         http = new_http_client(
             max_connections=settings.fhir_max_connections, timeout_seconds=settings.fhir_budget_seconds
         )
+        now = clock or _utc_now
         app.state.als = AppState(
             settings=settings,
             services=services,
-            catalogue=catalogue,
-            fhir=FhirClient(http, max_pages=settings.fhir_max_pages),
+            engine=Engine(settings, catalogue, FhirClient(http, max_pages=settings.fhir_max_pages), now),
             store=store,
-            clock=clock or _utc_now,
+            clock=now,
         )
         try:
             yield
@@ -182,24 +120,24 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return operation_outcome(400, _validation_issues(exc.errors()))
+        return operation_outcome(400, validation_issues(exc.errors()))
 
-    @app.exception_handler(ClientError)
-    async def _client_error(_: Request, exc: ClientError) -> JSONResponse:
+    @app.exception_handler(RequestError)
+    async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
         return operation_outcome(exc.status, exc.issues)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = "not-found" if exc.status_code == 404 else "processing"
         return operation_outcome(
-            exc.status_code, [_issue(str(exc.detail), code=code)], getattr(exc, "headers", None)
+            exc.status_code, [issue(str(exc.detail), code=code)], getattr(exc, "headers", None)
         )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         # The message of an unexpected exception may quote data: log only its type.
         log.error("unhandled error", extra={"error_type": type(exc).__name__}, exc_info=False)
-        return operation_outcome(500, [_issue("internal error", code="exception")])
+        return operation_outcome(500, [issue("internal error", code="exception")])
 
 
 def _state(request: Request) -> AppState:
@@ -209,7 +147,7 @@ def _state(request: Request) -> AppState:
 def _service(state: AppState, service_id: str) -> ServiceDefinition:
     service = state.services.get(service_id)
     if service is None:
-        raise ClientError(404, f"no CDS service with id '{service_id}'", code="not-found")
+        raise RequestError.single(404, f"no CDS service with id '{service_id}'", code="not-found")
     return service
 
 
@@ -231,47 +169,16 @@ def _add_routes(app: FastAPI) -> None:
         started = time.perf_counter()
         state = _state(request)
         service = _service(state, service_id)
-        if body.hook != service.hook:
-            raise ClientError(
-                400,
-                f"service '{service.id}' answers the '{service.hook}' hook, not '{body.hook}'",
-                where=["hook"],
-            )
-        context = _validate_context(body)
-        now = state.clock()
-        templates = service.prefetch(state.settings, now.date())
         try:
-            data = await prefetch.resolve(
-                body, templates, state.fhir, budget_seconds=state.settings.fhir_budget_seconds
-            )
-        except prefetch.PrefetchInvalid as exc:
-            raise ClientError(400, exc.message, where=[f"prefetch.{exc.key}"]) from exc
-        if data.unavailable:
-            _log_call(service, body, started, status=412, unavailable=sorted(data.unavailable))
-            raise ClientError.with_issues(
-                412,
-                [
-                    _issue(
-                        f"prefetch key '{u.key}' ({templates[u.key]}) could not be obtained: {u.reason}",
-                        where=[f"prefetch.{u.key}"],
-                        code=u.issue_code,
-                    )
-                    for u in sorted(data.unavailable.values(), key=lambda u: list(templates).index(u.key))
-                ],
-            )
-        record = build_record(
-            patient_id=context.patientId,
-            now=now,
-            resources=data.resources(),
-            interest=service.interest,
-            draft_orders=context.draftOrders.model_dump() if isinstance(context, OrderSignContext) else None,
-            selections=context.selections if isinstance(context, OrderSelectContext) else (),
+            outcome = await state.engine.run(service, body)
+        except RequestError as exc:
+            _log_call(service, body, started, status=exc.status)
+            raise
+        await _record_issued(state, service, body, outcome.cards, outcome.now)
+        _log_call(
+            service, body, started, status=200, cards=outcome.cards, ingest=outcome.record.report.summary()
         )
-        findings = evaluate(service.rules, record, state.rule_config)
-        cards = card_rendering.render_all(findings, state.catalogue)
-        await _record_issued(state, service, body, cards, now)
-        _log_call(service, body, started, status=200, cards=cards, ingest=record.report.summary())
-        return CDSResponse(cards=cards).to_json()
+        return CDSResponse(cards=outcome.cards).to_json()
 
     @app.post("/cds-services/{service_id}/feedback", summary="Feedback on cards (accepted / overridden)")
     async def feedback(service_id: str, body: FeedbackRequest, request: Request) -> dict[str, Any]:
@@ -304,20 +211,6 @@ def _add_routes(app: FastAPI) -> None:
         return JSONResponse(
             {"status": "ok" if ok else "database unavailable"}, status_code=200 if ok else 503
         )
-
-
-def _validate_context(body: CDSRequest) -> Any:
-    model = HOOK_CONTEXTS.get(body.hook)
-    if model is None:
-        raise ClientError(400, f"unsupported hook '{body.hook}'", where=["hook"])
-    try:
-        return model.model_validate(body.context)
-    except ValidationError as exc:
-        raise _context_error(exc) from exc
-
-
-def _context_error(exc: ValidationError) -> ClientError:
-    return ClientError.with_issues(400, _validation_issues(exc.errors(include_input=False), prefix="context"))
 
 
 async def _record_issued(

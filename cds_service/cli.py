@@ -11,6 +11,7 @@ import logging
 import logging.config
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from cds_service import logs
 from cds_service.settings import Settings
@@ -48,6 +49,100 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+    from datetime import UTC, datetime
+
+    from cds_service import cards
+    from cds_service.bundles import request_from_bundle
+    from cds_service.engine import Engine, RequestError
+    from cds_service.fhir_client import FhirClient, new_http_client
+    from cds_service.hooks import CDSRequest, CDSResponse
+    from cds_service.services import build_services
+
+    try:
+        document = json.loads(Path(args.file).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        print(f"als-cds: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 2
+    services = {s.hook: s for s in build_services().values()}
+    now = datetime.fromisoformat(args.now).astimezone(UTC) if args.now else datetime.now(UTC)
+    if isinstance(document, dict) and "hook" in document:
+        raw_request = document
+    elif isinstance(document, dict) and document.get("resourceType") == "Bundle":
+        hook = args.hook or "patient-view"
+        keys = list(services[hook].prefetch(settings, now.date()))
+        try:
+            raw_request = request_from_bundle(document, hook, keys)
+        except ValueError as exc:
+            print(f"als-cds: {exc}", file=sys.stderr)
+            return 2
+    else:
+        print("als-cds: the file is neither a CDS Hooks request nor a FHIR Bundle", file=sys.stderr)
+        return 2
+    try:
+        request = CDSRequest.model_validate(raw_request)
+    except ValueError as exc:
+        print(f"als-cds: not a valid CDS Hooks request: {exc}", file=sys.stderr)
+        return 2
+    service = services.get(request.hook)
+    if service is None:
+        print(f"als-cds: no service answers the hook '{request.hook}'", file=sys.stderr)
+        return 2
+
+    async def run() -> object:
+        http = new_http_client(
+            max_connections=settings.fhir_max_connections, timeout_seconds=settings.fhir_budget_seconds
+        )
+        try:
+            engine = Engine(
+                settings,
+                cards.load_catalogue(settings.cards_dir),
+                FhirClient(http, max_pages=settings.fhir_max_pages),
+                lambda: now,
+            )
+            return await engine.run(service, request)
+        finally:
+            await http.aclose()
+
+    try:
+        outcome = asyncio.run(run())
+    except RequestError as exc:
+        print(f"als-cds: the service would answer HTTP {exc.status}:", file=sys.stderr)
+        for issue in exc.issues:
+            where = ", ".join(issue.get("expression", []))
+            print(f"  - {issue['diagnostics']}" + (f" [{where}]" if where else ""), file=sys.stderr)
+        return 1
+    response = CDSResponse(cards=outcome.cards).to_json()  # type: ignore[attr-defined]
+    if args.json:
+        print(json.dumps(response, indent=2))
+        return 0
+    print(f"{service.id} ({request.hook}) at {now.date().isoformat()}: {len(response['cards'])} card(s)")
+    for card in response["cards"]:
+        print(f"\n[{card['indicator'].upper()}] {card['summary']}")
+        print(f"  rule: {card['source']['topic']['code']} | source: {card['source']['label']}")
+        for suggestion in card.get("suggestions", []):
+            print(f"  suggestion: {suggestion['label']}")
+        if args.detail:
+            for line in card.get("detail", "").splitlines():
+                print(f"    {line}")
+    return 0
+
+
+def _docs(settings: Settings, args: argparse.Namespace) -> int:
+    from cds_service.catalogue_doc import render_catalogue
+
+    text = render_catalogue(settings.cards_dir)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"als-cds: wrote {args.output}", file=sys.stderr)
+    return 0
+
+
 def _safe_url(url: str) -> str:
     """A database URL without its password, for messages."""
     from sqlalchemy.engine import make_url
@@ -62,14 +157,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", help="override ALS_CDS_HOST")
     serve.add_argument("--port", type=int, help="override ALS_CDS_PORT")
     commands.add_parser("migrate", help="apply database migrations")
+    evaluate = commands.add_parser(
+        "evaluate", help="print the cards a hook request, or a FHIR Bundle of one patient, would get"
+    )
+    evaluate.add_argument("file", help="a CDS Hooks request JSON, or a FHIR Bundle holding one patient")
+    evaluate.add_argument(
+        "--hook",
+        choices=["patient-view", "order-select", "order-sign"],
+        help="for a Bundle: the hook to simulate (default patient-view); POST entries become draft orders",
+    )
+    evaluate.add_argument("--now", help="evaluate as of this ISO date-time (default: now)")
+    evaluate.add_argument("--profile", choices=["nice", "us"], help="override ALS_CDS_PROFILE")
+    evaluate.add_argument("--json", action="store_true", help="print the CDS Hooks response JSON")
+    evaluate.add_argument("--detail", action="store_true", help="also print each card's detail")
+    docs = commands.add_parser("docs", help="write the rule catalogue page from the rule metadata")
+    docs.add_argument("--output", default="docs/rules.md", help="where to write it ('-' for stdout)")
     args = parser.parse_args(argv)
 
-    overrides = {k: v for k, v in vars(args).items() if k in ("host", "port") and v is not None}
+    overrides = {k: v for k, v in vars(args).items() if k in ("host", "port", "profile") and v is not None}
     settings = Settings(**overrides)
     logging.config.dictConfig(logs.configure(settings.log_level))
-    if args.command == "serve":
-        return _serve(settings, args)
-    return _migrate(settings, args)
+    commands_by_name = {"serve": _serve, "migrate": _migrate, "evaluate": _evaluate, "docs": _docs}
+    return commands_by_name[args.command](settings, args)
 
 
 if __name__ == "__main__":

@@ -183,7 +183,8 @@ def test_templates_are_only_declared_for_types_the_rules_read() -> None:
         "patient": "Patient/{{context.patientId}}",
         "conditions": "Condition?patient={{context.patientId}}",
         # Encounters only matter for the MDT interval: a literal date window, newest first.
-        "encounters": f"Encounter?patient={{{{context.patientId}}}}&date=ge{since.isoformat()}&_sort=-date&_count=100",
+        "encounters": "Encounter?patient={{context.patientId}}"
+        + f"&date=ge{since.isoformat()}&_sort=-date&_count=100",
     }
 
 

@@ -308,3 +308,168 @@ def test_bundle_outcome_entries_are_not_data() -> None:
         ],
     }
     assert [r["resourceType"] for r in resources_from_bundle(bundle)] == ["Condition"]
+
+
+# -- allergies, procedures, encounters, devices, documents, consents, dosage ----------------
+
+
+def _all_types() -> Interest:
+    types = (
+        "Condition",
+        "Observation",
+        "MedicationRequest",
+        "AllergyIntolerance",
+        "Procedure",
+        "Encounter",
+        "Device",
+        "DocumentReference",
+        "Consent",
+    )
+    return Interest(dict.fromkeys(types))
+
+
+def test_allergies_match_by_code_or_reaction_substance_and_drop_refuted_or_resolved() -> None:
+    from tests import factories as f
+
+    sulfite = terminology.parse_valueset(
+        {
+            "id": "sulfite-test",
+            "compose": {
+                "include": [
+                    {
+                        "system": "http://snomed.info/sct",
+                        "concept": [
+                            {
+                                "code": "3692009",
+                                "extension": [{"url": "urn:als-cds:checked", "valueString": "x"}],
+                            }
+                        ],
+                    }
+                ]
+            },
+        }
+    )
+    resources = [
+        f.allergy(f.snomed("3692009"), rid="coded"),
+        f.allergy(f.concept(text="preservatives"), substances=[f.snomed("3692009")], rid="by-substance"),
+        f.allergy(f.snomed("3692009"), verification="refuted", rid="refuted"),
+        f.allergy(f.snomed("3692009"), clinical="resolved", rid="resolved"),
+    ]
+    record = record_from(resources, patient_id=f.PID, interest=_all_types())
+    assert sorted(a.id for a in record.allergies_in(sulfite)) == ["by-substance", "coded"]
+
+
+def test_only_done_procedures_and_held_encounters_count_newest_first() -> None:
+    from tests import factories as f
+
+    resources = [
+        f.procedure(f.snomed("54956002"), f.days_ago(300), rid="old"),
+        f.procedure(f.snomed("54956002"), f.days_ago(3), rid="new"),
+        f.procedure(f.snomed("54956002"), f.days_ago(1), status="not-done", rid="not-done"),
+        f.procedure(f.snomed("54956002"), None, status="entered-in-error", rid="error"),
+        f.encounter([f.snomed("1")], f.days_ago(10), rid="held"),
+        f.encounter([f.snomed("1")], f.days_ago(5), status="cancelled", rid="cancelled"),
+        f.encounter([f.snomed("1")], f.days_ago(-5), status="planned", rid="planned"),
+    ]
+    record = record_from(resources, patient_id=f.PID, interest=_all_types())
+    assert [p.id for p in record.procedures_in()] == ["new", "old"]
+    assert [p.id for p in record.procedures_in(since=f.days_ago(30))] == ["new"]
+    assert [e.id for e in record.encounters_in()] == ["held"]
+
+
+def test_encounter_class_and_service_type_are_matchable_concepts() -> None:
+    from tests import factories as f
+
+    enc = f.encounter([f.snomed("11429006")], f.days_ago(1), service_type=f.snomed("394591006"))
+    [fact] = record_from([enc], patient_id=f.PID, interest=_all_types()).encounters
+    codes = {code.code for concept in fact.concepts for code in concept.codes}
+    assert codes == {"11429006", "394591006", "AMB"}
+
+
+def test_devices_documents_and_consents_keep_only_current_ones() -> None:
+    from tests import factories as f
+
+    resources = [
+        f.device(f.snomed("470571004"), rid="tube"),
+        f.device(f.snomed("470571004"), status="inactive", rid="removed"),
+        f.document(f.loinc("42348-3"), f.days_ago(10), rid="ad"),
+        f.document(f.loinc("42348-3"), f.days_ago(10), status="superseded", rid="old-ad"),
+        f.consent(
+            f.concept(f.coding("http://terminology.hl7.org/CodeSystem/consentscope", "adr")),
+            [],
+            f.days_ago(5),
+            rid="consent",
+        ),
+        f.consent(
+            f.concept(f.coding("http://terminology.hl7.org/CodeSystem/consentscope", "adr")),
+            [],
+            f.days_ago(5),
+            status="rejected",
+            rid="rejected",
+        ),
+    ]
+    record = record_from(resources, patient_id=f.PID, interest=_all_types())
+    assert [d.id for d in record.devices] == ["tube"]
+    assert [d.id for d in record.documents] == ["ad"]
+    assert [c.id for c in record.consents] == ["consent"]
+
+
+@pytest.mark.parametrize(
+    ("dosage", "per_day", "dose"),
+    [
+        (
+            {
+                "timing": {"repeat": {"frequency": 1, "period": 12, "periodUnit": "h"}},
+                "doseAndRate": [{"doseQuantity": {"value": 50, "unit": "mg"}}],
+            },
+            2,
+            "50 mg",
+        ),
+        ({"timing": {"repeat": {"frequency": 2, "period": 1, "periodUnit": "d"}}}, 2, None),
+        ({"timing": {"code": {"coding": [{"code": "BID"}]}}}, 2, None),
+        ({"text": "as directed"}, None, None),
+        (
+            {
+                "doseAndRate": [
+                    {
+                        "type": {"coding": [{"code": "calculated"}]},
+                        "doseQuantity": {"value": 10, "unit": "mL"},
+                    },
+                    {"type": {"coding": [{"code": "ordered"}]}, "doseQuantity": {"value": 50, "unit": "mg"}},
+                ]
+            },
+            None,
+            "50 mg",
+        ),
+    ],
+)
+def test_structured_dosage_is_read(dosage: dict[str, Any], per_day: int | None, dose: str | None) -> None:
+    from tests import factories as f
+
+    request = f.medication_request(f.rxnorm("199206"))
+    request["dosageInstruction"] = [dosage]
+    [med] = record_from([request], patient_id=f.PID, interest=_all_types()).medications
+    assert med.dosage is not None
+    assert med.dosage.per_day == per_day
+    assert (str(med.dosage.dose) if med.dosage.dose else None) == dose
+
+
+def test_order_select_checks_only_the_selected_orders_and_order_sign_all() -> None:
+    from tests import factories as f
+
+    bundle = f.draft_orders(
+        f.medication_request(f.rxnorm("199206"), status="draft", rid="a"),
+        f.medication_request(f.rxnorm("199206"), status="draft", rid="b"),
+    )
+    select = record_from([], patient_id=f.PID, draft_orders=bundle, selections=["MedicationRequest/b"])
+    assert [o.id for o in select.orders_to_check] == ["b"]
+    sign = record_from([], patient_id=f.PID, draft_orders=bundle)
+    assert [o.id for o in sign.orders_to_check] == ["a", "b"]
+    assert len(sign.draft_orders_in(RILUZOLE)) == 2
+
+
+def test_patient_sex_comes_from_the_patient_resource() -> None:
+    from tests import factories as f
+
+    assert record_from([f.patient("male")], patient_id=f.PID).sex == "male"
+    assert record_from([], patient_id=f.PID).sex is None

@@ -1,0 +1,144 @@
+"""One hook call, from a validated request to cards, without HTTP.
+
+The web app (`app.py`) and the command line (`als-cds evaluate`) both answer hook calls through
+`Engine.run`, so what a developer sees on the command line is what an EHR gets:
+
+    hook and context checked → data resolved from prefetch or the FHIR server (`prefetch.py`)
+    → patient record (`record.py`) → rules (`rules/`) → cards (`cards.py`)
+
+Errors the caller made raise `RequestError` with the HTTP status and FHIR OperationOutcome issues
+that say what was wrong and where; they never quote patient data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from cds_service import cards as card_rendering
+from cds_service import prefetch
+from cds_service.fhir_client import FhirClient
+from cds_service.hooks import HOOK_CONTEXTS, Card, CDSRequest, OrderSelectContext, OrderSignContext
+from cds_service.record import PatientRecord, build_record
+from cds_service.rules import RuleConfig, evaluate
+from cds_service.services import ServiceDefinition
+from cds_service.settings import Settings
+
+Clock = Callable[[], datetime]
+
+
+def issue(diagnostics: str, *, where: Sequence[str] = (), code: str = "invalid") -> dict[str, Any]:
+    """One OperationOutcome issue."""
+    found: dict[str, Any] = {"severity": "error", "code": code, "diagnostics": diagnostics}
+    if where:
+        found["expression"] = list(where)
+    return found
+
+
+def validation_issues(errors: Sequence[Any], prefix: str = "") -> list[dict[str, Any]]:
+    """pydantic errors → OperationOutcome issues. Only locations and messages: inputs are PHI."""
+    issues = []
+    for error in errors:
+        raw_loc = list(error.get("loc", ()))
+        if error.get("type") == "json_invalid":
+            detail = (error.get("ctx") or {}).get("error", "invalid JSON")
+            position = raw_loc[-1] if raw_loc and isinstance(raw_loc[-1], int) else None
+            at = f" at character {position}" if position is not None else ""
+            issues.append(issue(f"The request body is not valid JSON{at}: {detail}", code="structure"))
+            continue
+        loc = [str(p) for p in raw_loc if p != "body"]
+        where = ".".join(([prefix] if prefix else []) + loc)
+        message = error.get("msg", "invalid value")
+        if not where:
+            message = f"The request body: {message}"
+        issues.append(issue(message, where=[where] if where else ()))
+    return issues or [issue("invalid request")]
+
+
+class RequestError(Exception):
+    """A request the client got wrong, answered with `status` and OperationOutcome `issues`."""
+
+    def __init__(self, status: int, issues: list[dict[str, Any]]) -> None:
+        super().__init__(issues[0]["diagnostics"])
+        self.status = status
+        self.issues = issues
+
+    @classmethod
+    def single(
+        cls, status: int, diagnostics: str, *, where: Sequence[str] = (), code: str = "invalid"
+    ) -> RequestError:
+        return cls(status, [issue(diagnostics, where=where, code=code)])
+
+
+@dataclass(frozen=True)
+class HookOutcome:
+    cards: list[Card]
+    record: PatientRecord
+    now: datetime
+
+
+@dataclass
+class Engine:
+    settings: Settings
+    catalogue: card_rendering.CardCatalogue
+    fhir: FhirClient
+    clock: Clock
+
+    @property
+    def rule_config(self) -> RuleConfig:
+        return RuleConfig.from_settings(self.settings)
+
+    async def run(self, service: ServiceDefinition, request: CDSRequest) -> HookOutcome:
+        """Answer one hook call. Raises RequestError (400, 412) for what the caller must fix."""
+        if request.hook != service.hook:
+            raise RequestError.single(
+                400,
+                f"service '{service.id}' answers the '{service.hook}' hook, not '{request.hook}'",
+                where=["hook"],
+            )
+        context = validate_context(request)
+        now = self.clock()
+        templates = service.prefetch(self.settings, now.date())
+        try:
+            data = await prefetch.resolve(
+                request, templates, self.fhir, budget_seconds=self.settings.fhir_budget_seconds
+            )
+        except prefetch.PrefetchInvalid as exc:
+            raise RequestError.single(400, exc.message, where=[f"prefetch.{exc.key}"]) from exc
+        if data.unavailable:
+            order = list(templates)
+            raise RequestError(
+                412,
+                [
+                    issue(
+                        f"prefetch key '{u.key}' ({templates[u.key]}) could not be obtained: {u.reason}",
+                        where=[f"prefetch.{u.key}"],
+                        code=u.issue_code,
+                    )
+                    for u in sorted(data.unavailable.values(), key=lambda u: order.index(u.key))
+                ],
+            )
+        record = build_record(
+            patient_id=context.patientId,
+            now=now,
+            resources=data.resources(),
+            interest=service.interest,
+            draft_orders=context.draftOrders.model_dump() if isinstance(context, OrderSignContext) else None,
+            selections=context.selections if isinstance(context, OrderSelectContext) else (),
+        )
+        findings = evaluate(service.rules, record, self.rule_config)
+        return HookOutcome(card_rendering.render_all(findings, self.catalogue), record, now)
+
+
+def validate_context(request: CDSRequest) -> Any:
+    model = HOOK_CONTEXTS.get(request.hook)
+    if model is None:
+        raise RequestError.single(400, f"unsupported hook '{request.hook}'", where=["hook"])
+    try:
+        return model.model_validate(request.context)
+    except ValidationError as exc:
+        raise RequestError(400, validation_issues(exc.errors(include_input=False), prefix="context")) from exc

@@ -1,0 +1,76 @@
+"""Every fixture patient, through the API on every hook, gets exactly the cards its area expects.
+
+`fhir_fixtures/expected/<module>.json` names, per fixture patient and hook, the rule ids of that
+rules module expected at tests.support.NOW. Cards of other modules are not compared there: each
+area states its own expectations, and every area's file is checked.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from cds_service import rules as rules_package
+from cds_service.bundles import request_from_bundle, split_bundle
+from cds_service.services import build_services
+from cds_service.settings import Settings
+from tests.support import FIXTURES, NOW
+
+EXPECTED = sorted((FIXTURES / "expected").glob("*.json"))
+SERVICES = {s.hook: s for s in build_services().values()}
+
+
+def _module_rule_ids(module: str) -> set[str]:
+    area = getattr(rules_package, module)
+    return {rule.id for rule in area.RULES}
+
+
+def _cases() -> list[Any]:
+    cases = []
+    for path in EXPECTED:
+        for fixture, hooks in json.loads(path.read_text()).items():
+            for hook, rule_ids in hooks.items():
+                cases.append(
+                    pytest.param(
+                        path.stem, fixture, hook, sorted(rule_ids), id=f"{path.stem}:{fixture}:{hook}"
+                    )
+                )
+    return cases
+
+
+def test_every_expectation_file_is_named_for_a_rules_module() -> None:
+    for path in EXPECTED:
+        assert _module_rule_ids(path.stem), f"{path.name}: no rules module '{path.stem}' with rules"
+
+
+def test_every_fixture_patient_has_expectations_somewhere() -> None:
+    named = {fixture for path in EXPECTED for fixture in json.loads(path.read_text())}
+    patients = {p.stem for p in (FIXTURES / "patients").glob("*.json")}
+    assert patients <= named, f"fixture patients without expectations: {sorted(patients - named)}"
+
+
+@pytest.mark.parametrize(("module", "fixture", "hook", "expected"), _cases())
+def test_fixture_patient_gets_exactly_the_expected_cards(
+    client: TestClient, module: str, fixture: str, hook: str, expected: list[str]
+) -> None:
+    bundle = json.loads((FIXTURES / "patients" / f"{fixture}.json").read_text())
+    keys = list(SERVICES[hook].prefetch(Settings(_env_file=None), NOW.date()))
+    if hook != "patient-view" and not split_bundle(bundle)[1]:
+        assert expected == [], f"{fixture} has no draft orders, so no {hook} card can be expected"
+        return
+    request = request_from_bundle(bundle, hook, keys)
+    response = client.post(f"/cds-services/{SERVICES[hook].id}", json=request)
+    assert response.status_code == 200, response.text
+    ids = [card["source"]["topic"]["code"] for card in response.json()["cards"]]
+    assert sorted(i for i in ids if i in _module_rule_ids(module)) == expected
+
+
+def test_expectation_files_name_only_rules_of_their_module() -> None:
+    for path in EXPECTED:
+        allowed = _module_rule_ids(path.stem)
+        for fixture, hooks in json.loads(path.read_text()).items():
+            for hook, rule_ids in hooks.items():
+                assert set(rule_ids) <= allowed, f"{path.name} {fixture} {hook}: {set(rule_ids) - allowed}"
