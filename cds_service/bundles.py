@@ -2,9 +2,9 @@
 
 `als-cds evaluate` accepts a Bundle of one patient (a transaction Bundle as in `fhir_fixtures/`,
 or a search or collection Bundle); the tests send the fixture patients through the API the same
-way. Entries whose request method is POST are orders being written: they become the hook's
-`draftOrders`. Everything else is the chart, grouped into the service's prefetch keys the way an
-EHR that fills every template would send it.
+way. Orders with status `draft` (MedicationRequest, ServiceRequest, ...) are orders being written:
+they become the hook's `draftOrders`. Everything else is the chart, grouped into the service's
+prefetch keys the way an EHR that fills every template would send it.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from cds_service.prefetch import KEY_BY_TYPE
-
-_TYPE_BY_KEY = {key: rtype for rtype, key in KEY_BY_TYPE.items()}
+from cds_service.prefetch import TYPE_BY_KEY
+from cds_service.record import DRAFT_ORDER_TYPES
 
 
 def split_bundle(bundle: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -27,8 +26,8 @@ def split_bundle(bundle: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[
         resource = entry.get("resource") if isinstance(entry, Mapping) else None
         if not isinstance(resource, Mapping):
             continue
-        method = (entry.get("request") or {}).get("method")
-        (drafts if method == "POST" else chart).append(copy.deepcopy(dict(resource)))
+        is_draft = resource.get("resourceType") in DRAFT_ORDER_TYPES and resource.get("status") == "draft"
+        (drafts if is_draft else chart).append(copy.deepcopy(dict(resource)))
     for number, draft in enumerate(drafts, start=1):
         draft.setdefault("id", f"draft-{number}")
     return chart, drafts
@@ -52,7 +51,7 @@ def request_from_bundle(
     patient = patients[0]
     prefetch: dict[str, Any] = {}
     for key in prefetch_keys:
-        rtype = _TYPE_BY_KEY[key]
+        rtype = TYPE_BY_KEY[key]
         if rtype == "Patient":
             prefetch[key] = patient
             continue

@@ -73,6 +73,9 @@ class ActionDef(_Model):
     # rule builds (e.g. the draft order with its dose corrected).
     resource: dict[str, Any] | str | None = None
     resourceId: str | None = None
+    # Order text this card adds to the resource as a FHIR Annotation (`note`), e.g. precautions
+    # on a physiotherapy order: wording, so it lives here and not in the rule.
+    add_note: str | None = None
 
 
 class SuggestionDef(_Model):
@@ -185,6 +188,17 @@ def _bind(value: Any, bindings: Mapping[str, Any]) -> Any:
     return value
 
 
+def _action_resource(action: ActionDef, finding: Finding) -> dict[str, Any] | None:
+    if not action.resource:
+        return None
+    resource = copy.deepcopy(_bind(copy.deepcopy(action.resource), finding.bindings))
+    if action.add_note:
+        if not isinstance(resource, dict):
+            raise CardFileError("add_note needs the action's resource to be a FHIR resource")
+        resource["note"] = [*resource.get("note", []), {"text": _fill(action.add_note, finding.fields)}]
+    return resource
+
+
 def _detail(definition: CardDef, template: str, finding: Finding) -> str:
     parts = [_fill(template, finding.fields)]
     if finding.evidence:
@@ -215,7 +229,7 @@ def render(finding: Finding, definition: CardDef) -> Card:
                 Action(
                     type=a.type,  # type: ignore[arg-type]
                     description=_fill(a.description, finding.fields),
-                    resource=_bind(copy.deepcopy(a.resource), finding.bindings) if a.resource else None,
+                    resource=_action_resource(a, finding),
                     resourceId=_bind(a.resourceId, finding.bindings) if a.resourceId else None,
                 )
                 for a in s.actions

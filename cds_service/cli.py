@@ -164,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluate.add_argument(
         "--hook",
         choices=["patient-view", "order-select", "order-sign"],
-        help="for a Bundle: the hook to simulate (default patient-view); POST entries become draft orders",
+        help="for a Bundle: the hook to simulate (default patient-view); orders with status draft "
+        "become the draft orders",
     )
     evaluate.add_argument("--now", help="evaluate as of this ISO date-time (default: now)")
     evaluate.add_argument("--profile", choices=["nice", "us"], help="override ALS_CDS_PROFILE")

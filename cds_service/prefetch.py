@@ -38,6 +38,7 @@ from cds_service.fhir_client import FetchResult, FhirClient, FhirFetchError, ope
 from cds_service.hooks import PREFETCH_CONTEXT_TOKENS, USER_TOKENS, CDSRequest
 from cds_service.record import Interest, resources_from_bundle
 from cds_service.settings import Settings
+from cds_service.terminology import ValueSet
 
 #: Prefetch key per resource type, in the order discovery lists them.
 KEY_BY_TYPE: dict[str, str] = {
@@ -63,16 +64,45 @@ def prefetch_templates(interest: Interest, settings: Settings, today: date) -> d
             continue
         query = [patient]
         if rtype == "Observation":
-            valuesets = interest.by_type[rtype]
-            if valuesets is not None:
-                codes = sorted({f"{system}|{code}" for vs in valuesets for system, code in vs.codes})
-                query.append("code=" + ",".join(codes))
-            since = (today - timedelta(days=settings.observation_lookback_days)).replace(day=1)
-            query += [f"date=ge{since.isoformat()}", "_sort=-date", "_count=100"]
-        elif rtype == "Encounter":
+            templates.update(_observation_templates(interest.by_type[rtype], settings, today))
+            continue
+        if rtype == "Encounter":
             since = (today - timedelta(days=settings.encounter_lookback_days)).replace(day=1)
             query += [f"date=ge{since.isoformat()}", "_sort=-date", "_count=100"]
         templates[key] = f"{rtype}?{'&'.join(query)}"
+    return templates
+
+
+#: The prefetch key for Observations that stay relevant for life (genetic results), fetched
+#: without a date window; see ValueSet.full_history.
+OBSERVATION_HISTORY_KEY = "observation-history"
+
+#: The resource type each prefetch key holds.
+TYPE_BY_KEY: dict[str, str] = {key: rtype for rtype, key in KEY_BY_TYPE.items()} | {
+    OBSERVATION_HISTORY_KEY: "Observation"
+}
+
+
+def _observation_templates(
+    valuesets: tuple[ValueSet, ...] | None, settings: Settings, today: date
+) -> dict[str, str]:
+    """Observations by code: recent results in a date window, lifelong results (if any) without one."""
+    base = "Observation?patient={{context.patientId}}"
+    since = (today - timedelta(days=settings.observation_lookback_days)).replace(day=1)
+    window = f"date=ge{since.isoformat()}&_sort=-date&_count=100"
+    if valuesets is None:
+        return {"observations": f"{base}&{window}"}
+
+    def codes(sets: list[ValueSet]) -> str:
+        return ",".join(sorted({f"{system}|{code}" for vs in sets for system, code in vs.codes}))
+
+    templates = {}
+    recent = [vs for vs in valuesets if not vs.full_history and vs.codes]
+    lifelong = [vs for vs in valuesets if vs.full_history and vs.codes]
+    if recent:
+        templates["observations"] = f"{base}&code={codes(recent)}&{window}"
+    if lifelong:
+        templates[OBSERVATION_HISTORY_KEY] = f"{base}&code={codes(lifelong)}&_sort=-date&_count=100"
     return templates
 
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cds_service.prefetch import TYPE_BY_KEY
 from cds_service.record import Interest, PatientRecord, build_record, resources_from_bundle
 from cds_service.services import build_services
 
@@ -89,18 +90,9 @@ def searchset(resources: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 def prefetch_from(resources: Iterable[Mapping[str, Any]], keys: Mapping[str, str]) -> dict[str, Any]:
     """Group resources by resource type into the prefetch keys a service declared."""
     items = list(resources)
-    by_key = {
-        "patient": "Patient",
-        "conditions": "Condition",
-        "medications": "MedicationRequest",
-        "observations": "Observation",
-        "allergies": "AllergyIntolerance",
-        "procedures": "Procedure",
-        "encounters": "Encounter",
-    }
     prefetch: dict[str, Any] = {}
     for key in keys:
-        rtype = by_key[key]
+        rtype = TYPE_BY_KEY[key]
         matching = [r for r in items if r["resourceType"] == rtype]
         if key == "patient":
             prefetch[key] = matching[0] if matching else None

@@ -44,6 +44,8 @@ _ICD_SYSTEMS = frozenset({ICD10CM, ICD10})
 _CHECKED_EXT = "urn:als-cds:checked"
 _MATCH_NAME_EXT = "urn:als-cds:match-name"
 _EXCLUDE_NAME_EXT = "urn:als-cds:exclude-name"
+#: Results of this value set stay relevant for life (a genetic result): fetched without a date window.
+_FULL_HISTORY_EXT = "urn:als-cds:full-history"
 
 
 def normalise_system(system: str | None) -> str:
@@ -146,6 +148,7 @@ class ValueSet:
     codes: frozenset[tuple[str, str]]
     match_names: tuple[str, ...] = ()
     exclude_names: tuple[str, ...] = ()
+    full_history: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_name_re", _word_pattern(self.match_names))
@@ -194,6 +197,7 @@ def parse_valueset(resource: Mapping[str, Any]) -> ValueSet:
         codes=frozenset(codes),
         match_names=tuple(e["valueString"] for e in extensions if e.get("url") == _MATCH_NAME_EXT),
         exclude_names=tuple(e["valueString"] for e in extensions if e.get("url") == _EXCLUDE_NAME_EXT),
+        full_history=any(e.get("url") == _FULL_HISTORY_EXT and e.get("valueBoolean") for e in extensions),
     )
 
 

@@ -42,11 +42,13 @@ def _normalise(unit: str) -> str:
 _add("catalytic", "1", "U/L", "[IU]/L", "IU/L", "U/l", "IU/l", "unit/L", "units/L")
 _add("catalytic", "60", "ukat/L", "µkat/L", "umol/s/L")
 _add("catalytic", "0.06", "nkat/L")
-# Mass (body weight), base kg.
+# Mass (body weight, drug doses), base kg.
 _add("mass", "1", "kg", "kilogram", "kilograms")
 _add("mass", "0.001", "g", "gram", "grams")
 _add("mass", "0.45359237", "[lb_av]", "lb", "lbs", "pound", "pounds")
 _add("mass", "0.028349523125", "[oz_av]", "oz")
+_add("mass", "0.000001", "mg", "milligram", "milligrams")
+_add("mass", "0.000000001", "ug", "mcg", "µg", "microgram", "micrograms")
 # Pressure, base kPa. 1 mm[Hg] = 0.133322387415 kPa; 1 cm[H2O] = 0.0980665 kPa.
 _add("pressure", "1", "kPa", "kilopascal")
 _add("pressure", "0.133322387415", "mm[Hg]", "mmHg", "mm Hg", "torr")

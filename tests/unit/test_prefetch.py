@@ -23,6 +23,8 @@ import respx
 from cds_service.fhir_client import FhirClient
 from cds_service.hooks import CDSRequest
 from cds_service.prefetch import (
+    OBSERVATION_HISTORY_KEY,
+    TYPE_BY_KEY,
     DataResolution,
     PrefetchInvalid,
     prefetch_templates,
@@ -30,6 +32,7 @@ from cds_service.prefetch import (
     resolve,
 )
 from cds_service.record import Interest
+from cds_service.rules import als, riluzole
 from cds_service.services import build_services
 from cds_service.settings import Settings
 from tests.support import NOW, SPEC_ALLOWED_TOKENS, searchset
@@ -49,8 +52,10 @@ def services_templates(settings: Settings | None = None) -> dict[str, dict[str, 
     return {sid: service.prefetch(settings, TODAY) for sid, service in build_services().items()}
 
 
-PATIENT_VIEW = build_services()["als-patient-view"]
-TEMPLATES = PATIENT_VIEW.prefetch(Settings(), TODAY)
+# The resolution tests run against a fixed set of templates (the ALS gate and riluzole-lft-due),
+# so that new rules in the catalogue do not change what these tests fetch.
+INTEREST = Interest.merge([als.READS, riluzole.LFT_DUE.reads])
+TEMPLATES = prefetch_templates(INTEREST, Settings(), TODAY)
 ALL_TEMPLATES = [
     pytest.param(hook_templates[key], id=f"{sid}:{key}")
     for sid, hook_templates in services_templates().items()
@@ -67,10 +72,17 @@ def test_every_service_asks_for_the_patient_by_a_read() -> None:
         assert templates["patient"] == "Patient/{{context.patientId}}", sid
 
 
-def test_the_patient_view_service_asks_for_what_its_rules_read() -> None:
+def test_the_riluzole_rule_and_the_gate_ask_for_exactly_their_data() -> None:
     assert list(TEMPLATES) == ["patient", "conditions", "medications", "observations"]
     assert TEMPLATES["conditions"] == "Condition?patient={{context.patientId}}"
     assert TEMPLATES["medications"] == "MedicationRequest?patient={{context.patientId}}"
+
+
+@pytest.mark.parametrize("service", build_services().values(), ids=lambda s: s.id)
+def test_each_service_has_a_key_for_every_type_its_rules_read_and_no_other(service: Any) -> None:
+    templates = service.prefetch(Settings(), TODAY)
+    types_read = {"Patient", *service.interest.by_type}
+    assert {TYPE_BY_KEY[key] for key in templates} == types_read
 
 
 @pytest.mark.parametrize("template", ALL_TEMPLATES)
@@ -118,7 +130,7 @@ def observation_params(templates: dict[str, str]) -> dict[str, str]:
 
 
 def test_the_observation_template_carries_the_loinc_codes_of_the_value_sets() -> None:
-    valuesets = PATIENT_VIEW.interest.by_type["Observation"]
+    valuesets = INTEREST.by_type["Observation"]
     assert valuesets, "the patient-view rules read Observations through value sets"
     expected = {f"{system}|{code}" for vs in valuesets for system, code in vs.codes}
 
@@ -144,22 +156,22 @@ def test_the_observation_template_has_a_first_of_month_date_window_from_the_sett
 
 
 def test_the_observation_date_window_for_the_default_yearly_interval() -> None:
-    templates = PATIENT_VIEW.prefetch(Settings(riluzole_lft_interval_after_year1_days=365), TODAY)
+    templates = prefetch_templates(INTEREST, Settings(riluzole_lft_interval_after_year1_days=365), TODAY)
 
     # 365 + 31 days before 2026-11-22 is 2025-10-22, rounded down to the first of that month
     assert observation_params(templates)["date"] == "ge2025-10-01"
 
 
 def test_the_observation_date_window_grows_with_the_yearly_interval() -> None:
-    yearly = PATIENT_VIEW.prefetch(Settings(riluzole_lft_interval_after_year1_days=365), TODAY)
-    two_yearly = PATIENT_VIEW.prefetch(Settings(riluzole_lft_interval_after_year1_days=730), TODAY)
+    yearly = prefetch_templates(INTEREST, Settings(riluzole_lft_interval_after_year1_days=365), TODAY)
+    two_yearly = prefetch_templates(INTEREST, Settings(riluzole_lft_interval_after_year1_days=730), TODAY)
 
     assert observation_params(two_yearly)["date"] == "ge2024-10-01"
     assert observation_params(two_yearly)["date"] < observation_params(yearly)["date"]
 
 
 def test_the_observation_window_moves_with_the_date_the_templates_are_served() -> None:
-    interest = PATIENT_VIEW.interest
+    interest = INTEREST
     settings = Settings(riluzole_lft_interval_after_year1_days=365)
 
     later = prefetch_templates(interest, settings, TODAY + timedelta(days=40))
@@ -919,3 +931,24 @@ async def test_a_prefetched_patient_matching_the_context_is_used(
     result = await resolve(cds_request(full_prefetch()), TEMPLATES, fhir, budget_seconds=2)
 
     assert result.data["patient"].resources == [patient()]
+
+
+def test_lifelong_results_are_fetched_without_a_date_window() -> None:
+    """A SOD1 result from years ago still counts: its value sets are asked for with no date limit."""
+    from cds_service import terminology
+
+    sod1 = terminology.load("sod1")
+    alt = terminology.load("alt")
+    assert sod1.full_history and not alt.full_history
+    templates = prefetch_templates(Interest({"Observation": (alt, sod1)}), Settings(), TODAY)
+    recent = templates["observations"]
+    lifelong = templates[OBSERVATION_HISTORY_KEY]
+    assert "date=ge" in recent and "1742-6" in recent
+    assert "date=" not in lifelong and "1742-6" not in lifelong
+    assert all(f"{system}|{code}" in lifelong for system, code in sod1.codes)
+
+
+def test_tofersen_order_services_ask_for_genetic_results_without_a_window() -> None:
+    for service_id in ("als-order-select", "als-order-sign"):
+        templates = build_services()[service_id].prefetch(Settings(), TODAY)
+        assert "date=" not in templates[OBSERVATION_HISTORY_KEY]

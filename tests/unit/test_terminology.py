@@ -24,7 +24,9 @@ def test_every_valueset_file_is_a_valid_fhir_valueset_with_a_source_for_every_co
                 "CORROBORATED",
                 "UNVERIFIED",
             }, concept["code"]
-    assert terminology.load(valueset_id).codes
+    loaded = terminology.load(valueset_id)
+    # A drug with no code anywhere (Relyvrio) is matched by its names alone.
+    assert loaded.codes or loaded.match_names
 
 
 def test_a_code_without_provenance_is_refused() -> None:
