@@ -1,0 +1,536 @@
+"""Breathing rules (NICE NG42 1.14): assessment due, NIV discussion/referral, hypercapnia.
+
+Every test goes through `evaluate`, so the ALS gate is exercised. These rules read no medications,
+so the medication cases of the house checklist (product codes, names, stopped drugs) do not apply;
+the rules do not differ between the 'nice' and 'us' profiles (tested once).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from cds_service import cards
+from cds_service.hooks import Card
+from cds_service.rules import RuleConfig, evaluate
+from cds_service.rules.base import Finding
+from cds_service.rules.respiratory import (
+    ASSESSMENT_DUE,
+    HYPERCAPNIA,
+    NIV_REFERRAL,
+    assessment_due,
+    hypercapnia,
+    niv_referral,
+)
+from cds_service.settings import Settings
+from tests.factories import (
+    ICD10CM,
+    LOINC,
+    SNOMED,
+    als,
+    coding,
+    concept,
+    condition,
+    days_ago,
+    loinc,
+    observation,
+    patient,
+    procedure,
+    snomed,
+)
+from tests.support import FIXTURES, patient_resources, record_from
+
+PID = "p1"
+CATALOG = cards.load_catalogue(Settings().cards_dir)
+
+
+def run(rule: Any, *resources: dict[str, Any], config: RuleConfig | None = None) -> list[Finding]:
+    record = record_from([patient("male"), *resources], patient_id=PID)
+    return evaluate([rule], record, config or RuleConfig())
+
+
+# -- builders ---------------------------------------------------------------------------------
+
+
+def fvc_percent(days: float, value: float, unit: str = "%", **kw: Any) -> dict[str, Any]:
+    return observation(loinc("19872-1", "FVC measured/predicted"), days_ago(days), value, unit, **kw)
+
+
+def fvc_volume(
+    days: float, litres: float | None, components: list[dict[str, Any]] | None = None, **kw: Any
+) -> dict:
+    code = concept(coding(LOINC, "19868-9"), coding(SNOMED, "50834005"))
+    return observation(
+        code, days_ago(days), litres, "L" if litres is not None else None, components=components, **kw
+    )
+
+
+def component(code: str, value: float, unit: str) -> dict[str, Any]:
+    return {
+        "code": loinc(code),
+        "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit},
+    }
+
+
+def fvc_predicted(days: float, litres: float) -> dict[str, Any]:
+    return observation(loinc("19869-7"), days_ago(days), litres, "L")
+
+
+def vc_percent(days: float, value: float) -> dict[str, Any]:
+    return observation(loinc("98088-8"), days_ago(days), value, "%")
+
+
+def snip(days: float, value: float, unit: str = "cm[H2O]") -> dict[str, Any]:
+    code = concept(coding("urn:als-cds:codes", "SNIP"), coding("urn:oid:1.2.3.4", "LOCAL-SNIP"))
+    return observation(code, days_ago(days), value, unit)
+
+
+def spo2(days: float, value: float, unit: str = "%", **kw: Any) -> dict[str, Any]:
+    code = concept(coding(LOINC, "2708-6"), coding(LOINC, "59408-5"))
+    return observation(code, days_ago(days), value, unit, **kw)
+
+
+def paco2(days: float, value: float, unit: str = "kPa", code: str = "2019-8") -> dict[str, Any]:
+    return observation(loinc(code), days_ago(days), value, unit)
+
+
+def _undated(resource: dict[str, Any]) -> dict[str, Any]:
+    resource.pop("effectiveDateTime", None)
+    return resource
+
+
+def copd(**kw: Any) -> dict[str, Any]:
+    return condition(concept(coding(SNOMED, "13645005", "Chronic obstructive lung disease")), **kw)
+
+
+# -- respiratory-assessment-due ---------------------------------------------------------------
+
+
+def test_assessment_due_fires_when_nothing_is_on_record_and_says_so() -> None:
+    [finding] = run(ASSESSMENT_DUE, als())
+    assert finding.fields == {"interval_days": "92", "last_assessment": "none on record"}
+    assert any("No dated respiratory assessment" in line for line in finding.evidence)
+    assert finding.bindings["patient_reference"] == f"Patient/{PID}"
+
+
+@pytest.mark.parametrize(
+    ("days", "fires"),
+    [(91, False), (92, False), (93, True)],
+)
+def test_assessment_interval_boundary_is_92_days(days: int, fires: bool) -> None:
+    assert bool(run(ASSESSMENT_DUE, als(), spo2(days, 97))) is fires
+
+
+@pytest.mark.parametrize(
+    "resource",
+    [
+        fvc_percent(10, 80),
+        fvc_volume(10, 3.2),
+        fvc_volume(10, None, components=[component("19872-1", 78, "%")]),
+        vc_percent(10, 85),
+        observation(loinc("19866-3"), days_ago(10), 3.4, "L"),
+        snip(10, 70),
+        snip(10, 6.9, "kPa"),
+        spo2(10, 97),
+        procedure(snomed("23426006", "Measurement of respiratory function"), days_ago(10)),
+    ],
+    ids=["fvc-pct", "fvc-L", "fvc-component-pct", "vc-pct", "vc-L", "snip", "snip-kPa", "spo2", "procedure"],
+)
+def test_any_readable_recent_test_counts_as_an_assessment(resource: dict[str, Any]) -> None:
+    assert run(ASSESSMENT_DUE, als(), resource) == []
+
+
+def test_interval_is_configurable() -> None:
+    resources = (als(), spo2(70, 97))
+    assert run(ASSESSMENT_DUE, *resources) == []
+    [finding] = run(ASSESSMENT_DUE, *resources, config=RuleConfig(respiratory_interval_days=60))
+    assert finding.fields["interval_days"] == "60"
+
+
+@pytest.mark.parametrize(
+    "resource",
+    [
+        spo2(5, 97, unit="mm[Hg]"),  # a saturation in a pressure unit cannot be read
+        fvc_percent(5, 3.1, unit="L"),  # a volume filed under the % predicted code
+        observation(loinc("19868-9"), days_ago(5), 80, "%"),  # a percentage under the volume code
+        snip(5, 60, "furlong"),
+        observation(loinc("59408-5"), days_ago(5)),  # no value at all
+    ],
+    ids=["spo2-mmHg", "fvc-pct-in-L", "fvc-volume-in-%", "snip-unknown-unit", "no-value"],
+)
+def test_unreadable_results_count_as_missing(resource: dict[str, Any]) -> None:
+    [finding] = run(ASSESSMENT_DUE, als(), resource)
+    assert finding.fields["last_assessment"] == "none on record"
+    assert any("could not be read were not counted" in line for line in finding.evidence)
+
+
+def test_undated_result_does_not_count_as_recent() -> None:
+    assert run(ASSESSMENT_DUE, als(), _undated(spo2(1, 97)))
+
+
+@pytest.mark.parametrize("status", ["entered-in-error", "cancelled", "registered"])
+def test_results_without_a_final_status_do_not_count(status: str) -> None:
+    assert run(ASSESSMENT_DUE, als(), spo2(3, 97, status=status))
+
+
+def test_future_dated_result_does_not_count() -> None:
+    assert run(ASSESSMENT_DUE, als(), spo2(-5, 97))
+
+
+@pytest.mark.parametrize("status", ["not-done", "preparation", "entered-in-error"])
+def test_procedure_not_done_does_not_count(status: str) -> None:
+    test = procedure(snomed("23426006"), days_ago(3), status=status)
+    assert run(ASSESSMENT_DUE, als(), test)
+
+
+def test_predicted_volume_alone_is_not_an_assessment() -> None:
+    assert run(ASSESSMENT_DUE, als(), fvc_predicted(3, 3.6))
+    assert run(ASSESSMENT_DUE, als(), fvc_volume(3, None, components=[component("19869-7", 3.6, "L")]))
+
+
+def test_evidence_names_the_latest_assessment_with_its_age() -> None:
+    [finding] = run(ASSESSMENT_DUE, als(), spo2(200, 96), fvc_percent(150, 74))
+    assert finding.fields["last_assessment"] == days_ago(150).date().isoformat()
+    assert "FVC 74 % predicted" in finding.evidence[1] and "(150 days ago)" in finding.evidence[1]
+
+
+# -- respiratory-niv-referral -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "fires"), [(49.9, True), (50, False), (50.1, False)])
+def test_fvc_percent_predicted_boundary_is_below_50(value: float, fires: bool) -> None:
+    assert bool(run(NIV_REFERRAL, als(), fvc_percent(5, value))) is fires
+
+
+def test_fvc_volume_and_predicted_in_the_same_result_give_percent_predicted() -> None:
+    result = fvc_volume(5, 1.45, components=[component("19869-7", 3.3, "L")])
+    [finding] = run(NIV_REFERRAL, als(), result)
+    assert finding.fields["criteria"] == "FVC < 50 % predicted"
+    assert "= 43.9 % predicted" in finding.evidence[0] and "(computed)" in finding.evidence[0]
+
+
+def test_fvc_percent_component_is_used_as_reported() -> None:
+    result = fvc_volume(5, 1.5, components=[component("19869-7", 3.6, "L"), component("19872-1", 42, "%")])
+    [finding] = run(NIV_REFERRAL, als(), result)
+    assert "= 42 % predicted" in finding.evidence[0]
+
+
+def test_fvc_volume_with_a_predicted_volume_reported_the_same_day() -> None:
+    [finding] = run(NIV_REFERRAL, als(), fvc_volume(5, 1.6), fvc_predicted(5, 3.6))
+    assert "reported the same day" in finding.evidence[0]
+
+
+def test_fvc_volume_in_millilitres_is_converted() -> None:
+    result = observation(
+        loinc("19868-9"), days_ago(5), 1450, "mL", components=[component("19869-7", 3.3, "L")]
+    )
+    assert run(NIV_REFERRAL, als(), result)
+
+
+@pytest.mark.parametrize(
+    "resources",
+    [
+        (fvc_volume(5, 1.2),),  # no predicted value anywhere: litres are not a percentage
+        (fvc_volume(5, 1.2), fvc_predicted(40, 3.6)),  # predicted from another day
+        (fvc_volume(5, 1.2, components=[component("19869-7", 0, "L")]),),  # unusable predicted
+        (fvc_percent(5, 1.2, unit="L"),),  # litres under the % predicted code
+    ],
+    ids=["no-predicted", "predicted-other-day", "predicted-zero", "pct-code-in-L"],
+)
+def test_fvc_volume_is_never_read_as_a_percentage(resources: tuple[dict[str, Any], ...]) -> None:
+    assert run(NIV_REFERRAL, als(), *resources) == []
+
+
+def test_a_newer_volume_without_predicted_is_skipped_and_the_older_percentage_decides() -> None:
+    [finding] = run(NIV_REFERRAL, als(), fvc_percent(30, 45), fvc_volume(5, 1.2), fvc_predicted(60, 3.6))
+    assert finding.evidence[0].startswith(f"FVC 45 % predicted on {days_ago(30).date().isoformat()}")
+
+
+def test_odd_inputs_never_raise_inside_the_rules() -> None:
+    """`evaluate` hides a crash as 'no card'; call the rule functions directly to prove there is none."""
+    odd = [
+        fvc_volume(5, 1.2, components=[component("19869-7", 0, "L")]),
+        fvc_volume(5, 1.2, components=[{"code": loinc("19872-1")}]),
+        fvc_volume(5, None),
+        fvc_predicted(5, 0),
+        spo2(5, 93, components=[{"code": loinc("3151-8")}]),
+        snip(5, -3),
+        paco2(5, 0),
+    ]
+    record = record_from([patient(), als(), *odd], patient_id=PID)
+    for rule in (assessment_due, niv_referral, hypercapnia):
+        rule(record, RuleConfig())
+
+
+def test_vc_below_50_percent_predicted_fires() -> None:
+    [finding] = run(NIV_REFERRAL, als(), vc_percent(5, 47))
+    assert finding.fields["criteria"] == "VC < 50 % predicted"
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "fires"),
+    [
+        (39.9, "cm[H2O]", True),
+        (40, "cm[H2O]", False),
+        (3.9, "kPa", True),  # 39.77 cmH2O
+        (4.0, "kPa", False),  # 40.79 cmH2O
+        (29, "mm[Hg]", True),  # 39.4 cmH2O
+        (30, "mm[Hg]", False),  # 40.8 cmH2O
+        (20, "bar-ish", False),  # unreadable unit: not evidence
+    ],
+)
+def test_snip_boundary_is_below_40_cmh2o_in_any_pressure_unit(value: float, unit: str, fires: bool) -> None:
+    assert bool(run(NIV_REFERRAL, als(), snip(5, value, unit))) is fires
+
+
+def test_snip_in_kpa_shows_the_converted_value() -> None:
+    [finding] = run(NIV_REFERRAL, als(), snip(5, 3.5, "kPa"))
+    assert "SNIP 3.5 kPa (= 35.6 cmH2O)" in finding.evidence[0]
+
+
+@pytest.mark.parametrize(("value", "fires"), [(93, True), (94, True), (94.1, False), (95, False)])
+def test_spo2_boundary_is_at_or_below_94_without_lung_disease(value: float, fires: bool) -> None:
+    assert bool(run(NIV_REFERRAL, als(), spo2(5, value))) is fires
+
+
+@pytest.mark.parametrize(("value", "fires"), [(91, True), (92, True), (93, False), (94, False)])
+def test_spo2_boundary_is_at_or_below_92_with_known_lung_disease(value: float, fires: bool) -> None:
+    assert bool(run(NIV_REFERRAL, als(), copd(), spo2(5, value))) is fires
+
+
+def test_lung_disease_coded_only_in_icd10cm_is_not_recognised_so_94_applies() -> None:
+    icd_only = condition(concept(coding(ICD10CM, "J44.9")))
+    assert run(NIV_REFERRAL, als(), icd_only, spo2(5, 93))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"clinical": "resolved"}, {"verification": "refuted"}, {"verification": "entered-in-error"}],
+)
+def test_resolved_or_refuted_lung_disease_does_not_lower_the_threshold(kwargs: dict[str, str]) -> None:
+    assert run(NIV_REFERRAL, als(), copd(**kwargs), spo2(5, 93))
+
+
+def test_spo2_card_uses_the_blood_gas_variant_and_names_the_threshold() -> None:
+    [finding] = run(NIV_REFERRAL, als(), spo2(5, 93))
+    assert finding.variant == "blood-gas"
+    assert finding.fields["criteria"] == "SpO2 ≤ 94 %"
+    assert "at or below 94 % (no known lung disease on record" in finding.evidence[0]
+
+
+def test_no_blood_gas_suggestion_when_one_was_taken_after_the_low_spo2() -> None:
+    [finding] = run(NIV_REFERRAL, als(), spo2(5, 93), paco2(3, 5.4))
+    assert finding.variant is None
+    assert any("Blood gas already taken after that SpO2: PaCO2 5.4 kPa" in line for line in finding.evidence)
+    [before] = run(NIV_REFERRAL, als(), spo2(5, 93), paco2(8, 5.4))
+    assert before.variant == "blood-gas"
+
+
+def test_spo2_on_supplemental_oxygen_still_fires_and_says_so() -> None:
+    flow = [component("3151-8", 2, "L/min")]
+    [finding] = run(NIV_REFERRAL, als(), spo2(5, 93, components=flow))
+    assert any("supplemental oxygen (2 L/min)" in line for line in finding.evidence)
+
+
+def test_spo2_with_zero_oxygen_flow_is_room_air() -> None:
+    [finding] = run(NIV_REFERRAL, als(), spo2(5, 93, components=[component("3151-8", 0, "L/min")]))
+    assert not any("supplemental oxygen" in line for line in finding.evidence)
+
+
+def test_spo2_in_an_unreadable_unit_fires_nothing() -> None:
+    assert run(NIV_REFERRAL, als(), spo2(5, 0.9, unit="1")) == []
+
+
+def test_without_spo2_criterion_there_is_no_blood_gas_variant() -> None:
+    [finding] = run(NIV_REFERRAL, als(), fvc_percent(5, 45), spo2(5, 97))
+    assert finding.variant is None
+
+
+@pytest.mark.parametrize(("days", "fires"), [(92, True), (93, False), (730, False)])
+def test_only_results_inside_the_interval_count(days: int, fires: bool) -> None:
+    assert bool(run(NIV_REFERRAL, als(), fvc_percent(days, 40))) is fires
+
+
+def test_stale_window_follows_the_configured_interval() -> None:
+    assert (
+        run(NIV_REFERRAL, als(), fvc_percent(70, 40), config=RuleConfig(respiratory_interval_days=60)) == []
+    )
+
+
+def test_the_latest_result_of_each_test_decides() -> None:
+    assert run(NIV_REFERRAL, als(), fvc_percent(40, 45), fvc_percent(5, 62)) == []
+    assert run(NIV_REFERRAL, als(), fvc_percent(40, 62), fvc_percent(5, 45))
+
+
+def test_evidence_names_every_threshold_that_fired_with_values_and_dates() -> None:
+    [finding] = run(NIV_REFERRAL, als(), fvc_percent(10, 45), snip(12, 35), spo2(3, 92))
+    assert finding.fields["criteria"] == "FVC < 50 % predicted, SNIP < 40 cmH2O, SpO2 ≤ 94 %"
+    text = "\n".join(finding.evidence)
+    for expected in (
+        f"FVC 45 % predicted on {days_ago(10).date().isoformat()}",
+        f"SNIP 35 cm[H2O] on {days_ago(12).date().isoformat()}",
+        f"SpO2 92 % on {days_ago(3).date().isoformat()}",
+    ):
+        assert expected in text
+
+
+def test_niv_in_progress_is_mentioned_but_does_not_silence_the_card() -> None:
+    niv = procedure(snomed("428311008", "Noninvasive ventilation"), days_ago(30), status="in-progress")
+    [finding] = run(NIV_REFERRAL, als(), niv, fvc_percent(5, 40))
+    assert any("Non-invasive ventilation in progress since" in line for line in finding.evidence)
+
+
+def test_undated_and_entered_in_error_results_do_not_fire() -> None:
+    assert run(NIV_REFERRAL, als(), _undated(fvc_percent(3, 30))) == []
+    assert run(NIV_REFERRAL, als(), fvc_percent(3, 30, status="entered-in-error")) == []
+
+
+# -- respiratory-hypercapnia ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "fires"),
+    [
+        (6.0, "kPa", False),
+        (6.01, "kPa", True),
+        (45, "mm[Hg]", False),  # 5.9995 kPa
+        (45.1, "mm[Hg]", True),  # 6.013 kPa
+        (46, "mm[Hg]", True),
+        (60, "%", False),  # unreadable for a pressure
+    ],
+)
+def test_paco2_boundary_is_above_6_kpa(value: float, unit: str, fires: bool) -> None:
+    assert bool(run(HYPERCAPNIA, als(), paco2(2, value, unit))) is fires
+
+
+def test_hypercapnia_card_shows_the_value_in_kpa_and_the_reported_one() -> None:
+    [finding] = run(HYPERCAPNIA, als(), paco2(4, 52, "mm[Hg]"))
+    assert finding.fields == {"paco2": "6.93 kPa", "date": days_ago(4).date().isoformat()}
+    assert "PaCO2 52 mm[Hg] (= 6.93 kPa)" in finding.evidence[0]
+    assert "4 days old" in finding.evidence[1]
+
+
+def test_capillary_blood_gas_counts_venous_does_not() -> None:
+    assert run(HYPERCAPNIA, als(), paco2(2, 7.0, code="2020-6"))
+    assert run(HYPERCAPNIA, als(), paco2(2, 7.0, code="2021-4")) == []
+
+
+@pytest.mark.parametrize(("days", "fires"), [(92, True), (93, False)])
+def test_blood_gas_counts_for_the_respiratory_interval(days: int, fires: bool) -> None:
+    assert bool(run(HYPERCAPNIA, als(), paco2(days, 7.2))) is fires
+
+
+def test_a_newer_normal_blood_gas_supersedes_a_high_one() -> None:
+    assert run(HYPERCAPNIA, als(), paco2(20, 7.2), paco2(2, 5.5)) == []
+
+
+# -- the ALS gate and profiles ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "condition_kwargs",
+    [{"verification": "refuted"}, {"verification": "entered-in-error"}, {"clinical": "resolved"}],
+)
+def test_no_breathing_card_without_an_active_als_diagnosis(condition_kwargs: dict[str, str]) -> None:
+    resources = (als(**condition_kwargs), fvc_percent(5, 30), spo2(5, 88), paco2(2, 8.0))
+    for rule in (ASSESSMENT_DUE, NIV_REFERRAL, HYPERCAPNIA):
+        assert run(rule, *resources) == []
+
+
+def test_icd10_coded_mnd_passes_the_gate() -> None:
+    mnd = condition(concept(coding(ICD10CM, "G12.21")), rid="als")
+    assert run(HYPERCAPNIA, mnd, paco2(2, 8.0))
+
+
+def test_profile_does_not_change_the_breathing_rules() -> None:
+    resources = (als(), fvc_percent(5, 45), spo2(5, 93), paco2(2, 7.0))
+    for rule in (ASSESSMENT_DUE, NIV_REFERRAL, HYPERCAPNIA):
+        assert run(rule, *resources, config=RuleConfig(profile="us")) == run(rule, *resources)
+
+
+# -- cards ------------------------------------------------------------------------------------
+
+
+def no_empty_values(value: Any) -> bool:
+    if value is None or value in ("", [], {}):
+        return False
+    if isinstance(value, dict):
+        return all(no_empty_values(v) for v in value.values())
+    if isinstance(value, list):
+        return all(no_empty_values(v) for v in value)
+    return True
+
+
+def render(finding: Finding) -> dict[str, Any]:
+    definition = CATALOG[finding.rule_id]
+    assert definition.placeholders() <= set(finding.fields)
+    body = cards.render(finding, definition).to_json()
+    Card.model_validate(body)
+    assert len(body["summary"]) < 140, body["summary"]
+    assert no_empty_values(body), json.dumps(body, indent=1)
+    return body
+
+
+def test_assessment_card_renders_with_a_draft_order_for_this_patient() -> None:
+    [finding] = run(ASSESSMENT_DUE, als())
+    body = render(finding)
+    assert body["indicator"] == "info"
+    resource = body["suggestions"][0]["actions"][0]["resource"]
+    assert resource["status"] == "draft" and resource["subject"] == {"reference": f"Patient/{PID}"}
+    assert resource["code"]["coding"][0]["code"] == "23426006"
+
+
+def test_niv_cards_render_in_both_variants() -> None:
+    [plain] = run(NIV_REFERRAL, als(), fvc_percent(5, 45))
+    body = render(plain)
+    assert body["indicator"] == "warning" and len(body["suggestions"]) == 1
+    [gas] = run(NIV_REFERRAL, als(), fvc_percent(5, 45), vc_percent(5, 44), snip(5, 30), spo2(5, 90))
+    body = render(gas)
+    assert "arterial or capillary blood gas" in body["detail"]
+    labels = [s["label"] for s in body["suggestions"]]
+    assert labels == [
+        "Order an arterial or capillary blood gas",
+        "Refer to the respiratory ventilation service (NIV assessment)",
+    ]
+
+
+def test_hypercapnia_card_is_critical_and_urgent() -> None:
+    [finding] = run(HYPERCAPNIA, als(), paco2(2, 7.0))
+    body = render(finding)
+    assert body["indicator"] == "critical"
+    assert body["suggestions"][0]["actions"][0]["resource"]["priority"] == "urgent"
+
+
+def test_longest_summaries_stay_under_140_characters() -> None:
+    worst = {
+        "respiratory-assessment-due": {"interval_days": "365", "last_assessment": "none on record"},
+        "respiratory-niv-referral": {
+            "criteria": "FVC < 50 % predicted, VC < 50 % predicted, SNIP < 40 cmH2O, SpO2 ≤ 94 %",
+            "interval_days": "365",
+        },
+        "respiratory-hypercapnia": {"paco2": "99.99 kPa", "date": "2026-11-22"},
+    }
+    for rule_id, fields in worst.items():
+        for variant in (None, *CATALOG[rule_id].variants):
+            finding = Finding(
+                rule_id, fields, (), variant=variant, bindings={"patient_reference": "Patient/x"}
+            )
+            assert len(cards.render(finding, CATALOG[rule_id]).summary) < 140, (rule_id, variant)
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+
+def test_fixture_patients_get_exactly_the_expected_breathing_cards() -> None:
+    expected = json.loads((FIXTURES / "expected" / "respiratory.json").read_text())
+    assert {"respiratory-assessment-overdue", "respiratory-fvc-below-50", "respiratory-copd-stable"} <= set(
+        expected
+    )
+    rules = [ASSESSMENT_DUE, NIV_REFERRAL, HYPERCAPNIA]
+    for name, hooks in expected.items():
+        record = record_from(patient_resources(name), patient_id=name)
+        found = [f.rule_id for f in evaluate(rules, record, RuleConfig())]
+        assert found == hooks["patient-view"], name
+        assert hooks["order-select"] == hooks["order-sign"] == []
