@@ -1,7 +1,329 @@
-"""Physiotherapy, exercise and massage orders (NICE NG42 1.8.5-1.8.6; exercise and massage literature)."""
+"""Physiotherapy, exercise and massage orders (NICE NG42 1.8.5-1.8.6; exercise and massage literature).
+
+Massage: no ALS-specific guideline on massage contraindications was found. The list used here
+(deep vein thrombosis, pressure injury, fever, osteoporosis, recent surgery, active infection) comes
+from generic massage-therapy sources of low authority that agree with one another (evidence
+reference R13).
+
+Exercise: NG42 1.8.5 (range of movement, contractures) and 1.8.6 (resistance, active-assisted or
+passive programme suited to the person's function) give the programme type but no intensity. The
+intensity advice follows Majmudar et al. 2015 (NeuroRehabilitation, Table 1) and the ACSM 2010
+recommendations; Dal Bello-Haas 2018 is cited as a review, its specific numbers are UNVERIFIED
+and are not stated.
+"""
 
 from __future__ import annotations
 
-from cds_service.rules.base import Rule
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
 
-RULES: tuple[Rule, ...] = ()
+from cds_service import terminology
+from cds_service.record import DraftOrder, Interest, PatientRecord
+from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
+from cds_service.terminology import Concept, Match
+
+PHYSIOTHERAPY = terminology.load("physiotherapy")
+EXERCISE = terminology.load("exercise-therapy")
+MASSAGE = terminology.load("massage")
+DVT = terminology.load("dvt")
+PRESSURE_INJURY = terminology.load("pressure-injury")
+OSTEOPOROSIS = terminology.load("osteoporosis")
+ACTIVE_INFECTION = terminology.load("active-infection")
+FEVER = terminology.load("fever")
+BODY_TEMPERATURE = terminology.load("body-temperature")
+SURGICAL = terminology.load("surgical-procedure")
+
+#: Temperature at or above which massage is "strictly contraindicated" in the massage sources
+#: (100.4 °F / 38.0 °C).
+FEVER_CELSIUS = Decimal("38.0")
+#: How far back a measured temperature counts as "current" fever (design choice).
+FEVER_LOOKBACK_DAYS = 7
+#: "Recent surgery": 6 weeks (design choice; the sources give no period).
+SURGERY_LOOKBACK_DAYS = 42
+
+
+
+@dataclass(frozen=True)
+class Contraindication:
+    label: str  # short, for the summary ("DVT")
+    line: str  # evidence line, with its date
+
+
+def _date(when: datetime | None) -> str:
+    return when.date().isoformat() if when is not None else "date not recorded"
+
+
+def _condition_items(record: PatientRecord) -> list[Contraindication]:
+    found = []
+    for valueset, label, name in (
+        (DVT, "DVT", "Deep vein thrombosis"),
+        (PRESSURE_INJURY, "pressure injury", "Pressure injury"),
+        (OSTEOPOROSIS, "osteoporosis", "Osteoporosis"),
+        (ACTIVE_INFECTION, "infection", "Active infection"),
+        (FEVER, "fever", "Fever"),
+    ):
+        for condition in record.active_conditions(valueset):
+            match = valueset.match(condition.concept)
+            how = f"; {match.describe()}" if match is not None else ""
+            since = _date(condition.onset or condition.recorded)
+            found.append(
+                Contraindication(label, f"{name}: {condition.concept.label} (active, since {since}{how}).")
+            )
+    return found
+
+
+def _temperature_items(record: PatientRecord) -> list[Contraindication]:
+    since = record.now - timedelta(days=FEVER_LOOKBACK_DAYS)
+    for obs in record.observations_in(BODY_TEMPERATURE):
+        if obs.effective is None or obs.effective < since:
+            break  # newest first: the rest are older
+        celsius = obs.value_in("Cel")
+        if celsius is None:
+            continue  # an unreadable unit is not evidence of fever (nor of its absence)
+        if celsius >= FEVER_CELSIUS:
+            return [
+                Contraindication(
+                    "fever",
+                    f"Fever: temperature {obs.value} on {_date(obs.effective)} "
+                    f"({celsius.quantize(Decimal('0.1'))} °C, at or above {FEVER_CELSIUS} °C).",
+                )
+            ]
+    return []
+
+
+def _surgical_category(category: Any) -> Match | None:
+    """R4 Procedure.category (one CodeableConcept; a list in later versions) in the surgical set."""
+    for item in category if isinstance(category, list) else [category]:
+        if item is not None:
+            found = SURGICAL.match(Concept.from_json(item.model_dump(mode="json", exclude_none=True)))
+            if found is not None:
+                return found
+    return None
+
+
+def _surgery_items(record: PatientRecord) -> list[Contraindication]:
+    since = record.now - timedelta(days=SURGERY_LOOKBACK_DAYS)
+    found = []
+    for proc in record.procedures_in(None, since=since):
+        if proc.status != "completed" or proc.when is None or proc.when > record.now:
+            continue
+        by_code = proc.match(SURGICAL)
+        by_category = None if by_code else _surgical_category(getattr(proc.resource, "category", None))
+        if by_code is not None:
+            how = f"procedure {by_code.describe()}"
+        elif by_category is not None:
+            how = f"category {by_category.describe()}"
+        else:
+            continue
+        days = (record.now - proc.when).days
+        found.append(
+            Contraindication(
+                "recent surgery",
+                f"Recent surgery: {proc.concept.label} on {_date(proc.when)} ({days} days ago; "
+                f"surgical by {how}).",
+            )
+        )
+    return found
+
+
+def contraindications(record: PatientRecord) -> list[Contraindication]:
+    return [
+        *_condition_items(record),
+        *_temperature_items(record),
+        *_surgery_items(record),
+    ]
+
+
+def _orders(record: PatientRecord, *valuesets: terminology.ValueSet) -> list[tuple[DraftOrder, Match]]:
+    """Orders to check in any of the value sets, each once (the first value set that matches)."""
+    seen: set[int] = set()
+    found = []
+    for valueset in valuesets:
+        for order, match in record.draft_orders_in(valueset):
+            if order.resource_type == "ServiceRequest" and id(order) not in seen:
+                seen.add(id(order))
+                found.append((order, match))
+    return found
+
+
+def _order_line(order: DraftOrder, match: Match) -> str:
+    ref = order.reference or "draft order without id"
+    return f"Order: {order.concept.label} ({ref}; matched by {match.describe()})."
+
+
+def _as_json(order: DraftOrder) -> dict[str, Any]:
+    """The draft order as JSON, for an update suggestion (the card file adds its note)."""
+    return order.resource.model_dump(mode="json", exclude_none=True)
+
+
+def _order_kind(match: Match, order: DraftOrder) -> str:
+    if match.valueset == MASSAGE.id:
+        return "Massage"
+    if EXERCISE.match(order.concept) is not None and PHYSIOTHERAPY.match(order.concept) is None:
+        return "Exercise programme"
+    return "Physiotherapy"
+
+
+# --------------------------------------------------------------------------------------------
+# massage-order-contraindications
+
+
+def massage_order_contraindications(record: PatientRecord, config: RuleConfig) -> list[Finding]:
+    orders = _orders(record, MASSAGE, PHYSIOTHERAPY)
+    if not orders:
+        return []
+    found = contraindications(record)
+    if not found:
+        return []
+    labels = list(dict.fromkeys(item.label for item in found))
+    findings = []
+    for order, match in orders:
+        bindings: dict[str, Any] = {"patient_reference": f"Patient/{record.patient_id}"}
+        if order.reference is not None:
+            bindings["draft_reference"] = order.reference
+        bindings["updated_order"] = _as_json(order)
+        findings.append(
+            Finding(
+                rule_id="massage-order-contraindications",
+                fields={
+                    "order_kind": _order_kind(match, order),
+                    "findings": ", ".join(labels),
+                },
+                evidence=(_order_line(order, match), *(item.line for item in found)),
+                bindings=bindings,
+                variant=None if order.reference is not None else "no-draft-id",
+            )
+        )
+    return findings
+
+
+MASSAGE_ORDER_CONTRAINDICATIONS = Rule(
+    id="massage-order-contraindications",
+    title="Massage or physiotherapy ordered with a contraindication to massage",
+    hooks=frozenset({"order-select", "order-sign"}),
+    reads=Interest(
+        {
+            "Condition": (DVT, PRESSURE_INJURY, OSTEOPOROSIS, ACTIVE_INFECTION, FEVER),
+            "Observation": (BODY_TEMPERATURE,),
+            # Every procedure: surgery is recognised by Procedure.category, which the raw pre-filter
+            # (Procedure.code only) cannot see.
+            "Procedure": None,
+        }
+    ),
+    evaluate=massage_order_contraindications,
+    trigger=(
+        "A massage or physiotherapy ServiceRequest is ordered while the patient has active DVT, a pressure "
+        "injury, fever (>= 38.0 °C in 7 days or an active fever condition), osteoporosis, surgery in the "
+        "last 42 days, or an active infection."
+    ),
+    facts=(
+        RuleFact(
+            "Contraindications to massage",
+            "DVT, pressure injury, fever, osteoporosis, recent surgery, active infection",
+            "massage-sources",
+            "Generic massage-therapy sources (low authority) that agree; no ALS-specific guideline was "
+            "found.",
+        ),
+        RuleFact(
+            "Fever threshold",
+            f"temperature >= {FEVER_CELSIUS} °C",
+            "massage-sources",
+            "Sources: 'fever (100.4 °F / 38.0 °C) strictly contraindicated'. Temperatures in other units are "
+            "converted; an unreadable unit is ignored.",
+        ),
+        RuleFact(
+            "Fever look-back",
+            f"{FEVER_LOOKBACK_DAYS} days",
+            "massage-sources",
+            "UNVERIFIED design choice: the sources give no period. Active fever conditions count at any age.",
+        ),
+        RuleFact(
+            "Recent surgery",
+            f"completed Procedure in the last {SURGERY_LOOKBACK_DAYS} days (6 weeks) with category or code "
+            "SNOMED CT 387713003 Surgical procedure",
+            "massage-sources",
+            "UNVERIFIED design choice: the sources say 'recent surgery' without a period. Surgery coded "
+            "only by a specific procedure code without the surgical category is not recognised.",
+        ),
+        RuleFact(
+            "Precautions offered",
+            "gentle techniques only, no deep-tissue massage, avoid affected areas, no aggressive stretching",
+            "massage-sources",
+            "Deep-tissue massage contraindicated in osteoporosis (sources). 'No aggressive stretching' as an "
+            "ALS-specific rule is UNVERIFIED (draft rule text).",
+        ),
+    ),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# exercise-prescription-als
+
+
+def exercise_prescription_als(record: PatientRecord, config: RuleConfig) -> list[Finding]:
+    findings = []
+    for order, match in _orders(record, PHYSIOTHERAPY, EXERCISE):
+        bindings: dict[str, Any] = {"patient_reference": f"Patient/{record.patient_id}"}
+        if order.reference is not None:
+            bindings["updated_order"] = _as_json(order)
+        findings.append(
+            Finding(
+                rule_id="exercise-prescription-als",
+                fields={"order_kind": _order_kind(match, order)},
+                evidence=(_order_line(order, match),),
+                bindings=bindings,
+                variant=None if order.reference is not None else "no-draft-id",
+            )
+        )
+    return findings
+
+
+EXERCISE_PRESCRIPTION_ALS = Rule(
+    id="exercise-prescription-als",
+    title="Exercise prescription in ALS",
+    hooks=frozenset({"order-select", "order-sign"}),
+    reads=Interest({}),
+    evaluate=exercise_prescription_als,
+    trigger="A physiotherapy or exercise programme ServiceRequest is ordered for a patient with ALS/MND.",
+    facts=(
+        RuleFact(
+            "Programme aims and type",
+            "range of movement and stretching to prevent contractures; resistance, active-assisted or "
+            "passive programme suited to function",
+            "nice-ng42",
+            "NG42 1.8.5 and 1.8.6; NG42 gives no intensity.",
+        ),
+        RuleFact(
+            "Resistance exercise",
+            "only muscles with antigravity strength; low-to-moderate loads; avoid high-resistance and "
+            "eccentric exercise",
+            "majmudar-2015",
+            "Majmudar et al. 2015 Table 1. Reading 'antigravity' as MRC grade >= 3 is standard but "
+            "UNVERIFIED; the card does not state an MRC grade.",
+        ),
+        RuleFact(
+            "Aerobic exercise",
+            "submaximal: the person can talk comfortably (talk test); stop short of exhaustion",
+            "majmudar-2015",
+            "Majmudar et al. 2015 Table 1; ACSM 2010 (low-moderate intensity).",
+        ),
+        RuleFact(
+            "Too much exercise",
+            "fatigue lasting long after a session",
+            "acsm-2010",
+            "No duration is stated: the 30-minute and 1-hour figures in circulation are UNVERIFIED "
+            "(consumer source / Dal Bello-Haas 2018 not obtained).",
+        ),
+        RuleFact(
+            "Dal Bello-Haas 2018 parameters",
+            "not used",
+            "dal-bello-haas-2018",
+            "UNVERIFIED: full text not obtained; its specific numbers (MRC >= 3, 50-65 % heart-rate reserve, "
+            "recovery > 1 h) are not stated as fact.",
+        ),
+    ),
+)
+
+RULES: tuple[Rule, ...] = (MASSAGE_ORDER_CONTRAINDICATIONS, EXERCISE_PRESCRIPTION_ALS)
