@@ -37,9 +37,15 @@ def test_discovery_prefetch_uses_only_tokens_the_spec_allows(client: TestClient)
             assert tokens <= SPEC_ALLOWED_TOKENS, template
 
 
-def test_patient_view_prefetch_asks_for_what_its_rule_reads(client: TestClient) -> None:
+def test_each_service_asks_for_what_its_rules_read(client: TestClient) -> None:
+    from cds_service.prefetch import TYPE_BY_KEY
+    from cds_service.services import build_services
+
+    definitions = build_services()
+    for service in client.get("/cds-services").json()["services"]:
+        types = {TYPE_BY_KEY[key] for key in service["prefetch"]}
+        assert types == {"Patient", *definitions[service["id"]].interest.by_type}, service["id"]
     [pv] = [s for s in client.get("/cds-services").json()["services"] if s["id"] == "als-patient-view"]
-    assert set(pv["prefetch"]) == {"patient", "conditions", "medications", "observations"}
     obs = pv["prefetch"]["observations"]
     assert "http://loinc.org|1742-6" in obs and "_sort=-date" in obs
     assert re.search(r"date=ge\d{4}-\d{2}-01", obs)  # a literal window: 2.0 has no date tokens
@@ -53,10 +59,11 @@ def test_discovery_tolerates_a_trailing_slash(client: TestClient) -> None:
 
 
 def issue_card(client: TestClient) -> dict[str, Any]:
+    """Have the service issue the riluzole card (it has a suggestion) and return it."""
     body = client.post(
         "/cds-services/als-patient-view", json=hook_request("patient-view-als-riluzole-lft-overdue")
     ).json()
-    return body["cards"][0]
+    return next(c for c in body["cards"] if c["source"]["topic"]["code"] == "riluzole-lft-due")
 
 
 def accepted(card: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 from typing import Any
 
 import httpx
@@ -12,7 +13,10 @@ import pytest
 import respx
 from fastapi.testclient import TestClient
 
-from tests.support import ROOT, hook_request, patient_resources, searchset
+from cds_service.prefetch import TYPE_BY_KEY
+from cds_service.services import build_services
+from cds_service.settings import Settings
+from tests.support import NOW, ROOT, hook_request, patient_resources, searchset
 from tests.unit.test_cards import no_empty_values
 
 SPEC = ROOT / "tests" / "spec_examples"
@@ -31,17 +35,28 @@ def issues(response: httpx.Response) -> list[dict[str, Any]]:
 
 
 def mock_fhir_server(router: respx.MockRouter, resources: list[dict[str, Any]], base: str = SERVER) -> None:
-    """A FHIR server holding `resources`, answering the service's reads and searches."""
+    """A FHIR server holding `resources`: reads of the Patient, searches of any type by patient."""
 
-    def search(rtype: str) -> Any:
-        return lambda request: httpx.Response(
-            200, json=searchset([r for r in resources if r["resourceType"] == rtype])
-        )
+    def search(request: httpx.Request) -> httpx.Response:
+        rtype = request.url.path.rsplit("/", 1)[-1]
+        return httpx.Response(200, json=searchset([r for r in resources if r["resourceType"] == rtype]))
 
     patient = next(r for r in resources if r["resourceType"] == "Patient")
     router.get(f"{base}/Patient/{patient['id']}").mock(return_value=httpx.Response(200, json=patient))
-    for rtype in ("Condition", "MedicationRequest", "Observation"):
-        router.get(url__startswith=f"{base}/{rtype}?").mock(side_effect=search(rtype))
+    router.get(url__regex=rf"^{re.escape(base)}/[A-Za-z]+\?").mock(side_effect=search)
+
+
+def patient_view_keys() -> list[str]:
+    return list(build_services()["als-patient-view"].prefetch(Settings(_env_file=None), NOW.date()))
+
+
+#: What the quickstart patient gets at tests.support.NOW: the riluzole warning, then the infos.
+QUICKSTART_CARDS = [
+    "riluzole-lft-due",
+    "respiratory-assessment-due",
+    "mdt-review-overdue",
+    "advance-care-planning",
+]
 
 
 # -- cards ------------------------------------------------------------------------------------
@@ -53,7 +68,7 @@ def test_quickstart_request_gets_the_riluzole_card(client: TestClient) -> None:
     )
     assert response.status_code == 200
     body = response.json()
-    assert rule_ids(body) == ["riluzole-lft-due"]
+    assert rule_ids(body) == QUICKSTART_CARDS
     assert no_empty_values(body) == []
     card = body["cards"][0]
     assert card["indicator"] == "warning"
@@ -74,7 +89,7 @@ def test_patient_without_als_gets_no_card(client: TestClient) -> None:
 def test_epic_shaped_request_is_understood(client: TestClient) -> None:
     response = client.post("/cds-services/als-patient-view", json=hook_request("patient-view-epic-style"))
     assert response.status_code == 200
-    assert rule_ids(response.json()) == ["riluzole-lft-due"]
+    assert rule_ids(response.json()) == QUICKSTART_CARDS
 
 
 @pytest.mark.parametrize(
@@ -122,11 +137,12 @@ def test_spec_example_patient_view_request_is_accepted(client: TestClient) -> No
 )
 def test_spec_library_order_contexts_are_accepted(client: TestClient, hook: str, service: str) -> None:
     context = json.loads((SPEC / f"context-{hook}-cds-hooks-library-1.0.1.json").read_text())["context"]
+    keys = build_services()[service].prefetch(Settings(_env_file=None), NOW.date())
     request = {
         "hook": hook,
         "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
         "context": context,
-        "prefetch": {"patient": None, "conditions": None},
+        "prefetch": dict.fromkeys(keys),  # every key queried, nothing found
     }
     response = client.post(f"/cds-services/{service}", json=request)
     assert response.status_code == 200, response.text
@@ -211,12 +227,7 @@ def test_412_names_every_key_that_could_not_be_had(client: TestClient) -> None:
     response = client.post("/cds-services/als-patient-view", json=request)
     assert response.status_code == 412
     where = [i["expression"][0] for i in issues(response)]
-    assert where == [
-        "prefetch.patient",
-        "prefetch.conditions",
-        "prefetch.medications",
-        "prefetch.observations",
-    ]
+    assert where == [f"prefetch.{key}" for key in patient_view_keys()]
     assert all("no fhirServer" in i["diagnostics"] for i in issues(response))
 
 
@@ -226,6 +237,7 @@ def test_null_prefetch_means_nothing_found_not_412(client: TestClient) -> None:
     response = client.post("/cds-services/als-patient-view", json=request)
     assert response.status_code == 200
     card = response.json()["cards"][0]
+    assert card["source"]["topic"]["code"] == "riluzole-lft-due"
     assert "none on record" in card["summary"]  # no ALT data: the check is due, not assumed done
 
 
@@ -244,7 +256,7 @@ def test_everything_fetched_from_the_fhir_server_gives_the_same_cards(client: Te
     assert rule_ids(fetched) == rule_ids(with_prefetch)
     assert fetched["cards"][0]["summary"] == with_prefetch["cards"][0]["summary"]
     assert {r.headers["Authorization"] for r in sent} == {"Bearer opaque-test-access-token-not-a-secret"}
-    assert len(sent) == 4
+    assert len(sent) == len(patient_view_keys())  # one request per key, no paging needed
 
 
 def test_partial_prefetch_fetches_only_the_missing_keys(client: TestClient) -> None:
@@ -256,8 +268,9 @@ def test_partial_prefetch_fetches_only_the_missing_keys(client: TestClient) -> N
         response = client.post("/cds-services/als-patient-view", json=request)
         paths = sorted(call.request.url.path.rsplit("/", 1)[-1] for call in router.calls)
     assert response.status_code == 200
-    assert rule_ids(response.json()) == ["riluzole-lft-due"]
-    assert paths == ["MedicationRequest", "Observation"]
+    assert rule_ids(response.json()) == QUICKSTART_CARDS
+    fetched_types = {TYPE_BY_KEY[key] for key in patient_view_keys()} - {"Patient", "Condition"}
+    assert sorted(set(paths)) == sorted(fetched_types)
 
 
 def test_operation_outcome_prefetch_is_refetched(client: TestClient) -> None:
@@ -272,7 +285,7 @@ def test_operation_outcome_prefetch_is_refetched(client: TestClient) -> None:
         mock_fhir_server(router, patient_resources(PATIENT))
         response = client.post("/cds-services/als-patient-view", json=request)
         assert [c.request.url.path.rsplit("/", 1)[-1] for c in router.calls] == ["MedicationRequest"]
-    assert rule_ids(response.json()) == ["riluzole-lft-due"]
+    assert rule_ids(response.json()) == QUICKSTART_CARDS
 
 
 def test_paged_prefetch_bundle_is_completed_from_the_server(client: TestClient) -> None:
@@ -290,7 +303,8 @@ def test_paged_prefetch_bundle_is_completed_from_the_server(client: TestClient) 
         )
         response = client.post("/cds-services/als-patient-view", json=request)
     assert response.status_code == 200
-    assert "38 U/L on 2025-01-10" in response.json()["cards"][0]["detail"]  # from page 2
+    [card] = [c for c in response.json()["cards"] if c["source"]["topic"]["code"] == "riluzole-lft-due"]
+    assert "38 U/L on 2025-01-10" in card["detail"]  # from page 2
 
 
 @pytest.mark.parametrize(
@@ -355,6 +369,6 @@ def test_call_log_line_has_no_patient_data_or_token(
         )
     text = " ".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
     calls = [r for r in caplog.records if r.getMessage() == "hook call"]
-    assert len(calls) == 2 and all(r.rule_ids == ["riluzole-lft-due"] for r in calls)  # type: ignore[attr-defined]
+    assert len(calls) == 2 and all(r.rule_ids == QUICKSTART_CARDS for r in calls)  # type: ignore[attr-defined]
     for secret in (PATIENT, "Hartley", "Margaret", "1961-05-14", "opaque-test-access-token", "E1001"):
         assert secret not in text

@@ -1,35 +1,37 @@
-"""Real-shaped charts (Synthea R4, none with ALS): specificity, and the right card once ALS is added."""
+"""Real-shaped charts (Synthea R4, none with ALS): specificity, and the right cards once ALS is added.
+
+Without ALS a chart gets no card on any hook, whatever it holds. With an ALS diagnosis added, it
+gets exactly the cards its data call for. The expected set is worked out here, independently of
+the rules, from the raw chart and the catalogue's definitions:
+
+* the charts end in 2021, five years before tests.support.NOW, so nothing is recent: no breathing
+  test or MDT clinic visit in the last 92 days (respiratory-assessment-due, mdt-review-overdue), no
+  weight in the last 12 months (no weight-loss card), no recent temperature or blood count;
+* advance-care-planning unless the chart records any advance care planning;
+* with riluzole added: riluzole-lft-due (no ALT in the last year); without it,
+  riluzole-not-prescribed unless the chart shows a contraindication (active liver disease or
+  pregnancy, or a latest ALT/AST above 3 x ULN).
+"""
 
 from __future__ import annotations
 
 import copy
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from cds_service import terminology
+from cds_service.bundles import request_from_bundle
 from cds_service.record import resources_from_bundle
-from tests.support import SYNTHEA, load_json, prefetch_from
+from cds_service.services import build_services
+from cds_service.settings import Settings
+from tests.support import NOW, SYNTHEA, load_json
 
 CHARTS = sorted(SYNTHEA.glob("*.json"))
-TEMPLATE_KEYS = {"patient": "", "conditions": "", "medications": "", "observations": ""}
-
-
-def chart_request(chart: Path, extra: list[dict[str, Any]] = ()) -> dict[str, Any]:  # type: ignore[assignment]
-    resources = [dict(r) for r in resources_from_bundle(load_json(chart))]
-    patient_id = next(r["id"] for r in resources if r["resourceType"] == "Patient")
-    extra = [copy.deepcopy(r) for r in extra]
-    for r in extra:
-        r["subject"] = {"reference": f"Patient/{patient_id}"}
-    return {
-        "hook": "patient-view",
-        "hookInstance": f"synthea-{patient_id}",
-        "context": {"userId": "Practitioner/1", "patientId": patient_id},
-        # An EHR that sends more than the templates ask for: every Observation, not only ALT.
-        "prefetch": prefetch_from([*resources, *extra], TEMPLATE_KEYS),
-    }
-
+SERVICES = {s.hook: s for s in build_services().values()}
 
 ALS = {
     "resourceType": "Condition",
@@ -68,23 +70,154 @@ RILUZOLE = {
         ]
     },
     "authoredOn": "2024-02-01",
+    "dosageInstruction": [
+        {
+            "timing": {"repeat": {"frequency": 1, "period": 12, "periodUnit": "h"}},
+            "doseAndRate": [
+                {
+                    "doseQuantity": {
+                        "value": 50,
+                        "unit": "mg",
+                        "system": "http://unitsofmeasure.org",
+                        "code": "mg",
+                    }
+                }
+            ],
+        }
+    ],
 }
+DRAFTS = [  # orders that would each draw a card for a patient with ALS
+    {**copy.deepcopy(RILUZOLE), "id": "draft-riluzole", "status": "draft"},
+    {
+        "resourceType": "MedicationRequest",
+        "id": "draft-quinine",
+        "status": "draft",
+        "intent": "order",
+        "medicationCodeableConcept": {"text": "quinine sulfate 300 mg tablets"},
+    },
+    {
+        "resourceType": "ServiceRequest",
+        "id": "draft-physio",
+        "status": "draft",
+        "intent": "order",
+        "code": {
+            "coding": [
+                {
+                    "system": "http://snomed.info/sct",
+                    "code": "91251008",
+                    "display": "Physical therapy procedure",
+                }
+            ]
+        },
+    },
+]
+
+
+def chart_bundle(chart: Path, extra: list[dict[str, Any]] = (), drafts: list[dict[str, Any]] = ()) -> dict:  # type: ignore[assignment]
+    bundle = load_json(chart)
+    patient_id = next(
+        e["resource"]["id"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"
+    )
+    entries = list(bundle["entry"])
+    for resource in [copy.deepcopy(r) for r in [*extra, *drafts]]:
+        resource["subject"] = {"reference": f"Patient/{patient_id}"}
+        entries.append({"resource": resource, "request": {"method": "POST", "url": resource["resourceType"]}})
+    return {**bundle, "entry": entries}
+
+
+def post(client: TestClient, bundle: dict[str, Any], hook: str) -> list[str]:
+    keys = list(SERVICES[hook].prefetch(Settings(_env_file=None), NOW.date()))
+    response = client.post(f"/cds-services/{SERVICES[hook].id}", json=request_from_bundle(bundle, hook, keys))
+    assert response.status_code == 200, response.text
+    return [card["source"]["topic"]["code"] for card in response.json()["cards"]]
+
+
+# -- the oracle -------------------------------------------------------------------------------
+
+
+def _codes(resource: dict[str, Any], *elements: str) -> set[tuple[str, str]]:
+    found = set()
+    for element in elements:
+        value = resource.get(element)
+        for concept in value if isinstance(value, list) else [value]:
+            if isinstance(concept, dict):
+                for coding in concept.get("coding", []):
+                    code = terminology.Code(
+                        terminology.normalise_system(coding.get("system")), coding.get("code", "")
+                    )
+                    found.add(code.key)
+    return found
+
+
+def _active(condition: dict[str, Any]) -> bool:
+    status = (condition.get("clinicalStatus") or {}).get("coding", [{}])[0].get("code")
+    return status in (None, "active", "recurrence", "relapse") and "abatementDateTime" not in condition
+
+
+def _over_three_uln(observations: list[dict[str, Any]], valueset: str, sex: str | None) -> bool:
+    codes = terminology.load(valueset).codes
+    dated = [o for o in observations if _codes(o, "code") & codes and o.get("effectiveDateTime")]
+    if not dated:
+        return False
+    latest = max(dated, key=lambda o: o["effectiveDateTime"])
+    value = Decimal(str(latest.get("valueQuantity", {}).get("value", 0)))
+    high = (latest.get("referenceRange") or [{}])[0].get("high", {}).get("value")
+    uln = Decimal(str(high)) if high is not None else Decimal(33 if sex == "male" else 25)
+    return value > 3 * uln
+
+
+def expected_patient_view_cards(chart: Path, *, riluzole: bool) -> set[str]:
+    resources = [dict(r) for r in resources_from_bundle(load_json(chart))]
+    conditions = [r for r in resources if r["resourceType"] == "Condition"]
+    observations = [r for r in resources if r["resourceType"] == "Observation"]
+    sex = next(r for r in resources if r["resourceType"] == "Patient").get("gender")
+
+    expected = {"respiratory-assessment-due", "mdt-review-overdue"}
+    acp_codes = (
+        terminology.load("advance-care-planning").codes | terminology.load("advance-directive-document").codes
+    )
+    if not any(_codes(r, "code", "type", "category") & acp_codes for r in resources):
+        expected.add("advance-care-planning")
+    if riluzole:
+        expected.add("riluzole-lft-due")
+    else:
+        contraindicated = any(
+            _active(c)
+            and _codes(c, "code")
+            & (terminology.load("liver-disease").codes | terminology.load("pregnancy").codes)
+            for c in conditions
+        ) or any(_over_three_uln(observations, vs, sex) for vs in ("alt", "ast"))
+        if not contraindicated:
+            expected.add("riluzole-not-prescribed")
+    return expected
+
+
+# -- the tests ---------------------------------------------------------------------------------
 
 
 def test_the_shared_synthea_charts_are_there() -> None:
     assert len(CHARTS) >= 30
 
 
-@pytest.mark.parametrize("chart", CHARTS, ids=lambda p: p.name.split("_")[0] + "_" + p.name.split("_")[1][:8])
-def test_chart_without_als_gets_no_card_and_with_als_and_riluzole_exactly_the_lft_card(
+CHART_IDS = [p.name.split("_")[0] + "_" + p.name.split("_")[1][:8] for p in CHARTS]
+
+
+@pytest.mark.parametrize("chart", CHARTS, ids=CHART_IDS)
+def test_chart_without_als_gets_no_card_on_any_hook(client: TestClient, chart: Path) -> None:
+    assert post(client, chart_bundle(chart), "patient-view") == []
+    with_riluzole_and_orders = chart_bundle(chart, [RILUZOLE], DRAFTS)
+    assert post(client, with_riluzole_and_orders, "patient-view") == []
+    assert post(client, with_riluzole_and_orders, "order-select") == []
+    assert post(client, with_riluzole_and_orders, "order-sign") == []
+
+
+@pytest.mark.parametrize("chart", CHARTS, ids=CHART_IDS)
+def test_chart_with_als_added_gets_exactly_the_cards_its_data_call_for(
     client: TestClient, chart: Path
 ) -> None:
-    plain = client.post("/cds-services/als-patient-view", json=chart_request(chart))
-    assert plain.status_code == 200 and plain.json() == {"cards": []}
-
-    riluzole_only = client.post("/cds-services/als-patient-view", json=chart_request(chart, [RILUZOLE]))
-    assert riluzole_only.json() == {"cards": []}  # riluzole without an ALS diagnosis: still no ALS card
-
-    als = client.post("/cds-services/als-patient-view", json=chart_request(chart, [ALS, RILUZOLE]))
-    assert als.status_code == 200
-    assert [c["source"]["topic"]["code"] for c in als.json()["cards"]] == ["riluzole-lft-due"]
+    assert set(post(client, chart_bundle(chart, [ALS]), "patient-view")) == expected_patient_view_cards(
+        chart, riluzole=False
+    )
+    assert set(
+        post(client, chart_bundle(chart, [ALS, RILUZOLE]), "patient-view")
+    ) == expected_patient_view_cards(chart, riluzole=True)

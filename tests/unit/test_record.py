@@ -12,7 +12,7 @@ import pytest
 
 from cds_service import terminology
 from cds_service.record import Interest, build_record, resources_from_bundle, to_instant
-from tests.support import NOW, SYNTHEA, load_json, patient_resources, record_from
+from tests.support import NOW, SYNTHEA, load_json, patient_resources, record_from, service_interest
 
 ALT = terminology.load("alt")
 RILUZOLE = terminology.load("riluzole")
@@ -62,18 +62,19 @@ def test_large_chart_is_filtered_on_raw_json_before_model_parsing() -> None:
     chart = max(synthea_charts(), key=lambda p: p.stat().st_size)
     resources = [dict(r) for r in resources_from_bundle(load_json(chart))]
     observations = [r for r in resources if r["resourceType"] == "Observation"]
-    alts = [
+    interest = service_interest()
+    wanted = {key for vs in interest.by_type["Observation"] or () for key in vs.codes}
+    relevant = [
         o
         for o in observations
-        if any(
-            c.get("code") in {"1742-6", "1744-2", "1743-4", "76625-3"} for c in o["code"].get("coding", [])
-        )
+        if any((c.get("system"), c.get("code")) in wanted for c in o["code"].get("coding", []))
     ]
     assert len(observations) > 200
-    record = record_from(resources, patient_id=synthea_patient_id(resources))
-    # Only the ALT results were model-parsed; every other Observation was looked at as raw JSON only.
-    assert record.report.parsed["Observation"] == len(alts)
-    assert record.report.not_relevant["Observation"] == len(observations) - len(alts)
+    assert len(relevant) < len(observations) / 2
+    record = record_from(resources, patient_id=synthea_patient_id(resources), interest=interest)
+    # Only observations some rule reads were model-parsed; the rest was looked at as raw JSON only.
+    assert record.report.parsed["Observation"] == len(relevant)
+    assert record.report.not_relevant["Observation"] == len(observations) - len(relevant)
     # Types no rule reads (claims, immunizations, ...) are not parsed at all.
     assert record.report.parsed["ExplanationOfBenefit"] == 0
     assert record.report.not_relevant["Claim"] > 0
