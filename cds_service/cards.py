@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -115,6 +115,9 @@ class CardDef(_Model):
     override_reasons: list[OverrideReasonDef] = []
     citations: list[CitationDef] = Field(min_length=1)
     variants: dict[str, VariantDef] = {}
+    # A paragraph added to the detail under one guideline profile only (ALS_CDS_PROFILE), e.g.
+    # whether a drug is licensed in the UK or the US.
+    profile_notes: dict[Literal["nice", "us"], str] = {}
 
     @model_validator(mode="after")
     def _citation_keys_unique(self) -> CardDef:
@@ -208,7 +211,7 @@ def _detail(definition: CardDef, template: str, finding: Finding) -> str:
     return "\n\n".join(parts)
 
 
-def render(finding: Finding, definition: CardDef) -> Card:
+def render(finding: Finding, definition: CardDef, profile: str | None = None) -> Card:
     """One finding → one card, with fresh UUIDs for the card and each suggestion."""
     variant = definition.variants.get(finding.variant) if finding.variant else None
     if finding.variant and variant is None:
@@ -237,10 +240,11 @@ def render(finding: Finding, definition: CardDef) -> Card:
         )
         for s in suggestion_defs
     ]
+    note = definition.profile_notes.get(profile) if profile else None  # type: ignore[call-overload]
     return Card(
         uuid=str(uuid.uuid4()),
         summary=_fill(summary, finding.fields),
-        detail=_detail(definition, detail, finding),
+        detail=_detail(definition, f"{detail.strip()}\n\n{note.strip()}" if note else detail, finding),
         indicator=indicator,
         source=Source(
             label=definition.source.label,
@@ -259,8 +263,10 @@ def render(finding: Finding, definition: CardDef) -> Card:
     )
 
 
-def render_all(findings: Iterable[Finding], catalogue: CardCatalogue) -> list[Card]:
+def render_all(
+    findings: Iterable[Finding], catalogue: CardCatalogue, profile: str | None = None
+) -> list[Card]:
     """Cards for all findings, most severe first (critical, warning, info); stable otherwise."""
-    cards = [render(f, catalogue[f.rule_id]) for f in findings]
+    cards = [render(f, catalogue[f.rule_id], profile) for f in findings]
     cards.sort(key=lambda c: INDICATOR_ORDER[c.indicator])
     return cards

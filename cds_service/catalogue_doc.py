@@ -86,6 +86,8 @@ def render_catalogue(cards_dir: Path) -> str:
             lines.append(
                 f"| {_cell(fact.name)} | {_cell(fact.value)} | {_cell(source)} | {_cell(fact.note)} |"
             )
+        for profile, note in card.profile_notes.items():
+            lines += ["", f"Added under profile `{profile}`: {_cell(note)}"]
         lines += ["", "Sources:", ""]
         for citation in card.citations:
             lines.append(

@@ -131,7 +131,8 @@ class Engine:
             selections=context.selections if isinstance(context, OrderSelectContext) else (),
         )
         findings = evaluate(service.rules, record, self.rule_config)
-        return HookOutcome(card_rendering.render_all(findings, self.catalogue), record, now)
+        cards = card_rendering.render_all(findings, self.catalogue, self.settings.profile)
+        return HookOutcome(cards, record, now)
 
 
 def validate_context(request: CDSRequest) -> Any:

@@ -143,3 +143,35 @@ def test_card_file_with_an_unknown_key_is_refused(tmp_path: Path) -> None:
     _write_card(tmp_path, "riluzole-lft-due", summry="typo")
     with pytest.raises(cards.CardFileError, match="summry"):
         cards.load_catalogue(tmp_path)
+
+
+def test_profile_notes_follow_the_guideline_profile() -> None:
+    """Where a drug's licence differs between the UK and the US, the card says so for the profile."""
+    definition = CATALOG["edaravone-regimen"]
+    bindings = {
+        "patient_reference": "Patient/1",
+        "draft_reference": "MedicationRequest/1",
+        "updated_order": {
+            "resourceType": "MedicationRequest",
+            "status": "draft",
+            "intent": "order",
+            "subject": {"reference": "Patient/1"},
+        },
+    }
+    finding = Finding(
+        "edaravone-regimen", dict.fromkeys(definition.placeholders(), "x"), (), bindings=bindings
+    )
+    nice = cards.render(finding, definition, "nice").detail or ""
+    us = cards.render(finding, definition, "us").detail or ""
+    assert "no marketing authorisation" in nice
+    assert "no marketing authorisation" not in us
+    tofersen = CATALOG["tofersen-sod1"]
+    finding = Finding("tofersen-sod1", dict.fromkeys(tofersen.placeholders(), "x"), (), bindings=bindings)
+    assert "MHRA" in (cards.render(finding, tofersen, "nice").detail or "")
+    assert "accelerated approval" in (cards.render(finding, tofersen, "us").detail or "")
+
+
+def test_every_profile_note_is_backed_by_a_citation_in_its_card() -> None:
+    for definition in CATALOG.definitions.values():
+        if definition.profile_notes:
+            assert len(definition.citations) >= 2, definition.rule_id
