@@ -10,12 +10,12 @@ earlier if communication, cognition or capacity is expected to worsen.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
 
 from cds_service import terminology
 from cds_service.record import GenericFact, Interest, ObservationFact, PatientRecord
 from cds_service.rules.als import ALS_DIAGNOSIS
 from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
+from cds_service.rules.evidence import day
 from cds_service.terminology import Code, ValueSet
 
 MDT_ENCOUNTER = terminology.load("mdt-encounter")
@@ -153,36 +153,30 @@ def _positive(obs: ObservationFact) -> bool:
     return ANSWER_YES.match(obs.value_concept) is not None
 
 
-def _date(when: datetime | None) -> str:
-    return when.date().isoformat() if when is not None else "date not recorded"
-
-
 def acp_evidence(record: PatientRecord) -> tuple[list[str], list[str]]:
     """(what shows advance care planning is recorded, what was seen but does not count)."""
     found: list[str] = []
     ignored: list[str] = []
     for proc in record.procedures_in(ACP):
-        found.append(f"Advance care planning procedure on {_date(proc.when)} ({proc.concept.label}).")
+        found.append(f"Advance care planning procedure on {day(proc.when)} ({proc.concept.label}).")
     for doc in record.documents_in(AD_DOCUMENT):
-        found.append(f"Advance directive document dated {_date(doc.when)} ({doc.concept.label}).")
+        found.append(f"Advance directive document dated {day(doc.when)} ({doc.concept.label}).")
     for consent in [c for c in record.consents if c.match(AD_CONSENT) or c.match(AD_DOCUMENT)]:
-        found.append(
-            f"Active advance directive consent dated {_date(consent.when)} ({consent.concept.label})."
-        )
+        found.append(f"Active advance directive consent dated {day(consent.when)} ({consent.concept.label}).")
     for condition in record.active_conditions(ACP):
         found.append(
-            f"Recorded finding: {condition.concept.label} ({_date(condition.onset or condition.recorded)})."
+            f"Recorded finding: {condition.concept.label} ({day(condition.onset or condition.recorded)})."
         )
     # Every observation, dated or not: the question is whether a plan exists, not whether it is recent.
     for obs in record.observations:
         if ACP.match(obs.concept) is not None:
-            found.append(f"Recorded finding: {obs.concept.label} ({_date(obs.effective)}).")
+            found.append(f"Recorded finding: {obs.concept.label} ({day(obs.effective)}).")
         elif AD_OBSERVATION.match(obs.concept) is not None:
             if _positive(obs):
-                found.append(f"{obs.concept.label}: yes ({_date(obs.effective)}).")
+                found.append(f"{obs.concept.label}: yes ({day(obs.effective)}).")
             else:
                 ignored.append(
-                    f"{obs.concept.label} on {_date(obs.effective)} does not answer 'yes': not counted."
+                    f"{obs.concept.label} on {day(obs.effective)} does not answer 'yes': not counted."
                 )
     return found, ignored
 

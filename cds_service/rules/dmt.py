@@ -49,7 +49,8 @@ from cds_service.record import (
     Quantity,
 )
 from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
-from cds_service.terminology import Concept, Match, units
+from cds_service.rules.evidence import day, order_line
+from cds_service.terminology import Concept, units
 
 EDARAVONE = terminology.load("edaravone")
 EDARAVONE_IV = terminology.load("edaravone-iv")
@@ -91,24 +92,11 @@ _MG_SPELLINGS = frozenset({"mg", "milligram", "milligrams"})
 # Shared helpers
 
 
-def _order_line(order: DraftOrder, match: Match) -> str:
-    what = order.reference or f"{order.resource_type} (no id)"
-    return f"Draft order {what}: {order.concept.label} (matched by {match.describe()})."
-
-
 def _draft_bindings(order: DraftOrder) -> tuple[str | None, dict[str, Any]]:
     """Variant and bindings for a card whose suggestion deletes the draft: no id, no delete."""
     if order.reference is None:
         return "no-draft-id", {}
     return None, {"draft_reference": order.reference}
-
-
-def _date(value: Any) -> str:
-    return value.date().isoformat() if value is not None else "date not recorded"
-
-
-# --------------------------------------------------------------------------------------------
-# Relyvrio
 
 
 def _relyvrio_prescriptions(record: PatientRecord) -> list[MedicationMatch]:
@@ -121,7 +109,7 @@ def relyvrio_withdrawn(record: PatientRecord, config: RuleConfig) -> list[Findin
         return []
     evidence = [
         f"Active prescription: {m.fact.concept.label} ({m.fact.status}, authored "
-        f"{_date(m.fact.authored_on)}; matched by {m.match.describe()})."
+        f"{day(m.fact.authored_on)}; matched by {m.match.describe()})."
         for m in current
     ]
     return [
@@ -141,7 +129,7 @@ def relyvrio_order(record: PatientRecord, config: RuleConfig) -> list[Finding]:
             Finding(
                 rule_id="relyvrio-order",
                 fields={"drug": order.concept.label[:50]},
-                evidence=(_order_line(order, match),),
+                evidence=(order_line(order, match),),
                 variant=variant,
                 bindings=bindings,
             )
@@ -178,7 +166,7 @@ def edaravone_sulfite_allergy(record: PatientRecord, config: RuleConfig) -> list
             Finding(
                 rule_id="edaravone-sulfite-allergy",
                 fields={"allergy": allergies[0].concept.label[:50]},
-                evidence=(_order_line(order, match), *allergy_lines),
+                evidence=(order_line(order, match), *allergy_lines),
                 variant=variant,
                 bindings=bindings,
             )
@@ -350,7 +338,7 @@ def edaravone_regimen(record: PatientRecord, config: RuleConfig) -> list[Finding
             continue  # not a medication order (e.g. an infusion ServiceRequest): no dose to check
         check = _check_regimen(order)
         form = check.form
-        evidence = [_order_line(order, match), f"Ordered: {check.ordered}."]
+        evidence = [order_line(order, match), f"Ordered: {check.ordered}."]
         evidence += [f"Could not check: {item}." for item in check.unreadable]
         evidence += [f"Differs from the label: {item}." for item in check.problems]
         bindings: dict[str, Any] = {}
@@ -398,7 +386,7 @@ class Sod1Result:
     detail: str
 
     def line(self) -> str:
-        when = _date(self.observation.effective)
+        when = day(self.observation.effective)
         return f"SOD1 result {self.observation.concept.label} ({when}): {self.detail}."
 
 
@@ -534,7 +522,7 @@ def tofersen_sod1(record: PatientRecord, config: RuleConfig) -> list[Finding]:
             Finding(
                 rule_id="tofersen-sod1",
                 fields={"sod1_status": _STATUS_TEXT[status]},
-                evidence=(_order_line(order, match), *result_lines),
+                evidence=(order_line(order, match), *result_lines),
                 variant=variant,
                 bindings=bindings,
             )

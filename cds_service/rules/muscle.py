@@ -20,12 +20,12 @@ from cds_service import terminology
 from cds_service.record import (
     MEDICATION_CURRENT_STATUSES,
     MEDICATION_HISTORY_STATUSES,
-    ConditionFact,
     Interest,
     MedicationMatch,
     PatientRecord,
 )
 from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
+from cds_service.rules.evidence import condition_line, medication_line
 from cds_service.terminology import ValueSet
 
 CRAMP = terminology.load("cramp")
@@ -62,24 +62,6 @@ def requests_by_drug(
 ) -> list[tuple[str, MedicationMatch]]:
     """(ingredient, request) for every request of these drugs in these statuses."""
     return [(name, med) for name, vs in drugs.items() for med in record.medication_requests(vs, statuses)]
-
-
-def _date(value: object) -> str:
-    return value.date().isoformat() if hasattr(value, "date") else "date not recorded"
-
-
-def condition_line(condition: ConditionFact, valueset: ValueSet, what: str) -> str:
-    match = valueset.match(condition.concept)
-    how = match.describe() if match is not None else "its code"
-    when = condition.onset or condition.recorded
-    since = f"since {_date(when)}" if when is not None else "date not recorded"
-    return f"{what}: {condition.concept.label} ({since}; matched by {how})."
-
-
-def medication_line(med: MedicationMatch, what: str) -> str:
-    started = med.fact.started
-    start = f", started {_date(started)}" if started is not None else ""
-    return f"{what}: {med.fact.concept.label} ({med.fact.status}{start}; matched by {med.match.describe()})."
 
 
 def _labels(items: Iterable[str]) -> str:

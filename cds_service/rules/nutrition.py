@@ -23,6 +23,7 @@ from decimal import ROUND_DOWN, Decimal
 from cds_service import terminology
 from cds_service.record import Interest, ObservationFact, PatientRecord
 from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
+from cds_service.rules.evidence import day
 
 BODY_WEIGHT = terminology.load("body-weight")
 DYSPHAGIA = terminology.load("dysphagia")
@@ -38,10 +39,6 @@ LOSS_GASTROSTOMY_PERCENT = Decimal(10)
 WEIGHT_WINDOW_DAYS = 365
 
 _KG = "kg"
-
-
-def _day(when: datetime) -> str:
-    return when.date().isoformat()
 
 
 def _num(value: Decimal) -> str:
@@ -80,7 +77,7 @@ def gastrostomy_on_record(record: PatientRecord) -> str | None:
     """Words describing a gastrostomy on record (procedure, tube, problem-list status), or None."""
     for procedure in record.procedures_in(GASTROSTOMY_PROCEDURE):
         match = procedure.match(GASTROSTOMY_PROCEDURE)
-        when = f" on {_day(procedure.when)}" if procedure.when is not None else ""
+        when = f" on {day(procedure.when)}" if procedure.when is not None else ""
         how = match.describe() if match else "a recognised code"
         return f"Gastrostomy procedure {procedure.concept.label}{when} ({procedure.status}; {how})."
     for device in record.devices_in(GASTROSTOMY_DEVICE):
@@ -115,8 +112,8 @@ def weight_loss(record: PatientRecord, config: RuleConfig) -> list[Finding]:
     marked = loss >= LOSS_GASTROSTOMY_PERCENT
     tube = gastrostomy_on_record(record)
     evidence = [
-        f"Latest weight {latest.shown} on {_day(latest.when)}.",
-        f"Highest weight in the preceding 12 months: {peak.shown} on {_day(peak.when)}.",
+        f"Latest weight {latest.shown} on {day(latest.when)}.",
+        f"Highest weight in the preceding 12 months: {peak.shown} on {day(peak.when)}.",
         f"Loss {_num(peak.kg - latest.kg)} kg = {_num(loss)} % "
         f"({'at or above 10' if marked else 'at or above 5'} %; thresholds from ProGas, NICE NG42 gives no "
         "number).",
@@ -142,9 +139,9 @@ def weight_loss(record: PatientRecord, config: RuleConfig) -> list[Finding]:
             fields={
                 "loss_percent": _num(loss),
                 "latest_kg": _num(latest.kg),
-                "latest_date": _day(latest.when),
+                "latest_date": day(latest.when),
                 "peak_kg": _num(peak.kg),
-                "peak_date": _day(peak.when),
+                "peak_date": day(peak.when),
             },
             evidence=tuple(evidence),
             variant=variant,
@@ -166,7 +163,7 @@ def dysphagia_discussion(record: PatientRecord, config: RuleConfig) -> list[Find
     match = DYSPHAGIA.match(dysphagia.concept)
     how = match.describe() if match else "a recognised code"
     since = dysphagia.onset or dysphagia.recorded
-    since_text = f", since {_day(since)}" if since is not None else ""
+    since_text = f", since {day(since)}" if since is not None else ""
     evidence = [
         f"Active dysphagia: {dysphagia.concept.label}{since_text} ({how}).",
         "No gastrostomy procedure, gastrostomy tube or gastrostomy status on record.",

@@ -15,13 +15,15 @@ and are not stated.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 from cds_service import terminology
 from cds_service.record import DraftOrder, Interest, PatientRecord
 from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
+from cds_service.rules.evidence import day, order_line
+from cds_service.rules.fever import BODY_TEMPERATURE, FEVER, FEVER_CELSIUS, FEVER_WINDOW_DAYS, recent_fever
 from cds_service.terminology import Concept, Match
 
 PHYSIOTHERAPY = terminology.load("physiotherapy")
@@ -31,28 +33,16 @@ DVT = terminology.load("dvt")
 PRESSURE_INJURY = terminology.load("pressure-injury")
 OSTEOPOROSIS = terminology.load("osteoporosis")
 ACTIVE_INFECTION = terminology.load("active-infection")
-FEVER = terminology.load("fever")
-BODY_TEMPERATURE = terminology.load("body-temperature")
 SURGICAL = terminology.load("surgical-procedure")
 
-#: Temperature at or above which massage is "strictly contraindicated" in the massage sources
-#: (100.4 °F / 38.0 °C).
-FEVER_CELSIUS = Decimal("38.0")
-#: How far back a measured temperature counts as "current" fever (design choice).
-FEVER_LOOKBACK_DAYS = 7
 #: "Recent surgery": 6 weeks (design choice; the sources give no period).
 SURGERY_LOOKBACK_DAYS = 42
-
 
 
 @dataclass(frozen=True)
 class Contraindication:
     label: str  # short, for the summary ("DVT")
     line: str  # evidence line, with its date
-
-
-def _date(when: datetime | None) -> str:
-    return when.date().isoformat() if when is not None else "date not recorded"
 
 
 def _condition_items(record: PatientRecord) -> list[Contraindication]:
@@ -67,7 +57,7 @@ def _condition_items(record: PatientRecord) -> list[Contraindication]:
         for condition in record.active_conditions(valueset):
             match = valueset.match(condition.concept)
             how = f"; {match.describe()}" if match is not None else ""
-            since = _date(condition.onset or condition.recorded)
+            since = day(condition.onset or condition.recorded)
             found.append(
                 Contraindication(label, f"{name}: {condition.concept.label} (active, since {since}{how}).")
             )
@@ -75,22 +65,18 @@ def _condition_items(record: PatientRecord) -> list[Contraindication]:
 
 
 def _temperature_items(record: PatientRecord) -> list[Contraindication]:
-    since = record.now - timedelta(days=FEVER_LOOKBACK_DAYS)
-    for obs in record.observations_in(BODY_TEMPERATURE):
-        if obs.effective is None or obs.effective < since:
-            break  # newest first: the rest are older
-        celsius = obs.value_in("Cel")
-        if celsius is None:
-            continue  # an unreadable unit is not evidence of fever (nor of its absence)
-        if celsius >= FEVER_CELSIUS:
-            return [
-                Contraindication(
-                    "fever",
-                    f"Fever: temperature {obs.value} on {_date(obs.effective)} "
-                    f"({celsius.quantize(Decimal('0.1'))} °C, at or above {FEVER_CELSIUS} °C).",
-                )
-            ]
-    return []
+    """The newest measured fever (fever conditions are listed with the other conditions)."""
+    fever = recent_fever(record)
+    if fever is None or not fever.readings:
+        return []
+    newest = fever.readings[0]
+    return [
+        Contraindication(
+            "fever",
+            f"Fever: temperature {newest.observation.value} on {day(newest.observation.effective)} "
+            f"({newest.celsius.quantize(Decimal('0.1'))} °C, at or above {FEVER_CELSIUS} °C).",
+        )
+    ]
 
 
 def _surgical_category(category: Any) -> Match | None:
@@ -121,7 +107,7 @@ def _surgery_items(record: PatientRecord) -> list[Contraindication]:
         found.append(
             Contraindication(
                 "recent surgery",
-                f"Recent surgery: {proc.concept.label} on {_date(proc.when)} ({days} days ago; "
+                f"Recent surgery: {proc.concept.label} on {day(proc.when)} ({days} days ago; "
                 f"surgical by {how}).",
             )
         )
@@ -146,11 +132,6 @@ def _orders(record: PatientRecord, *valuesets: terminology.ValueSet) -> list[tup
                 seen.add(id(order))
                 found.append((order, match))
     return found
-
-
-def _order_line(order: DraftOrder, match: Match) -> str:
-    ref = order.reference or "draft order without id"
-    return f"Order: {order.concept.label} ({ref}; matched by {match.describe()})."
 
 
 def _as_json(order: DraftOrder) -> dict[str, Any]:
@@ -191,7 +172,7 @@ def massage_order_contraindications(record: PatientRecord, config: RuleConfig) -
                     "order_kind": _order_kind(match, order),
                     "findings": ", ".join(labels),
                 },
-                evidence=(_order_line(order, match), *(item.line for item in found)),
+                evidence=(order_line(order, match), *(item.line for item in found)),
                 bindings=bindings,
                 variant=None if order.reference is not None else "no-draft-id",
             )
@@ -235,7 +216,7 @@ MASSAGE_ORDER_CONTRAINDICATIONS = Rule(
         ),
         RuleFact(
             "Fever look-back",
-            f"{FEVER_LOOKBACK_DAYS} days",
+            f"{FEVER_WINDOW_DAYS} days",
             "massage-sources",
             "UNVERIFIED design choice: the sources give no period. Active fever conditions count at any age.",
         ),
@@ -272,7 +253,7 @@ def exercise_prescription_als(record: PatientRecord, config: RuleConfig) -> list
             Finding(
                 rule_id="exercise-prescription-als",
                 fields={"order_kind": _order_kind(match, order)},
-                evidence=(_order_line(order, match),),
+                evidence=(order_line(order, match),),
                 bindings=bindings,
                 variant=None if order.reference is not None else "no-draft-id",
             )

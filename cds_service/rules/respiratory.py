@@ -31,6 +31,7 @@ from decimal import ROUND_DOWN, Decimal
 from cds_service import terminology
 from cds_service.record import Interest, ObservationFact, PatientRecord, Quantity
 from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
+from cds_service.rules.evidence import day
 from cds_service.terminology import ValueSet, units
 
 FVC_VOLUME = terminology.load("fvc-volume")
@@ -94,10 +95,6 @@ class Reading:
 # Reading results
 
 
-def _day(when: datetime) -> str:
-    return when.date().isoformat()
-
-
 def _num(value: Decimal, places: int = 1) -> str:
     """A computed number for humans, cut (not rounded) to `places` so it never crosses a threshold."""
     quantum = Decimal(1).scaleb(-places)
@@ -129,13 +126,13 @@ def percent_predicted_readings(record: PatientRecord, test: _Spirometry) -> list
         value = obs.value_in(_PERCENT)
         if value is not None and obs.effective is not None:
             text = (
-                f"{test.name} {obs.value} predicted on {_day(obs.effective)} ({_code_of(obs, test.percent)})"
+                f"{test.name} {obs.value} predicted on {day(obs.effective)} ({_code_of(obs, test.percent)})"
             )
             readings.append(Reading(test.name, value, "% predicted", obs.effective, text, obs))
     predicted_by_day: dict[str, list[ObservationFact]] = {}
     for obs in record.observations_in(test.predicted):
         if obs.effective is not None and obs.value_in(_LITRES) is not None:
-            predicted_by_day.setdefault(_day(obs.effective), []).append(obs)
+            predicted_by_day.setdefault(day(obs.effective), []).append(obs)
     for obs in record.observations_in(test.volume):
         if obs.effective is None:
             continue
@@ -144,7 +141,7 @@ def percent_predicted_readings(record: PatientRecord, test: _Spirometry) -> list
         if in_component is not None:
             quantity, value = in_component
             measured = f"{test.name} {obs.value}" if obs.value is not None else test.name
-            text = f"{measured} = {quantity} predicted on {_day(when)} (component of the {test.name} result)"
+            text = f"{measured} = {quantity} predicted on {day(when)} (component of the {test.name} result)"
             readings.append(Reading(test.name, value, "% predicted", when, text, obs))
             continue
         volume = obs.value_in(_LITRES)
@@ -155,7 +152,7 @@ def percent_predicted_readings(record: PatientRecord, test: _Spirometry) -> list
             predicted_quantity, predicted = predicted_component
             source = "in the same result"
         else:
-            same_day = predicted_by_day.get(_day(when), [])
+            same_day = predicted_by_day.get(day(when), [])
             if not same_day:
                 continue  # a volume without its predicted value says nothing about % predicted
             nearest = min(same_day, key=lambda p: abs(((p.effective or when) - when).total_seconds()))
@@ -167,7 +164,7 @@ def percent_predicted_readings(record: PatientRecord, test: _Spirometry) -> list
         value = volume * 100 / predicted
         text = (
             f"{test.name} {obs.value} with predicted {predicted_quantity} ({source}) = {_num(value)} % "
-            f"predicted on {_day(when)} (computed)"
+            f"predicted on {day(when)} (computed)"
         )
         readings.append(Reading(test.name, value, "% predicted", when, text, obs))
     # Newest first; at the same instant a reported % predicted wins over a computed one.
@@ -187,7 +184,7 @@ def _simple_readings(
         shown = str(obs.value)
         if units.convert(obs.value, unit) != obs.value.value:
             shown = f"{shown} (= {_num(value, places)} {shown_unit})"
-        text = f"{test} {shown} on {_day(obs.effective)} ({_code_of(obs, valueset)})"
+        text = f"{test} {shown} on {day(obs.effective)} ({_code_of(obs, valueset)})"
         readings.append(Reading(test, value, shown_unit, obs.effective, text, obs))
     return readings
 
@@ -229,15 +226,15 @@ def _assessments(record: PatientRecord) -> list[tuple[datetime, str]]:
                 obs.value_in(_LITRES) is not None or _component(obs, test.percent, _PERCENT) is not None
             )
             if readable and obs.effective is not None:
-                found.append((obs.effective, f"{test.name} {obs.value or 'result'} on {_day(obs.effective)}"))
+                found.append((obs.effective, f"{test.name} {obs.value or 'result'} on {day(obs.effective)}"))
         for obs in record.observations_in(test.percent):
             if obs.value_in(_PERCENT) is not None and obs.effective is not None:
-                found.append((obs.effective, f"{test.name} {obs.value} predicted on {_day(obs.effective)}"))
+                found.append((obs.effective, f"{test.name} {obs.value} predicted on {day(obs.effective)}"))
     for reading in (*snip_readings(record), *spo2_readings(record)):
-        found.append((reading.when, f"{reading.test} {reading.observation.value} on {_day(reading.when)}"))
+        found.append((reading.when, f"{reading.test} {reading.observation.value} on {day(reading.when)}"))
     for procedure in record.procedures_in(RESPIRATORY_FUNCTION):
         if procedure.when is not None and procedure.when <= record.now:
-            found.append((procedure.when, f"respiratory function test (procedure) on {_day(procedure.when)}"))
+            found.append((procedure.when, f"respiratory function test (procedure) on {day(procedure.when)}"))
     found.sort(key=lambda item: item[0], reverse=True)
     return found
 
@@ -270,7 +267,7 @@ def assessment_due(record: PatientRecord, config: RuleConfig) -> list[Finding]:
     ]
     if assessments:
         when, words = assessments[0]
-        last = _day(when)
+        last = day(when)
         evidence.append(
             f"Latest respiratory assessment on record: {words} ({(record.now - when).days} days ago)."
         )
@@ -310,9 +307,9 @@ def _niv_line(record: PatientRecord) -> str | None:
         return None
     latest = procedures[0]
     when = (
-        f" since {_day(latest.when)}"
+        f" since {day(latest.when)}"
         if latest.when is not None and latest.status == "in-progress"
-        else (f" on {_day(latest.when)}" if latest.when is not None else "")
+        else (f" on {day(latest.when)}" if latest.when is not None else "")
     )
     state = "in progress" if latest.status == "in-progress" else "recorded"
     return (
@@ -396,7 +393,7 @@ def hypercapnia(record: PatientRecord, config: RuleConfig) -> list[Finding]:
     return [
         Finding(
             rule_id="respiratory-hypercapnia",
-            fields={"paco2": f"{_num(latest.value, 2)} kPa", "date": _day(latest.when)},
+            fields={"paco2": f"{_num(latest.value, 2)} kPa", "date": day(latest.when)},
             evidence=tuple(evidence),
             bindings={"patient_reference": f"Patient/{record.patient_id}"},
         )

@@ -31,6 +31,8 @@ from cds_service.record import (
     to_instant,
 )
 from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
+from cds_service.rules.evidence import day, patient_reference
+from cds_service.rules.fever import BODY_TEMPERATURE, FEVER, FEVER_CELSIUS, FEVER_WINDOW_DAYS, recent_fever
 from cds_service.terminology import Match, units
 
 RILUZOLE = terminology.load("riluzole")
@@ -163,8 +165,6 @@ PREGNANCY = terminology.load("pregnancy")
 PREGNANCY_STATUS = terminology.load("pregnancy-status")
 BREASTFEEDING_STATUS = terminology.load("breastfeeding-status")
 CURRENTLY_BREASTFEEDING = terminology.load("currently-breastfeeding")
-FEVER = terminology.load("fever")
-BODY_TEMPERATURE = terminology.load("body-temperature")
 
 #: SmPC 4.3: "baseline transaminases greater than 3 times the upper limit of normal" (strictly >).
 CONTRAINDICATION_TIMES_ULN = Decimal(3)
@@ -172,9 +172,6 @@ CONTRAINDICATION_TIMES_ULN = Decimal(3)
 MONITOR_MORE_TIMES_ULN = Decimal(3)
 #: SmPC 4.4: "discontinued if the ALT levels increase to 5 times the ULN" (reached: >=).
 STOP_TIMES_ULN = Decimal(5)
-#: Fever: a design choice, not a riluzole-label number (see the RuleFact).
-FEVER_CELSIUS = Decimal("38.0")
-FEVER_WINDOW_DAYS = 7
 #: SmPC 4.2: "100 mg (50 mg every 12 hours)".
 DOSE_MG = Decimal(50)
 DOSES_PER_DAY = Decimal(2)
@@ -200,10 +197,6 @@ _ORAL_ROUTE = {
 }
 
 
-def _patient_reference(record: PatientRecord) -> str:
-    return f"Patient/{record.patient_id}"
-
-
 def _current_riluzole(record: PatientRecord) -> list[MedicationMatch]:
     return record.medication_requests(RILUZOLE, MEDICATION_CURRENT_STATUSES)
 
@@ -211,10 +204,6 @@ def _current_riluzole(record: PatientRecord) -> list[MedicationMatch]:
 def _number(value: Decimal, places: str = "0.01") -> str:
     """A value for a card: rounded *down* (a ratio shown never reaches a threshold it has not reached)."""
     return f"{value.quantize(Decimal(places), rounding=ROUND_DOWN).normalize():f}"
-
-
-def _day(when: datetime | None) -> str:
-    return when.date().isoformat() if when is not None else "an unknown date"
 
 
 def _value_text(obs: ObservationFact, converted: Decimal, unit_label: str) -> str:
@@ -241,7 +230,7 @@ class _Times:
 
     def line(self) -> str:
         return (
-            f"{self.name} {_value_text(self.obs, self.value, 'U/L')} on {_day(self.obs.effective)}: "
+            f"{self.name} {_value_text(self.obs, self.value, 'U/L')} on {day(self.obs.effective)}: "
             f"{_number(self.ratio)} × ULN {_number(self.uln)} U/L ({self.uln_source})."
         )
 
@@ -292,7 +281,7 @@ def _latest_alt(record: PatientRecord, config: RuleConfig) -> tuple[ObservationF
 
 
 def _unreadable_line(name: str, obs: ObservationFact, why: str) -> str:
-    return f"{name} {obs.value} on {_day(obs.effective)}: {why}, so it is not assessed."
+    return f"{name} {obs.value} on {day(obs.effective)}: {why}, so it is not assessed."
 
 
 def _liver_reasons(
@@ -310,7 +299,7 @@ def _liver_reasons(
         match = LIVER_DISEASE.match(condition.concept)
         how = match.describe() if match else "a liver-disease code"
         since = condition.onset or condition.recorded
-        when = f", since {_day(since)}" if since is not None else ""
+        when = f", since {day(since)}" if since is not None else ""
         lines.append(f"Hepatic disease recorded: {condition.concept.label} ({how}{when}).")
         if "hepatic disease recorded" not in short:
             short.append("hepatic disease recorded")
@@ -338,13 +327,13 @@ def _other_contraindications(record: PatientRecord) -> list[str]:
         lines.append(f"Pregnancy recorded: {condition.concept.label} (active).")
     status = record.latest_observation(PREGNANCY_STATUS)
     if status is not None and PREGNANCY.match(status.value_concept) is not None:
-        lines.append(f"Pregnancy status on {_day(status.effective)}: {status.value_concept.label}.")
+        lines.append(f"Pregnancy status on {day(status.effective)}: {status.value_concept.label}.")
     feeding = record.latest_observation(BREASTFEEDING_STATUS)
     if feeding is not None and (
         CURRENTLY_BREASTFEEDING.match(feeding.value_concept) is not None
         or getattr(feeding.resource, "valueBoolean", None) is True
     ):
-        lines.append(f"Breastfeeding status on {_day(feeding.effective)}: currently breastfeeding.")
+        lines.append(f"Breastfeeding status on {day(feeding.effective)}: currently breastfeeding.")
     for allergy in record.allergies_in(RILUZOLE):
         match = allergy.match(RILUZOLE)
         how = match.describe() if match else "riluzole"
@@ -361,10 +350,10 @@ def _earlier_courses(record: PatientRecord) -> list[str]:
         ended = _end_of(med.fact)
         started = med.fact.started
         verb = "stopped" if med.fact.status == "stopped" else "completed"
-        when = f"on {_day(ended)}" if ended is not None else "(date not recorded)"
+        when = f"on {day(ended)}" if ended is not None else "(date not recorded)"
         line = f"Riluzole was {verb} {when}"
         if started is not None:
-            line += f"; that course started {_day(started)}"
+            line += f"; that course started {day(started)}"
         reason = getattr(med.fact.resource, "statusReason", None)
         if reason is not None:
             label = terminology.Concept.from_json(reason.model_dump(mode="json", exclude_none=True)).label
@@ -416,7 +405,7 @@ def not_prescribed(record: PatientRecord, config: RuleConfig) -> list[Finding]:
             fields={"history": "an earlier course ended" if earlier else "none on record"},
             evidence=tuple(evidence),
             variant="us" if config.profile == "us" else None,
-            bindings={"patient_reference": _patient_reference(record)},
+            bindings={"patient_reference": patient_reference(record)},
         )
     ]
 
@@ -496,7 +485,7 @@ def _bilirubin(record: PatientRecord) -> _Bilirubin | None:
     word = "above" if raised else "within"
     limit = latest.reference_range.high if latest.reference_range is not None else None
     return _Bilirubin(
-        f"Bilirubin {latest.value} on {_day(latest.effective)}: {word} the lab's upper limit {limit}.",
+        f"Bilirubin {latest.value} on {day(latest.effective)}: {word} the lab's upper limit {limit}.",
         raised,
     )
 
@@ -525,12 +514,12 @@ def alt_raised(record: PatientRecord, config: RuleConfig) -> list[Finding]:
             rule_id="riluzole-alt-raised",
             fields={
                 "times_uln": _number(alt.ratio, "0.1"),
-                "alt_date": _day(latest.effective),
+                "alt_date": day(latest.effective),
             },
             evidence=tuple(evidence),
             variant=variant,
             indicator=indicator,  # type: ignore[arg-type]
-            bindings={"patient_reference": _patient_reference(record)},
+            bindings={"patient_reference": patient_reference(record)},
         )
     ]
 
@@ -584,20 +573,11 @@ def fever_check_wbc(record: PatientRecord, config: RuleConfig) -> list[Finding]:
     current = _current_riluzole(record)
     if not current:
         return []
-    window_start = record.now - timedelta(days=FEVER_WINDOW_DAYS)
-    readings = []
-    for obs in record.observations_in(BODY_TEMPERATURE):
-        if obs.effective is None or obs.effective < window_start:
-            continue
-        celsius = obs.value_in("Cel")
-        if celsius is not None and celsius >= FEVER_CELSIUS:
-            readings.append((obs, celsius))
-    conditions = record.active_conditions(FEVER)
-    if not readings and not conditions:
+    fever = recent_fever(record)
+    if fever is None:
         return []
-    onsets = [obs.effective for obs, _ in readings if obs.effective is not None]
-    onsets += [c.onset or c.recorded for c in conditions if (c.onset or c.recorded) is not None]
-    onset = min(onsets) if onsets else None
+    onset = fever.onset
+    window_start = record.now - timedelta(days=FEVER_WINDOW_DAYS)
     since = onset if onset is not None else window_start
     counts = [
         obs
@@ -608,16 +588,17 @@ def fever_check_wbc(record: PatientRecord, config: RuleConfig) -> list[Finding]:
     if counts:
         return []
     evidence = [_medication_line(current[0])]
-    for obs, celsius in readings:
+    for reading in fever.readings:
+        obs, celsius = reading.observation, reading.celsius
         evidence.append(
-            f"Body temperature {_value_text(obs, celsius, '°C')} on {_day(obs.effective)} "
+            f"Body temperature {_value_text(obs, celsius, '°C')} on {day(obs.effective)} "
             f"(>= {FEVER_CELSIUS} °C = {_number(FEVER_CELSIUS * 9 / 5 + 32, '0.1')} °F)."
         )
-    for condition in conditions:
+    for condition in fever.conditions:
         when = condition.onset or condition.recorded
-        evidence.append(f"Fever recorded: {condition.concept.label} (active, since {_day(when)}).")
+        evidence.append(f"Fever recorded: {condition.concept.label} (active, since {day(when)}).")
     if onset is not None:
-        evidence.append(f"No white cell or neutrophil count with a readable value since {_day(onset)}.")
+        evidence.append(f"No white cell or neutrophil count with a readable value since {day(onset)}.")
     else:
         evidence.append(
             f"The fever has no date: no white cell or neutrophil count in the last {FEVER_WINDOW_DAYS} days."
@@ -625,9 +606,9 @@ def fever_check_wbc(record: PatientRecord, config: RuleConfig) -> list[Finding]:
     return [
         Finding(
             rule_id="riluzole-fever-check-wbc",
-            fields={"fever_since": _day(onset) if onset is not None else "date not recorded"},
+            fields={"fever_since": day(onset) if onset is not None else "date not recorded"},
             evidence=tuple(evidence),
-            bindings={"patient_reference": _patient_reference(record)},
+            bindings={"patient_reference": patient_reference(record)},
         )
     ]
 
@@ -699,13 +680,13 @@ def neutropenia(record: PatientRecord, config: RuleConfig) -> list[Finding]:
     return [
         Finding(
             rule_id="riluzole-neutropenia",
-            fields={"count": _number(value), "limit": _number(limit), "count_date": _day(latest.effective)},
+            fields={"count": _number(value), "limit": _number(limit), "count_date": day(latest.effective)},
             evidence=(
                 _medication_line(current[0]),
-                f"Neutrophils {_value_text(latest, value, '× 10⁹/L')} on {_day(latest.effective)}: below "
+                f"Neutrophils {_value_text(latest, value, '× 10⁹/L')} on {day(latest.effective)}: below "
                 f"{_number(limit)} × 10⁹/L ({source}).",
             ),
-            bindings={"patient_reference": _patient_reference(record)},
+            bindings={"patient_reference": patient_reference(record)},
         )
     ]
 
@@ -1011,9 +992,9 @@ def order_monitoring(record: PatientRecord, config: RuleConfig) -> list[Finding]
     return [
         Finding(
             rule_id="riluzole-order-monitoring",
-            fields={"last_alt": _day(latest.effective) if latest is not None else "none on record"},
+            fields={"last_alt": day(latest.effective) if latest is not None else "none on record"},
             evidence=tuple(evidence),
-            bindings={"patient_reference": _patient_reference(record)},
+            bindings={"patient_reference": patient_reference(record)},
         )
     ]
 

@@ -34,6 +34,7 @@ from cds_service.record import (
     PatientRecord,
 )
 from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
+from cds_service.rules.evidence import condition_line, medication_line, patient_reference
 from cds_service.terminology import Concept, Match, ValueSet
 
 SIALORRHOEA = terminology.load("sialorrhoea")
@@ -110,24 +111,6 @@ def _draft_orders_in(record: PatientRecord, valueset: ValueSet) -> list[tuple[Dr
     return found
 
 
-def _date(value: object) -> str:
-    return value.date().isoformat() if hasattr(value, "date") else "date not recorded"
-
-
-def condition_line(condition: ConditionFact, valueset: ValueSet, what: str) -> str:
-    match = valueset.match(condition.concept)
-    how = match.describe() if match is not None else "its code"
-    when = condition.onset or condition.recorded
-    since = f"since {_date(when)}" if when is not None else "date not recorded"
-    return f"{what}: {condition.concept.label} ({since}; matched by {how})."
-
-
-def medication_line(med: MedicationMatch, what: str) -> str:
-    started = med.fact.started
-    start = f", started {_date(started)}" if started is not None else ""
-    return f"{what}: {med.fact.concept.label} ({med.fact.status}{start}; matched by {med.match.describe()})."
-
-
 #: Longest drug name the summaries quote: card summaries must stay under 140 characters.
 SUMMARY_NAME_LIMIT = 40
 
@@ -150,14 +133,6 @@ def _reason_is_saliva(fact: MedicationFact | None) -> bool:
         if SIALORRHOEA.match(concept) is not None:
             return True
     return False
-
-
-def _patient_reference(record: PatientRecord) -> str:
-    return f"Patient/{record.patient_id}"
-
-
-# --------------------------------------------------------------------------------------------
-# sialorrhoea-treatment
 
 
 def sialorrhoea_treatment(record: PatientRecord, config: RuleConfig) -> list[Finding]:
@@ -204,7 +179,7 @@ def sialorrhoea_treatment(record: PatientRecord, config: RuleConfig) -> list[Fin
             },
             evidence=tuple(evidence),
             variant=variant,
-            bindings={"patient_reference": _patient_reference(record)},
+            bindings={"patient_reference": patient_reference(record)},
         )
     ]
 
@@ -342,7 +317,7 @@ def _swap_variant(reference: str | None, for_saliva: bool) -> str | None:
 def _swap_bindings(
     record: PatientRecord, reference: str | None, *, key: str = "medication_reference"
 ) -> dict[str, str]:
-    bindings = {"patient_reference": _patient_reference(record)}
+    bindings = {"patient_reference": patient_reference(record)}
     if reference is not None:
         bindings[key] = reference
     return bindings
@@ -426,7 +401,7 @@ def thick_saliva(record: PatientRecord, config: RuleConfig) -> list[Finding]:
             },
             evidence=tuple(evidence),
             variant="on-carbocisteine" if mucolytic else None,
-            bindings={"patient_reference": _patient_reference(record)},
+            bindings={"patient_reference": patient_reference(record)},
         )
     ]
 

@@ -1,0 +1,44 @@
+"""How rules word the data that fired a card: one phrasing for dates, conditions, drugs and orders.
+
+Evidence lines are data, not clinical advice (that wording lives in `cards/`), but a clinician reads
+them on every card, so they should say the same thing the same way whichever rule wrote them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from cds_service.record import ConditionFact, DraftOrder, MedicationMatch, PatientRecord
+from cds_service.terminology import Match, ValueSet
+
+
+def day(when: datetime | None) -> str:
+    """A date for a card: ISO, or plainly unknown."""
+    return when.date().isoformat() if when is not None else "date not recorded"
+
+
+def patient_reference(record: PatientRecord) -> str:
+    """The patient as a suggested resource's subject."""
+    return f"Patient/{record.patient_id}"
+
+
+def condition_line(condition: ConditionFact, valueset: ValueSet, what: str) -> str:
+    """'Dementia: Alzheimer's disease (since 2024-02-01; matched by code 26929004).'"""
+    match = valueset.match(condition.concept)
+    how = match.describe() if match is not None else "its code"
+    when = condition.onset or condition.recorded
+    since = f"since {day(when)}" if when is not None else "date not recorded"
+    return f"{what}: {condition.concept.label} ({since}; matched by {how})."
+
+
+def medication_line(med: MedicationMatch, what: str) -> str:
+    """'On amitriptyline: amitriptyline 10 mg (active, started 2026-01-03; matched by code 856783).'"""
+    started = med.fact.started
+    start = f", started {day(started)}" if started is not None else ""
+    return f"{what}: {med.fact.concept.label} ({med.fact.status}{start}; matched by {med.match.describe()})."
+
+
+def order_line(order: DraftOrder, match: Match) -> str:
+    """'Order: riluzole 50 mg tablet (MedicationRequest/draft-1; matched by code 199206).'"""
+    ref = order.reference or "draft order without id"
+    return f"Order: {order.concept.label} ({ref}; matched by {match.describe()})."
