@@ -74,3 +74,25 @@ def test_expectation_files_name_only_rules_of_their_module() -> None:
         for fixture, hooks in json.loads(path.read_text()).items():
             for hook, rule_ids in hooks.items():
                 assert set(rule_ids) <= allowed, f"{path.name} {fixture} {hook}: {set(rule_ids) - allowed}"
+
+
+def test_every_rule_fires_for_some_fixture_and_stays_silent_for_another() -> None:
+    """The catalogue's proof obligation: each rule has a fixture where it fires and one where it must not."""
+    from cds_service.rules import CATALOGUE
+
+    fires: dict[str, int] = {}
+    silent: dict[str, int] = {}
+    for path in EXPECTED:
+        module_rules = {rule.id: rule for rule in getattr(rules_package, path.stem).RULES}
+        for hooks in json.loads(path.read_text()).values():
+            for rule_id, rule in module_rules.items():
+                for hook in rule.hooks:
+                    if hook not in hooks:
+                        continue
+                    if rule_id in hooks[hook]:
+                        fires[rule_id] = fires.get(rule_id, 0) + 1
+                    else:
+                        silent[rule_id] = silent.get(rule_id, 0) + 1
+    for rule in CATALOGUE:
+        assert fires.get(rule.id), f"{rule.id}: no fixture patient where it fires"
+        assert silent.get(rule.id), f"{rule.id}: no fixture patient where it must stay silent"

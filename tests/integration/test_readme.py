@@ -50,7 +50,7 @@ def _copy_of_the_repository(target: Path) -> Path:
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the README's second command uses curl")
-def test_readme_quickstart_in_a_fresh_virtualenv_returns_the_riluzole_card(tmp_path: Path) -> None:
+def test_readme_quickstart_in_a_fresh_virtualenv_returns_the_documented_cards(tmp_path: Path) -> None:
     serve, curl = bash_blocks()[0], bash_blocks()[1]
     assert curl.count("8080") == 1
     work = _copy_of_the_repository(tmp_path / "als-cds")
@@ -81,7 +81,14 @@ def test_readme_quickstart_in_a_fresh_virtualenv_returns_the_riluzole_card(tmp_p
             check=True,
         )
         cards = json.loads(out.stdout)["cards"]
-        assert [c["source"]["topic"]["code"] for c in cards] == ["riluzole-lft-due"]
+        # As the README says: the riluzole warning first, then three info cards.
+        assert [c["source"]["topic"]["code"] for c in cards] == [
+            "riluzole-lft-due",
+            "respiratory-assessment-due",
+            "mdt-review-overdue",
+            "advance-care-planning",
+        ]
+        assert [c["indicator"] for c in cards] == ["warning", "info", "info", "info"]
         assert cards[0]["summary"].startswith("Riluzole: ALT check due")
         assert (work / "als-cds.db").exists()  # the embedded SQLite default
     finally:
