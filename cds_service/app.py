@@ -31,6 +31,7 @@ from cds_service import cards as card_rendering
 from cds_service.engine import Engine, RequestError, issue, validation_issues
 from cds_service.fhir_client import FhirClient, new_http_client
 from cds_service.hooks import CDSRequest, CDSResponse, DiscoveryResponse, FeedbackRequest
+from cds_service.limits import RequestLimits
 from cds_service.services import ServiceDefinition, build_services
 from cds_service.settings import Settings
 from cds_service.store import IssuedCard, Store
@@ -104,7 +105,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         version="0.1.0",
         lifespan=lifespan,
     )
-    origins = settings.cors_origins
+    app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
+    origins = settings.cors_origins  # CORS is added last so that it wraps every answer, 4xx too
     app.add_middleware(
         CORSMiddleware,
         allow_origins=["*"] if "*" in origins else origins,
@@ -128,7 +130,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = "not-found" if exc.status_code == 404 else "processing"
+        code = {404: "not-found", 405: "not-supported", 413: "too-long", 415: "not-supported"}.get(
+            exc.status_code, "processing"
+        )
         return operation_outcome(
             exc.status_code, [issue(str(exc.detail), code=code)], getattr(exc, "headers", None)
         )

@@ -105,6 +105,14 @@ class Settings(BaseSettings):
         50, ge=1, description="Connection pool size of the shared FHIR HTTP client."
     )
 
+    max_body_bytes: int = Field(
+        5_000_000,
+        ge=10_000,
+        le=100_000_000,
+        description="Largest request body accepted (413 above it). A hook call with full prefetch of a "
+        "large chart is a few hundred kB; 5 MB leaves ample room.",
+    )
+
     # -- browsers --------------------------------------------------------------------------------
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["https://sandbox.cds-hooks.org", "http://localhost:8080"],

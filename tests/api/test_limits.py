@@ -1,0 +1,109 @@
+"""Request limits: oversized bodies get 413 and non-JSON bodies 415, before anything is parsed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from cds_service.app import create_app
+from cds_service.settings import Settings
+from tests.support import NOW, hook_request
+
+LIMIT = 200_000
+
+
+@pytest.fixture
+def small_client(tmp_path: Path) -> Iterator[TestClient]:
+    settings = Settings(_env_file=None, database_url=f"sqlite:///{tmp_path / 'db'}", max_body_bytes=LIMIT)
+    with TestClient(create_app(settings, clock=lambda: NOW)) as client:
+        yield client
+
+
+def _issue(response) -> dict:  # type: ignore[no-untyped-def]
+    body = response.json()
+    assert body["resourceType"] == "OperationOutcome"
+    return body["issue"][0]
+
+
+def test_a_declared_oversized_body_is_413(small_client: TestClient) -> None:
+    body = json.dumps({"hook": "patient-view", "padding": "x" * (LIMIT + 1)})
+    response = small_client.post(
+        "/cds-services/als-patient-view", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert _issue(response)["code"] == "too-long"
+
+
+def test_a_streamed_oversized_body_without_length_is_cut_off_with_413(small_client: TestClient) -> None:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(LIMIT // 10_000 + 5):
+            yield b" " * 10_000
+
+    response = small_client.post(
+        "/cds-services/als-patient-view", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 413
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/x-www-form-urlencoded", "text/plain", "application/xml"]
+)
+def test_a_body_that_is_not_json_is_415(small_client: TestClient, content_type: str) -> None:
+    response = small_client.post(
+        "/cds-services/als-patient-view", content="hook=patient-view", headers={"Content-Type": content_type}
+    )
+    assert response.status_code == 415
+    assert "JSON" in _issue(response)["diagnostics"]
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "application/json; charset=utf-8", "application/fhir+json", None]
+)
+def test_json_content_types_and_a_missing_header_are_accepted(
+    small_client: TestClient, content_type: str | None
+) -> None:
+    body = json.dumps(hook_request("patient-view-no-als-on-riluzole"))
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = small_client.post("/cds-services/als-patient-view", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+
+
+def test_limit_errors_carry_cors_headers_so_a_browser_can_read_them(small_client: TestClient) -> None:
+    response = small_client.post(
+        "/cds-services/als-patient-view",
+        content="x",
+        headers={"Content-Type": "text/plain", "Origin": "https://sandbox.cds-hooks.org"},
+    )
+    assert response.status_code == 415
+    assert response.headers["access-control-allow-origin"] == "https://sandbox.cds-hooks.org"
+
+
+def test_a_feedback_body_over_the_limit_is_413_and_stores_nothing(small_client: TestClient) -> None:
+    item = {
+        "card": "c",
+        "outcome": "overridden",
+        "overrideReason": {"userComment": "x" * LIMIT},
+        "outcomeTimestamp": "2026-11-22T12:00:00Z",
+    }
+    response = small_client.post("/cds-services/als-patient-view/feedback", json={"feedback": [item]})
+    assert response.status_code == 413
+    assert small_client.app.state.als.store.feedback_rows() == []  # type: ignore[attr-defined]
+
+
+def test_deeply_nested_json_is_a_400_not_a_crash(small_client: TestClient) -> None:
+    depth = 50_000
+    body = (
+        '{"hook": "patient-view", "hookInstance": "x", "context": '
+        + '{"a": ' * depth
+        + "1"
+        + "}" * depth
+        + "}"
+    )
+    response = small_client.post(
+        "/cds-services/als-patient-view", content=body[:LIMIT], headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
