@@ -2,7 +2,9 @@
 
 Log calls in this service pass counts, ids of our own making (rule ids, service ids, the EHR's
 hookInstance) and error types in `extra`, never patient data or tokens. This formatter prints
-exactly those fields, so nothing else can slip into a line by way of a formatted message.
+exactly those fields and the message template, never its interpolated arguments, an exception's
+message or a traceback, so nothing else can slip into a line: a library that logs
+"... %s" % url prints the template only.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ class JsonFormatter(logging.Formatter):
             "event": record.msg if isinstance(record.msg, str) else type(record.msg).__name__,
         }
         line.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
+        if record.exc_info and record.exc_info[0] is not None:
+            # The exception's type only: its message and traceback can quote patient data.
+            line.setdefault("error_type", record.exc_info[0].__name__)
         return json.dumps(line, default=str)
 
 

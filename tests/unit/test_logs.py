@@ -1,0 +1,129 @@
+"""Logs: one JSON line per hook call with what operations need, and never patient data or a token."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import respx
+from fastapi.testclient import TestClient
+
+from cds_service import engine as engine_module
+from cds_service.app import create_app
+from cds_service.logs import JsonFormatter
+from cds_service.settings import Settings
+from tests.api.test_invocation import mock_fhir_server
+from tests.support import NOW, hook_request, patient_resources
+
+#: Patient data in the fixtures and requests below: none of it may reach a log line.
+PHI = [
+    "als-riluzole-lft-overdue",  # the patient id
+    "Hartley",
+    "Margaret",
+    "1961-05-14",
+    "E1001",  # MRN
+    "12 Example Road",
+    "LS1 4AP",
+    "opaque-test-access-token",
+    "opaque-epic-style-token",
+    "Amyotrophic lateral sclerosis",
+    "riluzole 50 MG Oral Tablet",
+    "SECRET-COMMENT-Margaret-Hartley",
+]
+
+
+@pytest.fixture
+def log_stream(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+    """Every logger the service or its libraries write to, formatted as in production."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old_level = root.level
+    root.setLevel(logging.DEBUG)
+    monkeypatch.setenv("ALS_CDS_AUTH_REQUIRED", "false")
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+@pytest.fixture
+def client(tmp_path: Path, log_stream: io.StringIO) -> Iterator[TestClient]:
+    settings = Settings(_env_file=None, database_url=f"sqlite:///{tmp_path / 'db'}", fhir_budget_seconds=2)
+    with TestClient(create_app(settings, clock=lambda: NOW), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def lines(stream: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+
+
+def test_one_structured_line_per_hook_call_with_what_operations_need(
+    client: TestClient, log_stream: io.StringIO
+) -> None:
+    client.post("/cds-services/als-patient-view", json=hook_request("patient-view-als-riluzole-lft-overdue"))
+    [call] = [line for line in lines(log_stream) if line.get("event") == "hook call"]
+    assert call["service"] == "als-patient-view"
+    assert call["hook"] == "patient-view"
+    assert call["hook_instance"] == "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea"
+    assert call["status"] == 200
+    assert call["cards"] == 4 and "riluzole-lft-due" in call["rule_ids"]
+    assert isinstance(call["duration_ms"], float)
+    assert call["level"] == "info" and call["time"].endswith("+00:00")
+
+
+def test_a_request_full_of_patient_data_leaves_none_in_the_logs(
+    client: TestClient, log_stream: io.StringIO
+) -> None:
+    epic = hook_request("patient-view-epic-style")
+    epic["extension"]["free-text"] = "SECRET-COMMENT-Margaret-Hartley"
+    client.post("/cds-services/als-patient-view", json=epic)
+    with respx.mock(assert_all_called=False) as router:
+        mock_fhir_server(router, patient_resources("als-riluzole-lft-overdue"))
+        client.post(
+            "/cds-services/als-patient-view", json=hook_request("patient-view-fetch-from-fhir-server")
+        )
+    broken = hook_request("patient-view-als-riluzole-lft-overdue")
+    broken["context"]["patientId"] = ["Margaret Hartley", "1961-05-14"]  # a 400 that could echo it
+    client.post("/cds-services/als-patient-view", json=broken)
+    client.post(
+        "/cds-services/als-patient-view/feedback",
+        json={
+            "feedback": [
+                {
+                    "card": "x",
+                    "outcome": "overridden",
+                    "outcomeTimestamp": "2026-11-22T12:00:00Z",
+                    "overrideReason": {"userComment": "SECRET-COMMENT-Margaret-Hartley"},
+                }
+            ]
+        },
+    )
+    text = log_stream.getvalue()
+    assert text.count('"event": "hook call"') == 3
+    for secret in PHI:
+        assert secret not in text, secret
+
+
+def test_an_unexpected_error_logs_its_type_not_its_message(
+    client: TestClient, log_stream: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def explode(**_: object) -> None:
+        raise ValueError("Margaret Hartley, born 1961-05-14")
+
+    monkeypatch.setattr(engine_module, "build_record", explode)
+    response = client.post(
+        "/cds-services/als-patient-view", json=hook_request("patient-view-als-riluzole-lft-overdue")
+    )
+    assert response.status_code == 500
+    assert "Margaret" not in response.text
+    text = log_stream.getvalue()
+    assert "Margaret" not in text and "1961-05-14" not in text
+    assert any(line.get("error_type") == "ValueError" for line in lines(log_stream))
