@@ -143,6 +143,24 @@ def _docs(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_fhir(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+    import os
+    from dataclasses import asdict
+    from datetime import UTC, datetime
+
+    from cds_service.check_fhir import format_report, run
+
+    token = args.token or os.environ.get("ALS_CDS_CHECK_TOKEN")
+    now = datetime.fromisoformat(args.now).astimezone(UTC) if args.now else None
+    report = run(args.url, args.patient, token, settings, now)
+    if args.json:
+        print(json.dumps(asdict(report), indent=2, default=str))
+    else:
+        print(format_report(report))
+    return 0 if report.ok else 1
+
+
 def _safe_url(url: str) -> str:
     """A database URL without its password, for messages."""
     from sqlalchemy.engine import make_url
@@ -171,6 +189,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluate.add_argument("--profile", choices=["nice", "us"], help="override ALS_CDS_PROFILE")
     evaluate.add_argument("--json", action="store_true", help="print the CDS Hooks response JSON")
     evaluate.add_argument("--detail", action="store_true", help="also print each card's detail")
+    check = commands.add_parser(
+        "check-fhir", help="test a FHIR server with the prefetch queries the service will make for a patient"
+    )
+    check.add_argument("url", help="the FHIR server's base URL (as the EHR would send it in fhirServer)")
+    check.add_argument("--patient", required=True, help="a patient id on that server")
+    check.add_argument(
+        "--token",
+        help="a Bearer access token for the server (or set ALS_CDS_CHECK_TOKEN, kept out of shell history)",
+    )
+    check.add_argument("--now", help="evaluate the cards as of this ISO date-time (default: now)")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
     docs = commands.add_parser("docs", help="write the rule catalogue page from the rule metadata")
     docs.add_argument("--output", default="docs/rules.md", help="where to write it ('-' for stdout)")
     args = parser.parse_args(argv)
@@ -178,7 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {k: v for k, v in vars(args).items() if k in ("host", "port", "profile") and v is not None}
     settings = Settings(**overrides)
     logging.config.dictConfig(logs.configure(settings.log_level))
-    commands_by_name = {"serve": _serve, "migrate": _migrate, "evaluate": _evaluate, "docs": _docs}
+    commands_by_name = {
+        "serve": _serve,
+        "migrate": _migrate,
+        "evaluate": _evaluate,
+        "docs": _docs,
+        "check-fhir": _check_fhir,
+    }
     return commands_by_name[args.command](settings, args)
 
 

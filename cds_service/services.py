@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import date
 
 from cds_service.hooks import ServiceDescriptor
-from cds_service.prefetch import prefetch_templates
+from cds_service.prefetch import TYPE_BY_KEY, prefetch_templates
 from cds_service.record import Interest
 from cds_service.rules import CATALOGUE, Rule, als, rules_for_hook
 from cds_service.settings import Settings
@@ -34,13 +34,31 @@ class ServiceDefinition:
         return prefetch_templates(self.interest, settings, today)
 
     def descriptor(self, settings: Settings, today: date) -> ServiceDescriptor:
+        prefetch = self.prefetch(settings, today)
         return ServiceDescriptor(
             hook=self.hook,
             id=self.id,
             title=self.title,
             description=self.description,
-            prefetch=self.prefetch(settings, today),
+            prefetch=prefetch,
+            usageRequirements=usage_requirements(self.hook, prefetch),
         )
+
+
+def read_scopes(prefetch: dict[str, str]) -> list[str]:
+    """SMART (App Launch 1.0, as CDS Hooks 2.0 uses) read scopes for what the templates ask for."""
+    return sorted({f"patient/{TYPE_BY_KEY[key]}.read" for key in prefetch})
+
+
+def usage_requirements(hook: str, prefetch: dict[str, str]) -> str:
+    text = (
+        "Prefetch every template, or send fhirServer with a fhirAuthorization token granting these scopes "
+        f"for the patient in context: {' '.join(read_scopes(prefetch))}. Data that can be had neither way "
+        "makes the service answer 412."
+    )
+    if hook in ("order-select", "order-sign"):
+        text += " The orders are read from context.draftOrders (R4 resources)."
+    return text
 
 
 def build_services(catalogue: tuple[Rule, ...] = CATALOGUE) -> dict[str, ServiceDefinition]:

@@ -206,3 +206,12 @@ def test_readiness_fails_when_the_database_is_gone(client: TestClient) -> None:
 
     client.app.state.als.store = Store("postgresql+psycopg://nobody@127.0.0.1:1/none")  # type: ignore[attr-defined]
     assert client.get("/readyz").status_code == 503
+
+
+def test_each_service_states_the_read_scopes_its_prefetch_needs(client: TestClient) -> None:
+    from cds_service.prefetch import TYPE_BY_KEY
+
+    for service in client.get("/cds-services").json()["services"]:
+        requirements = service["usageRequirements"]
+        for key in service["prefetch"]:
+            assert f"patient/{TYPE_BY_KEY[key]}.read" in requirements, (service["id"], key)

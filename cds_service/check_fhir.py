@@ -1,0 +1,208 @@
+"""`als-cds check-fhir`: will this FHIR server give the service what it needs?
+
+An integration engineer points it at their FHIR server (or SMART sandbox) with a patient id and,
+if the server needs one, an access token. It reads the CapabilityStatement, runs every prefetch
+query the services would make for that patient, says which succeed, which are empty and which
+fail and why (missing scopes, unsupported search parameters, paging trouble), and then prints the
+cards the patient would get on patient-view, answered by the same engine the service uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+import httpx
+
+from cds_service import cards as card_rendering
+from cds_service.engine import Engine, RequestError
+from cds_service.fhir_client import FHIR_JSON, FhirClient, FhirFetchError, new_http_client
+from cds_service.hooks import CDSRequest
+from cds_service.prefetch import TYPE_BY_KEY, render_template
+from cds_service.services import build_services
+from cds_service.settings import Settings
+
+#: Search parameters the templates rely on that a CapabilityStatement may not list per type.
+_GENERAL_PARAMS = frozenset({"_sort", "_count"})
+
+
+@dataclass
+class QueryCheck:
+    key: str
+    query: str  # the template as filled for this patient
+    outcome: str  # "ok", "empty" or "failed"
+    resources: int = 0
+    pages: int = 0
+    reason: str = ""
+    hint: str = ""
+
+
+@dataclass
+class CheckReport:
+    server: str
+    fhir_version: str | None = None
+    capability_problems: list[str] = field(default_factory=list)
+    queries: list[QueryCheck] = field(default_factory=list)
+    cards: list[dict[str, Any]] = field(default_factory=list)
+    cards_error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(q.outcome != "failed" for q in self.queries) and self.cards_error is None
+
+
+def _hint(status: int | None, key: str) -> str:
+    rtype = TYPE_BY_KEY.get(key, "?")
+    if status in (401, 403):
+        return (
+            f"the token is missing, expired or lacks read access to {rtype} "
+            f"(SMART scope patient/{rtype}.read or user/{rtype}.read)"
+        )
+    if status == 400:
+        return "the server refused the search: a search parameter or the date/_sort syntax may be unsupported"
+    if status == 404:
+        return f"the server does not serve {rtype} (or the base URL is wrong)"
+    return ""
+
+
+async def _capability(http: httpx.AsyncClient, server: str, token: str | None, report: CheckReport) -> dict:
+    headers = {"Accept": FHIR_JSON} | ({"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        response = await http.get(f"{server}/metadata", headers=headers)
+        body = response.json() if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError) as exc:
+        report.capability_problems.append(f"no CapabilityStatement at /metadata ({type(exc).__name__})")
+        return {}
+    if not isinstance(body, dict) or body.get("resourceType") != "CapabilityStatement":
+        report.capability_problems.append(
+            f"no CapabilityStatement at /metadata (HTTP {response.status_code})"
+        )
+        return {}
+    report.fhir_version = body.get("fhirVersion")
+    if report.fhir_version and not report.fhir_version.startswith("4."):
+        report.capability_problems.append(f"FHIR {report.fhir_version}: this service reads FHIR R4 (4.0.x)")
+    resources: dict[str, set[str]] = {}
+    for rest in body.get("rest") or []:
+        for resource in rest.get("resource") or []:
+            params = {p.get("name") for p in resource.get("searchParam") or [] if isinstance(p, dict)}
+            resources[resource.get("type", "")] = {p for p in params if p}
+    return resources
+
+
+def _check_params(query: str, capabilities: Mapping[str, set[str]], report: CheckReport) -> None:
+    if not capabilities or "?" not in query:
+        return
+    rtype, params = query.split("?", 1)
+    if rtype not in capabilities:
+        report.capability_problems.append(f"{rtype} is not listed in the CapabilityStatement")
+        return
+    listed = capabilities[rtype]
+    if not listed:
+        return  # the statement lists the type without its parameters: nothing to compare
+    for name, _ in parse_qsl(params):
+        if name not in listed and name not in _GENERAL_PARAMS:
+            report.capability_problems.append(
+                f"{rtype}: search parameter '{name}' is not listed as supported"
+            )
+
+
+async def check_fhir_server(
+    server: str, patient_id: str, token: str | None, settings: Settings, *, now: datetime | None = None
+) -> CheckReport:
+    server = server.rstrip("/")
+    now = now or datetime.now(UTC)
+    report = CheckReport(server=server)
+    http = new_http_client(max_connections=10, timeout_seconds=max(settings.fhir_budget_seconds, 10))
+    try:
+        capabilities = await _capability(http, server, token, report)
+        fhir = FhirClient(http, max_pages=settings.fhir_max_pages)
+        context = {"userId": "Practitioner/als-cds-check", "patientId": patient_id}
+        templates: dict[str, str] = {}
+        for service in build_services().values():
+            templates.update(service.prefetch(settings, now.date()))
+        prefetch: dict[str, Any] = {}
+        for key, template in templates.items():
+            query = render_template(template, "patient-view", context) or template
+            _check_params(query, capabilities, report)
+            try:
+                result = await fhir.get(server, query, token)
+            except FhirFetchError as exc:
+                report.queries.append(
+                    QueryCheck(key, query, "failed", reason=exc.reason, hint=_hint(exc.status, key))
+                )
+                continue
+            outcome = "ok" if result.resources else "empty"
+            report.queries.append(QueryCheck(key, query, outcome, len(result.resources), result.pages))
+            if TYPE_BY_KEY[key] == "Patient":
+                prefetch[key] = result.resources[0] if result.resources else None
+            else:
+                prefetch[key] = {
+                    "resourceType": "Bundle",
+                    "type": "searchset",
+                    "entry": [{"resource": r} for r in result.resources],
+                }
+        await _cards(report, settings, fhir, prefetch, context, now)
+    finally:
+        await http.aclose()
+    return report
+
+
+async def _cards(
+    report: CheckReport,
+    settings: Settings,
+    fhir: FhirClient,
+    prefetch: dict[str, Any],
+    context: dict[str, str],
+    now: datetime,
+) -> None:
+    service = build_services()["als-patient-view"]
+    request = CDSRequest.model_validate(
+        {
+            "hook": "patient-view",
+            "hookInstance": "als-cds-check-fhir",
+            "context": context,
+            "prefetch": {k: v for k, v in prefetch.items() if k in service.prefetch(settings, now.date())},
+        }
+    )
+    engine = Engine(settings, card_rendering.load_catalogue(settings.cards_dir), fhir, lambda: now)
+    try:
+        outcome = await engine.run(service, request)
+    except RequestError as exc:
+        report.cards_error = "; ".join(issue["diagnostics"] for issue in exc.issues)
+        return
+    report.cards = [card.to_json() for card in outcome.cards]
+
+
+def format_report(report: CheckReport) -> str:
+    lines = [f"FHIR server {report.server} (FHIR {report.fhir_version or 'version unknown'})"]
+    for problem in report.capability_problems:
+        lines.append(f"  ! {problem}")
+    lines.append("")
+    lines.append("Prefetch queries:")
+    for q in report.queries:
+        if q.outcome == "failed":
+            lines.append(f"  FAILED  {q.key}: {q.reason}" + (f" -> {q.hint}" if q.hint else ""))
+        elif q.outcome == "empty":
+            lines.append(f"  empty   {q.key}: no resources (the rules will treat this as no data)")
+        else:
+            lines.append(f"  ok      {q.key}: {q.resources} resource(s) in {q.pages} page(s)")
+        lines.append(f"          {q.query}")
+    lines.append("")
+    if report.cards_error:
+        lines.append(f"Cards: the service would answer 412: {report.cards_error}")
+    else:
+        lines.append(f"Cards on patient-view: {len(report.cards)}")
+        for card in report.cards:
+            rule = card["source"].get("topic", {}).get("code", "?")
+            lines.append(f"  [{card['indicator'].upper()}] {card['summary']} ({rule})")
+    return "\n".join(lines)
+
+
+def run(
+    server: str, patient_id: str, token: str | None, settings: Settings, now: datetime | None = None
+) -> CheckReport:
+    return asyncio.run(check_fhir_server(server, patient_id, token, settings, now=now))
