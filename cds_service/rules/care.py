@@ -25,7 +25,7 @@ AD_OBSERVATION = terminology.load("advance-directive-observation")
 AD_CONSENT = terminology.load("consent-advance-directive")
 ANSWER_YES = terminology.load("answer-yes")
 
-NONE_ON_RECORD = "none on record"
+NONE_ON_RECORD = "none in the data received"
 
 
 # --------------------------------------------------------------------------------------------

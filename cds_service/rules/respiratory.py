@@ -272,7 +272,7 @@ def assessment_due(record: PatientRecord, config: RuleConfig) -> list[Finding]:
             f"Latest respiratory assessment on record: {words} ({(record.now - when).days} days ago)."
         )
     else:
-        last = "none on record"
+        last = "none in the data received"
         evidence.append("No dated respiratory assessment in the data received.")
     unreadable = _unreadable_count(record)
     if unreadable:

@@ -87,7 +87,7 @@ def lft_due(record: PatientRecord, config: RuleConfig) -> list[Finding]:
     else:
         evidence.append(f"Riluzole course started {start.date().isoformat()} ({phase}).")
     if latest is None or latest.effective is None:
-        last_text = "none on record"
+        last_text = "none in the data received"
         evidence.append("No dated ALT result in the data received.")
     else:
         last_text = latest.effective.date().isoformat()
@@ -992,7 +992,7 @@ def order_monitoring(record: PatientRecord, config: RuleConfig) -> list[Finding]
     return [
         Finding(
             rule_id="riluzole-order-monitoring",
-            fields={"last_alt": day(latest.effective) if latest is not None else "none on record"},
+            fields={"last_alt": day(latest.effective) if latest is not None else "none in the data received"},
             evidence=tuple(evidence),
             bindings={"patient_reference": patient_reference(record)},
         )

@@ -47,8 +47,10 @@ def test_each_service_asks_for_what_its_rules_read(client: TestClient) -> None:
         assert types == {"Patient", *definitions[service["id"]].interest.by_type}, service["id"]
     [pv] = [s for s in client.get("/cds-services").json()["services"] if s["id"] == "als-patient-view"]
     obs = pv["prefetch"]["observations"]
-    assert "http://loinc.org|1742-6" in obs and "_sort=-date" in obs
+    assert "http://loinc.org|29463-7" in obs and "_sort=-date" in obs  # body weight: recent results
     assert re.search(r"date=ge\d{4}-\d{2}-01", obs)  # a literal window: 2.0 has no date tokens
+    lifelong = pv["prefetch"]["observation-history"]
+    assert "http://loinc.org|1742-6" in lifelong and "date=" not in lifelong  # the last ALT, however old
 
 
 def test_discovery_tolerates_a_trailing_slash(client: TestClient) -> None:

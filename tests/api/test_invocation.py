@@ -233,12 +233,13 @@ def test_412_names_every_key_that_could_not_be_had(client: TestClient) -> None:
 
 def test_null_prefetch_means_nothing_found_not_412(client: TestClient) -> None:
     request = hook_request("patient-view-als-riluzole-lft-overdue")
-    request["prefetch"]["observations"] = None
+    request["prefetch"]["observations"] = None  # recent results: none
+    request["prefetch"]["observation-history"] = None  # lifelong results (ALT, genetics): none
     response = client.post("/cds-services/als-patient-view", json=request)
     assert response.status_code == 200
     card = response.json()["cards"][0]
     assert card["source"]["topic"]["code"] == "riluzole-lft-due"
-    assert "none on record" in card["summary"]  # no ALT data: the check is due, not assumed done
+    assert "none in the data received" in card["summary"]  # no ALT data: the check is due, not assumed done
 
 
 def test_everything_fetched_from_the_fhir_server_gives_the_same_cards(client: TestClient) -> None:

@@ -7,6 +7,7 @@ no route matches, so an unexpected fetch fails the test.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import re
 import time
@@ -54,7 +55,12 @@ def services_templates(settings: Settings | None = None) -> dict[str, dict[str, 
 
 # The resolution tests run against a fixed set of templates (the ALS gate and riluzole-lft-due),
 # so that new rules in the catalogue do not change what these tests fetch.
-INTEREST = Interest.merge([als.READS, riluzole.LFT_DUE.reads])
+# ALT is a lifelong value set in production (fetched without a date window); these tests need a
+# windowed Observation value set, so they use ALT as if it were one.
+_WINDOWED_ALT = dataclasses.replace(riluzole.ALT, full_history=False)
+INTEREST = Interest.merge(
+    [als.READS, Interest({"MedicationRequest": (riluzole.RILUZOLE,), "Observation": (_WINDOWED_ALT,)})]
+)
 TEMPLATES = prefetch_templates(INTEREST, Settings(), TODAY)
 ALL_TEMPLATES = [
     pytest.param(hook_templates[key], id=f"{sid}:{key}")
@@ -939,12 +945,13 @@ def test_lifelong_results_are_fetched_without_a_date_window() -> None:
 
     sod1 = terminology.load("sod1")
     alt = terminology.load("alt")
-    assert sod1.full_history and not alt.full_history
-    templates = prefetch_templates(Interest({"Observation": (alt, sod1)}), Settings(), TODAY)
+    weight = terminology.load("body-weight")
+    assert sod1.full_history and alt.full_history and not weight.full_history
+    templates = prefetch_templates(Interest({"Observation": (alt, sod1, weight)}), Settings(), TODAY)
     recent = templates["observations"]
     lifelong = templates[OBSERVATION_HISTORY_KEY]
-    assert "date=ge" in recent and "1742-6" in recent
-    assert "date=" not in lifelong and "1742-6" not in lifelong
+    assert "date=ge" in recent and "29463-7" in recent and "1742-6" not in recent
+    assert "date=" not in lifelong and "29463-7" not in lifelong and "1742-6" in lifelong
     assert all(f"{system}|{code}" in lifelong for system, code in sod1.codes)
 
 

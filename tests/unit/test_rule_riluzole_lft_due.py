@@ -111,7 +111,7 @@ def test_interval_after_first_year_is_configurable() -> None:
 
 def test_no_alt_at_all_fires_and_says_so() -> None:
     [finding] = run(als(), riluzole(days_ago(10)))
-    assert finding.fields["last_alt"] == "none on record"
+    assert finding.fields["last_alt"] == "none in the data received"
     assert any("No dated ALT" in line for line in finding.evidence)
 
 

@@ -100,7 +100,7 @@ def test_mdt_interval_is_configurable_for_tailored_review_frequency() -> None:
 
 def test_no_encounter_at_all_fires_and_says_none_on_record() -> None:
     [finding] = run_mdt(als())
-    assert finding.fields == {"interval_days": "92", "last_mdt": "none on record"}
+    assert finding.fields == {"interval_days": "92", "last_mdt": "none in the data received"}
     assert "No finished or ongoing multidisciplinary" in finding.evidence[0]
     assert finding.bindings["patient_reference"] == f"Patient/{PID}"
 
@@ -345,7 +345,7 @@ def test_mdt_card_renders_with_a_draft_mdt_request_and_the_evidence() -> None:
 def test_mdt_card_summary_stays_under_140_characters_at_the_longest() -> None:
     finding = Finding(
         "mdt-review-overdue",
-        {"interval_days": "365", "last_mdt": "none on record"},
+        {"interval_days": "365", "last_mdt": "none in the data received"},
         (),
         bindings={"patient_reference": "Patient/x"},
     )

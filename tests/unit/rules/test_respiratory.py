@@ -110,7 +110,7 @@ def copd(**kw: Any) -> dict[str, Any]:
 
 def test_assessment_due_fires_when_nothing_is_on_record_and_says_so() -> None:
     [finding] = run(ASSESSMENT_DUE, als())
-    assert finding.fields == {"interval_days": "92", "last_assessment": "none on record"}
+    assert finding.fields == {"interval_days": "92", "last_assessment": "none in the data received"}
     assert any("No dated respiratory assessment" in line for line in finding.evidence)
     assert finding.bindings["patient_reference"] == f"Patient/{PID}"
 
@@ -162,7 +162,7 @@ def test_interval_is_configurable() -> None:
 )
 def test_unreadable_results_count_as_missing(resource: dict[str, Any]) -> None:
     [finding] = run(ASSESSMENT_DUE, als(), resource)
-    assert finding.fields["last_assessment"] == "none on record"
+    assert finding.fields["last_assessment"] == "none in the data received"
     assert any("could not be read were not counted" in line for line in finding.evidence)
 
 
@@ -505,7 +505,7 @@ def test_hypercapnia_card_is_critical_and_urgent() -> None:
 
 def test_longest_summaries_stay_under_140_characters() -> None:
     worst = {
-        "respiratory-assessment-due": {"interval_days": "365", "last_assessment": "none on record"},
+        "respiratory-assessment-due": {"interval_days": "365", "last_assessment": "none in the data received"},
         "respiratory-niv-referral": {
             "criteria": "FVC < 50 % predicted, VC < 50 % predicted, SNIP < 40 cmH2O, SpO2 ≤ 94 %",
             "interval_days": "365",

@@ -971,7 +971,7 @@ def test_order_monitoring_is_silent_for_a_renewal(status: str) -> None:
 def test_order_monitoring_after_a_stopped_course_says_so() -> None:
     [finding] = run(ORDER_MONITORING, als(), on_riluzole(status="stopped"), drafts=[draft()])
     assert "Riluzole was stopped" in text([finding])
-    assert finding.fields["last_alt"] == "none on record"
+    assert finding.fields["last_alt"] == "none in the data received"
 
 
 def test_order_monitoring_reports_an_unreadable_alt() -> None:
@@ -1036,7 +1036,7 @@ def test_every_rule_has_a_card_whose_citations_cover_its_facts(rule: Rule) -> No
             {"written": "x" * 60, "standard": "10 mL (50 mg) every 12 hours"},
             {"updated_order": {"resourceType": "MedicationRequest", "id": "x"}},
         ),
-        ("riluzole-order-monitoring", {"last_alt": "none on record"}, {"patient_reference": "Patient/x"}),
+        ("riluzole-order-monitoring", {"last_alt": "none in the data received"}, {"patient_reference": "Patient/x"}),
     ],
 )
 def test_the_longest_summaries_stay_under_140_characters_in_every_variant(
