@@ -12,6 +12,7 @@ that say what was wrong and where; they never quote patient data.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -122,7 +123,9 @@ class Engine:
                     for u in sorted(data.unavailable.values(), key=lambda u: order.index(u.key))
                 ],
             )
-        record = build_record(
+        # Parsing a large chart is CPU work: off the event loop, so the process keeps answering.
+        record = await asyncio.to_thread(
+            build_record,
             patient_id=context.patientId,
             now=now,
             resources=data.resources(),

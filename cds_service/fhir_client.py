@@ -140,7 +140,8 @@ class FhirClient:
 
 
 def _next_link(bundle: Mapping[str, Any]) -> str | None:
-    for link in bundle.get("link") or ():
+    links = bundle.get("link")
+    for link in links if isinstance(links, list) else ():
         if isinstance(link, Mapping) and link.get("relation") == "next" and isinstance(link.get("url"), str):
             return link["url"]
     return None
@@ -148,7 +149,8 @@ def _next_link(bundle: Mapping[str, Any]) -> str | None:
 
 def _raise_on_error_outcome(bundle: Mapping[str, Any]) -> None:
     """A search-outcome entry with an error means the search did not run as asked."""
-    for entry in bundle.get("entry") or ():
+    entries = bundle.get("entry")
+    for entry in entries if isinstance(entries, list) else ():
         if not isinstance(entry, Mapping):
             continue
         resource = entry.get("resource")
@@ -162,9 +164,10 @@ def _raise_on_error_outcome(bundle: Mapping[str, Any]) -> None:
 
 def operation_outcome_is_error(outcome: Mapping[str, Any]) -> bool:
     """Epic reports "no results" as an OperationOutcome with severity information: not an error."""
+    issues = outcome.get("issue")
     return any(
         isinstance(issue, Mapping) and issue.get("severity") in ("error", "fatal")
-        for issue in outcome.get("issue") or ()
+        for issue in (issues if isinstance(issues, list) else ())
     )
 
 

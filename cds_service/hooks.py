@@ -17,7 +17,9 @@ This module depends on nothing else in the service.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AwareDatetime,
@@ -47,10 +49,78 @@ USER_TOKENS: dict[str, str] = {
 }
 
 
+def _is_unicode(text: str) -> bool:
+    """False for a str holding a lone surrogate: JSON's \\ud800 escapes can carry one, but it is
+    not Unicode text and can be neither stored nor sent back as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _not_unicode_at(value: Any) -> str | None:
+    """Where in a JSON value a string or a key holds a lone surrogate ('' for the value itself);
+    None when nowhere. Quick for the usual case; the walk that finds the place has no recursion."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return None
+    except (UnicodeEncodeError, RecursionError, TypeError, ValueError):
+        pass
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if not _is_unicode(item):
+                return path
+        elif isinstance(item, (dict, list)):
+            for key, child in item.items() if isinstance(item, dict) else enumerate(item):
+                if isinstance(key, str) and not _is_unicode(key):
+                    return f"{path} (a key)" if path else "(a key)"
+                name = str(key) if len(str(key)) <= 40 else f"{str(key)[:40]}..."
+                stack.append((child, f"{path}.{name}" if path else name))
+    return None
+
+
+def _check_text(value: Any) -> None:
+    """Strings a request model keeps must be Unicode text without NUL (they are logged, stored and
+    sent back; PostgreSQL text cannot hold NUL). JSON held as is (prefetch, context, extensions) may
+    carry NUL, which is harmless there, but no lone surrogate."""
+    strings = [value] if isinstance(value, str) else value if isinstance(value, list) else None
+    if strings and all(isinstance(s, str) for s in strings):
+        for s in strings:
+            if "\x00" in s or not _is_unicode(s):
+                raise ValueError("must be valid Unicode text (no lone surrogate) without NUL characters")
+    elif isinstance(value, (dict, list)):
+        where = _not_unicode_at(value)
+        if where is not None:
+            at = f" at {where}" if where else ""
+            raise ValueError(f"holds text that is not valid Unicode (a lone surrogate){at}")
+
+
 class _Lenient(BaseModel):
-    """Request-side base: unknown fields (extensions, newer spec versions) are kept, not refused."""
+    """Request-side base: unknown fields (extensions, newer spec versions) are kept, not refused.
+
+    Text must be Unicode (see `_check_text`), in known and unknown fields alike: a request that
+    breaks that is refused with a 400 naming the field, instead of failing later (500).
+    """
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    @field_validator("*")
+    @classmethod
+    def _text_is_unicode(cls, value: Any) -> Any:
+        _check_text(value)
+        return value
+
+    @model_validator(mode="after")
+    def _unknown_fields_are_unicode(self) -> Any:
+        where = _not_unicode_at(self.model_extra) if self.model_extra else None
+        if where is not None:
+            raise ValueError(
+                f"an unknown field holds text that is not valid Unicode (a lone surrogate) at {where}"
+            )
+        return self
 
 
 class _Strict(BaseModel):
@@ -94,6 +164,16 @@ class FhirAuthorization(_Lenient):
     subject: str | None = None
     patient: str | None = None
 
+    @field_validator("access_token")
+    @classmethod
+    def _token_fits_a_header(cls, value: SecretStr) -> SecretStr:
+        # It is sent as `Authorization: Bearer <token>`: a character outside visible ASCII cannot
+        # be sent in a header (the HTTP client raises), and CR or LF would split it. RFC 6750's
+        # b64token is narrower still. The message never quotes the token.
+        if not all("!" <= ch <= "~" for ch in value.get_secret_value()):
+            raise ValueError("access_token must be made of visible ASCII characters (RFC 6750)")
+        return value
+
     def __repr__(self) -> str:  # pragma: no cover - defensive; SecretStr already masks
         return "FhirAuthorization(access_token=**********)"
 
@@ -115,6 +195,11 @@ class CDSRequest(_Lenient):
             return None
         if not value.startswith(("https://", "http://")):
             raise ValueError("fhirServer must be an absolute http(s) URL")
+        parts = urlsplit(value)
+        # A userinfo part ("https://ehr.example.org@evil.example/") would move the host, and with it
+        # the access token, somewhere else: refused, as is a URL without a host.
+        if "@" in parts.netloc or not parts.hostname:
+            raise ValueError("fhirServer must be an http(s) URL with a host and no user information")
         return value.rstrip("/")
 
     @model_validator(mode="after")

@@ -282,13 +282,22 @@ async def _run_jobs(
         await asyncio.gather(*pending, return_exceptions=True)
     for task in done:
         key = tasks[task]
-        exc = task.exception()
+        exc = task.exception()  # retrieved for every task, so none is left "never retrieved"
         if exc is None:
             result.data[key] = KeyData(key, origins[key], task.result().resources)
         elif isinstance(exc, FhirFetchError):
             result.unavailable[key] = Unavailable(key, exc.reason, exc.issue_code)
         else:
-            raise exc
+            # Whatever a broken or hostile server's answer made go wrong, the key is unavailable:
+            # its data cannot be trusted. Only the type is kept: the message may quote the answer.
+            result.unavailable[key] = Unavailable(
+                key, f"the FHIR server's answer could not be read ({type(exc).__name__})"
+            )
+
+
+def _list(value: Any) -> list[Any]:
+    """A JSON array as a list; anything else (a hostile or broken value) as no items."""
+    return value if isinstance(value, list) else []
 
 
 def _bundle_has_error(bundle: Mapping[str, Any]) -> bool:
@@ -297,13 +306,13 @@ def _bundle_has_error(bundle: Mapping[str, Any]) -> bool:
         and isinstance(e.get("resource"), Mapping)
         and e["resource"].get("resourceType") == "OperationOutcome"
         and operation_outcome_is_error(e["resource"])
-        for e in bundle.get("entry") or ()
+        for e in _list(bundle.get("entry"))
     )
 
 
 def _has_next(bundle: Mapping[str, Any]) -> bool:
     return any(
-        isinstance(link, Mapping) and link.get("relation") == "next" for link in bundle.get("link") or ()
+        isinstance(link, Mapping) and link.get("relation") == "next" for link in _list(bundle.get("link"))
     )
 
 

@@ -499,16 +499,22 @@ def resources_from_bundle(bundle: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     "no results") are not data.
     """
     found = []
-    for entry in bundle.get("entry") or ():
+    for entry in _list(bundle.get("entry")):
         if not isinstance(entry, Mapping):
             continue
         resource = entry.get("resource")
         if not isinstance(resource, Mapping):
             continue
-        if (entry.get("search") or {}).get("mode") == "outcome":
+        search = entry.get("search")
+        if isinstance(search, Mapping) and search.get("mode") == "outcome":
             continue
         found.append(resource)
     return found
+
+
+def _list(value: object) -> list[Any]:
+    """A JSON array element as a list; anything else (a number, an object, null) as no items."""
+    return value if isinstance(value, list) else []
 
 
 def _dedupe(resources: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -554,7 +560,7 @@ def _index_medications(
     index: dict[str, Concept] = {}
     candidates: list[tuple[Mapping[str, Any], str | None]] = [(r, None) for r in resources]
     if draft_orders:
-        for entry in draft_orders.get("entry") or ():
+        for entry in _list(draft_orders.get("entry")):
             if isinstance(entry, Mapping) and isinstance(entry.get("resource"), Mapping):
                 candidates.append((entry["resource"], entry.get("fullUrl")))
     for raw, full_url in candidates:
@@ -577,7 +583,7 @@ def _medication_concept(raw: Mapping[str, Any], medications: Mapping[str, Concep
     target = ref.get("reference")
     if isinstance(target, str):
         if target.startswith("#"):
-            for contained in raw.get("contained") or ():
+            for contained in _list(raw.get("contained")):
                 if isinstance(contained, Mapping) and contained.get("id") == target[1:]:
                     return Concept.from_json(contained.get("code"))
         else:
@@ -615,7 +621,7 @@ def _concepts(raw: Mapping[str, Any], medications: Mapping[str, Concept]) -> tup
             if isinstance(item, Mapping):
                 found.append(Concept.from_json(item))
     if rtype == "AllergyIntolerance":
-        for reaction in raw.get("reaction") or ():
+        for reaction in _list(raw.get("reaction")):
             if isinstance(reaction, Mapping) and isinstance(reaction.get("substance"), Mapping):
                 found.append(Concept.from_json(reaction["substance"]))
     if rtype == "Encounter" and isinstance(raw.get("class"), Mapping):
@@ -628,7 +634,7 @@ def _parse(raw: Mapping[str, Any], report: IngestReport) -> Resource | None:
     rtype = raw["resourceType"]
     try:
         model_class = get_fhir_model_class(rtype)
-    except KeyError:
+    except (KeyError, ValueError):  # fhir.resources raises ValueError for a name it does not know
         report.skipped_invalid[rtype] += 1
         return None
     try:
@@ -654,7 +660,10 @@ def _repair(raw: Mapping[str, Any], exc: ValidationError) -> dict[str, Any] | No
     Unknown elements (newer FHIR versions, vendor habits) and ids outside the FHIR pattern (Epic
     ids longer than 64 characters, underscores) are dropped. Anything else is a real defect.
     """
-    fixed: dict[str, Any] = copy.deepcopy(dict(raw))
+    try:
+        fixed: dict[str, Any] = copy.deepcopy(dict(raw))
+    except RecursionError:  # nested too deep to copy: skipped like any other defect
+        return None
     for error in exc.errors(include_input=False, include_url=False):
         loc = error["loc"]
         if error["type"] == "extra_forbidden" or loc == ("id",):
@@ -868,7 +877,7 @@ def _draft_orders(
 ) -> list[DraftOrder]:
     selected_refs = set(selections)
     orders: list[DraftOrder] = []
-    for raw in (e.get("resource") for e in bundle.get("entry") or () if isinstance(e, Mapping)):
+    for raw in (e.get("resource") for e in _list(bundle.get("entry")) if isinstance(e, Mapping)):
         if not isinstance(raw, Mapping) or not isinstance(raw.get("resourceType"), str):
             continue
         rtype = raw["resourceType"]
@@ -888,7 +897,7 @@ def _draft_orders(
                 resource_type=rtype,
                 id=rid,
                 concept=concept,
-                selected=f"{rtype}/{rid}" in selected_refs,
+                selected=rid is not None and f"{rtype}/{rid}" in selected_refs,
                 resource=model,
                 medication=_medication_fact(model, concept, rid) if rtype == "MedicationRequest" else None,
             )

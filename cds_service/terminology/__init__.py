@@ -95,12 +95,14 @@ class Concept:
         if not isinstance(value, Mapping):
             return cls()
         codes: list[Code] = []
-        for coding in value.get("coding") or ():
+        codings = value.get("coding")
+        for coding in codings if isinstance(codings, list) else ():
             if isinstance(coding, Mapping) and isinstance(coding.get("code"), str):
                 display = coding.get("display")
+                system = coding.get("system")
                 codes.append(
                     Code(
-                        normalise_system(coding.get("system")),
+                        normalise_system(system if isinstance(system, str) else None),
                         coding["code"],
                         display if isinstance(display, str) else None,
                     )
