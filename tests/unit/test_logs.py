@@ -42,6 +42,12 @@ def log_stream(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
+    # The CLI's logging configuration (left behind by tests that run `main`) sends these loggers to
+    # their own handlers: route them to the root for this test, as a fresh process would.
+    for name in ("cds_service", "uvicorn", "uvicorn.error", "httpx", "httpcore"):
+        named = logging.getLogger(name)
+        monkeypatch.setattr(named, "handlers", [])
+        monkeypatch.setattr(named, "propagate", True)
     root = logging.getLogger()
     root.addHandler(handler)
     old_level = root.level
