@@ -5,6 +5,9 @@ One hook call, in order:
     prefetch or the FHIR server (`prefetch.py`) → patient record (`record.py`) → rules
     (`rules/`) → cards (`cards.py`) → issued cards recorded (`store/`) → response out.
 
+Service and feedback calls are authenticated first (`security.py`: the EHR's JWT), before the
+body is read; discovery, /healthz and /readyz are open, and CORS preflights never reach a route.
+
 This module wires; it holds no clinical knowledge. Every error the client can cause is answered
 with a 4xx and a FHIR OperationOutcome that says what was wrong and where (forward compatible with
 CDS Hooks 3.0, which recommends exactly that), never a stack trace and never patient data.
@@ -14,20 +17,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cds_service import cards as card_rendering
+from cds_service import security
 from cds_service.engine import Engine, RequestError, issue, validation_issues
 from cds_service.fhir_client import FhirClient, new_http_client
 from cds_service.hooks import CDSRequest, CDSResponse, DiscoveryResponse, FeedbackRequest
@@ -54,6 +59,7 @@ class AppState:
     engine: Engine
     store: Store
     clock: Clock
+    authenticator: security.Authenticator
 
 
 def operation_outcome(
@@ -72,6 +78,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        auth = security.AuthConfig.from_settings(settings)
+        security.check_configuration(auth)  # before anything else: a misconfiguration stops here
         catalogue = card_rendering.load_catalogue(settings.cards_dir)
         services = build_services()
         missing = sorted({r.id for s in services.values() for r in s.rules if r.id not in catalogue})
@@ -85,6 +93,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         http = new_http_client(
             max_connections=settings.fhir_max_connections, timeout_seconds=settings.fhir_budget_seconds
         )
+        jwks_http = security.new_jwks_http_client()
         now = clock or _utc_now
         app.state.als = AppState(
             settings=settings,
@@ -92,10 +101,16 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             engine=Engine(settings, catalogue, FhirClient(http, max_pages=settings.fhir_max_pages), now),
             store=store,
             clock=now,
+            authenticator=security.Authenticator(auth, store=store, clock=now, http=jwks_http),
         )
+        if auth.required:
+            log.info("authentication is on", extra={"trusted_issuers": sorted(auth.clients)})
+        else:
+            log.warning("authentication is OFF: do not expose this service", extra={"auth_required": False})
         try:
             yield
         finally:
+            await jwks_http.aclose()
             await http.aclose()
             store.close()
 
@@ -155,7 +170,40 @@ def _service(state: AppState, service_id: str) -> ServiceDefinition:
     return service
 
 
+class _EhrAuthenticatedRoute(APIRoute):
+    """A route only a trusted EHR may call: its JWT is checked before the body is even read, so an
+    unauthenticated caller gets the same bare 401 whatever it sent (`security.py`)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        path_format = self.path_format  # e.g. /cds-services/{service_id}/feedback
+
+        async def authenticated(request: Request) -> Response:
+            endpoint = path_format.format(**request.path_params)
+            refusal = await _state(request).authenticator.authenticate(request, endpoint)
+            return refusal if refusal is not None else await handler(request)
+
+        return authenticated
+
+
 def _add_routes(app: FastAPI) -> None:
+    def ehr_post(path: str, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Like `app.post`, for a route only a trusted EHR may call (`_EhrAuthenticatedRoute`)."""
+
+        def register(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+            responses = {401: {"description": "no valid client JWT"}, **options.pop("responses", {})}
+            app.router.add_api_route(
+                path,
+                endpoint,
+                methods=["POST"],
+                responses=responses,
+                route_class_override=_EhrAuthenticatedRoute,
+                **options,
+            )
+            return endpoint
+
+        return register
+
     @app.get("/cds-services", summary="CDS Hooks discovery")
     @app.get("/cds-services/", include_in_schema=False)
     async def discovery(request: Request) -> dict[str, Any]:
@@ -164,7 +212,7 @@ def _add_routes(app: FastAPI) -> None:
         services = [s.descriptor(state.settings, today) for s in state.services.values()]
         return DiscoveryResponse(services=services).to_json()
 
-    @app.post(
+    @ehr_post(
         "/cds-services/{service_id}",
         summary="Invoke a CDS service",
         responses={400: {}, 404: {}, 412: {"description": "required FHIR data could not be obtained"}},
@@ -184,7 +232,7 @@ def _add_routes(app: FastAPI) -> None:
         )
         return CDSResponse(cards=outcome.cards).to_json()
 
-    @app.post("/cds-services/{service_id}/feedback", summary="Feedback on cards (accepted / overridden)")
+    @ehr_post("/cds-services/{service_id}/feedback", summary="Feedback on cards (accepted / overridden)")
     async def feedback(service_id: str, body: FeedbackRequest, request: Request) -> dict[str, Any]:
         state = _state(request)
         service = _service(state, service_id)

@@ -8,12 +8,83 @@ override them; the README lists each one.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Client JWT algorithms the service can be configured to accept. All asymmetric: CDS Hooks forbids
+#: `none` and every symmetric (HMAC) algorithm, and an HMAC "key" would be the client's public key.
+SUPPORTED_JWT_ALGORITHMS: tuple[str, ...] = ("ES384", "RS384", "ES256", "RS256")
+
+#: Hosts for which a plain-http key set URL is tolerated (a local EHR simulator in development).
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+#: Longest issuer accepted in the configuration, in UTF-8 bytes (it is a key of the replay cache).
+MAX_ISSUER_BYTES = 512
+
+
+def _key_set_url(value: str, what: str) -> str:
+    """An https URL (http only on a loopback host), without a fragment."""
+    parts = urlsplit(value)
+    secure = parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in _LOOPBACK_HOSTS)
+    if secure and parts.hostname and not parts.fragment:
+        return value
+    raise ValueError(f"{what} must be an https URL (http only for localhost), got {value!r}")
+
+
+class TrustedClient(BaseModel):
+    """How to verify the JWTs of one CDS client (EHR), named by its `iss`.
+
+    Keys come from `jwks_url` (fetched and cached) or a static `jwks`, or, for a token whose header
+    carries `jku`, from that URL when it is listed in `jku`. At least one of the three is needed.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    jwks_url: str | None = Field(None, description="URL of the client's JWK Set.")
+    jwks: dict[str, Any] | None = Field(None, description="The client's JWK Set itself (static keys).")
+    jku: tuple[str, ...] = Field((), description="`jku` header values honoured for this issuer.")
+    tenant: str | None = Field(None, min_length=1, description="Required `tenant` claim, if any.")
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _check_jwks_url(cls, value: str | None) -> str | None:
+        return None if value is None else _key_set_url(value, "jwks_url")
+
+    @field_validator("jku")
+    @classmethod
+    def _check_jku(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_key_set_url(url, "each jku") for url in value)
+
+    @field_validator("jwks")
+    @classmethod
+    def _check_jwks(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The shape only; `security.py` parses the keys themselves when the service starts."""
+        if value is None:
+            return None
+        keys = value.get("keys")
+        if not isinstance(keys, list) or not keys or not all(isinstance(k, dict) for k in keys):
+            raise ValueError('jwks must be a JWK Set: {"keys": [ {...}, ... ]} with at least one key')
+        for key in keys:
+            if key.get("kty") not in ("EC", "RSA"):
+                raise ValueError(f"jwks keys must be EC or RSA public keys, got kty {key.get('kty')!r}")
+            if not isinstance(key.get("kid"), str) or not key["kid"]:
+                raise ValueError("every key in jwks needs a kid (the JWT header names its key by kid)")
+            if "d" in key:
+                raise ValueError(f"jwks key {key['kid']!r} is a private key: configure the public key only")
+        return value
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> TrustedClient:
+        if self.jwks_url is not None and self.jwks is not None:
+            raise ValueError("give jwks_url or jwks, not both")
+        if self.jwks_url is None and self.jwks is None and not self.jku:
+            raise ValueError("give jwks_url, jwks or a jku allowlist: the client's keys must come from one")
+        return self
 
 
 class Settings(BaseSettings):
@@ -120,12 +191,80 @@ class Settings(BaseSettings):
         "requests never need a token.",
     )
 
-    @field_validator("cors_origins", "mdt_encounter_codes", mode="before")
+    # -- authentication of EHR calls (CDS Hooks 2.0 client JWT; see README, Authentication) ----------
+    auth_required: bool = Field(
+        True,
+        description="Require a client JWT (`Authorization: Bearer`) on every service and feedback call. "
+        "Switch off only for local development: the service then trusts anyone who can reach it.",
+    )
+    trusted_clients: dict[str, TrustedClient] = Field(
+        default_factory=dict,
+        description='CDS clients whose JWTs are accepted, as JSON: `iss` → {"jwks_url": URL} or '
+        '{"jwks": {"keys": [...]}}, optionally "jku": [allowed jku URLs] and "tenant": "...". '
+        "With auth_required, at least one is needed or the service refuses to start.",
+    )
+    public_base_url: str | None = Field(
+        None,
+        description="The service's public base URL (e.g. `https://cds.example.org`), from which the "
+        "expected JWT `aud` is built behind a proxy. Unset: built from the request URL.",
+    )
+    jwt_algorithms: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["ES384", "RS384"],
+        description="Accepted JWT algorithms, comma-separated: ES384 and RS384 (the spec's "
+        "recommendation), ES256 and RS256 when configured. `none` and HMAC are never accepted.",
+    )
+    jwt_leeway_seconds: int = Field(
+        60, ge=0, le=300, description="Clock skew allowed on `exp`, `iat` and `nbf`."
+    )
+    jwt_max_age_seconds: int = Field(
+        3600,
+        ge=60,
+        le=86_400,
+        description="Oldest accepted token (`iat` this far in the past); also bounds how long a `jti` "
+        "is remembered for replay detection.",
+    )
+    jwks_cache_seconds: int = Field(
+        3600, ge=60, le=86_400, description="How long a fetched JWK Set is used before it is fetched again."
+    )
+
+    @field_validator("cors_origins", "mdt_encounter_codes", "jwt_algorithms", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [o.strip() for o in value.split(",") if o.strip()]
         return value
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _check_algorithms(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one JWT algorithm is needed")
+        for alg in value:
+            if alg.lower() == "none" or alg.upper().startswith("HS"):
+                raise ValueError(
+                    f"{alg!r} is forbidden: CDS Hooks JWTs never use 'none' or a symmetric (HMAC) algorithm"
+                )
+            if alg not in SUPPORTED_JWT_ALGORITHMS:
+                raise ValueError(f"unsupported JWT algorithm {alg!r}; choose from {SUPPORTED_JWT_ALGORITHMS}")
+        return list(dict.fromkeys(value))
+
+    @field_validator("trusted_clients")
+    @classmethod
+    def _check_issuers(cls, value: dict[str, TrustedClient]) -> dict[str, TrustedClient]:
+        for issuer in value:
+            if not issuer.strip() or len(issuer.encode("utf-8")) > MAX_ISSUER_BYTES:
+                raise ValueError(f"issuer {issuer!r} must be non-empty and at most {MAX_ISSUER_BYTES} bytes")
+        return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _check_public_base_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError(f"public_base_url must be an http(s) URL, no query or fragment: {value!r}")
+        return value.strip().rstrip("/")
 
     @property
     def encounter_lookback_days(self) -> int:

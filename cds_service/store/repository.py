@@ -1,9 +1,9 @@
-"""The feedback store: issued cards and the feedback EHRs send about them.
+"""The store: issued cards, the feedback EHRs send about them, and the JWT replay cache.
 
 `Store` is the only thing the web app talks to. It is safe to share between threads and between
 worker processes on one database, because every guarantee that matters under concurrency (one row
-per feedback item, one row per issued card) is enforced by the database with unique keys and
-`INSERT ... ON CONFLICT DO NOTHING`, never by a read-then-write check in Python.
+per feedback item, one row per issued card, one acceptance per client JWT) is enforced by the
+database with unique keys and `INSERT ... ON CONFLICT`, never by a read-then-write check in Python.
 
 Privacy: nothing here stores or logs patient data. Feedback bodies (in particular `userComment`,
 which is free text a clinician typed) are never logged; log lines carry counts and ids we issued.
@@ -23,13 +23,13 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, Insert, Table, create_engine, event, make_url, select, text
+from sqlalchemy import Engine, Insert, Table, create_engine, delete, event, make_url, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.pool import StaticPool
 
 from cds_service.hooks import FeedbackItem
-from cds_service.store.tables import feedback, issued_cards
+from cds_service.store.tables import feedback, issued_cards, jwt_replay
 
 logger = logging.getLogger(__name__)
 
@@ -307,6 +307,33 @@ class Store:
             result.unknown_cards,
         )
         return result
+
+    def record_jti(self, issuer: str, jti: str, expires_at: datetime, now: datetime) -> bool:
+        """Remember a client JWT's (`iss`, `jti`) until `expires_at`; False when it was seen before.
+
+        Atomic across threads, processes and replicas: one `INSERT ... ON CONFLICT` statement, so of
+        two requests carrying the same token at the same instant exactly one gets True. A row whose
+        `expires_at` has passed (not yet purged) no longer counts: it is taken over, since a token
+        that old fails its time checks before it ever gets here.
+        """
+        expires = _require_aware(expires_at, "expires_at")
+        current = _require_aware(now, "now")
+        with self._write_engine.begin() as connection:
+            insert = self._insert(connection, jwt_replay)
+            statement = insert.on_conflict_do_update(
+                index_elements=[jwt_replay.c.iss, jwt_replay.c.jti],
+                set_={"expires_at": insert.excluded.expires_at},
+                where=jwt_replay.c.expires_at < current,
+            ).returning(jwt_replay.c.jti)
+            row = connection.execute(statement, {"iss": issuer, "jti": jti, "expires_at": expires}).first()
+        return row is not None
+
+    def purge_expired_jtis(self, now: datetime) -> int:
+        """Delete replay-cache rows whose token can no longer be accepted; returns how many."""
+        current = _require_aware(now, "now")
+        with self._write_engine.begin() as connection:
+            result = connection.execute(delete(jwt_replay).where(jwt_replay.c.expires_at < current))
+        return max(result.rowcount or 0, 0)
 
     # -- reads -----------------------------------------------------------------------------------
 

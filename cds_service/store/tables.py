@@ -1,6 +1,6 @@
 """SQLAlchemy 2 declarative models of the feedback store.
 
-Two tables, deliberately free of patient data:
+Three tables, deliberately free of patient data:
 
 * `issued_cards` remembers every card the service sent to an EHR (which rule produced it, which
   suggestions it offered). It exists so that feedback, which only names a card uuid, can be tied
@@ -9,8 +9,11 @@ Two tables, deliberately free of patient data:
   when known. It has no foreign key to `issued_cards` on purpose: feedback for unknown cards (other
   services, expired rows, a misbehaving client) is stored too and flagged, not refused.
 
-Migration `0001_initial` must create exactly what is declared here; a test compares the two with
-Alembic's autogenerate. Any change to this module needs a new migration.
+* `jwt_replay` is the replay cache of client JWTs: each (`iss`, `jti`) seen, until the token could
+  no longer be accepted anyway. Shared through the database so that every replica sees every token.
+
+The migrations (`0001_initial`, `0002_jwt_replay`) must create exactly what is declared here; a test
+compares the two with Alembic's autogenerate. Any change to this module needs a new migration.
 """
 
 from __future__ import annotations
@@ -142,6 +145,25 @@ class FeedbackRow(Base):
     )
 
 
+class JwtReplayRow(Base):
+    """A client JWT that was accepted once, remembered so that it is never accepted again.
+
+    The primary key is what makes a replay detectable atomically: a second insert of the same
+    (`iss`, `jti`), even on another replica at the same instant, conflicts. `security.py` bounds
+    both lengths (issuers come from the configuration, a `jti` is at most 255 bytes).
+    """
+
+    __tablename__ = "jwt_replay"
+
+    iss: Mapped[str] = mapped_column(String(512), primary_key=True)
+    jti: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # After this the token fails its time checks anyway, so the row may be deleted.
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+    __table_args__ = (Index(None, "expires_at"),)
+
+
 metadata: MetaData = Base.metadata
 issued_cards: Table = cast(Table, IssuedCardRow.__table__)
 feedback: Table = cast(Table, FeedbackRow.__table__)
+jwt_replay: Table = cast(Table, JwtReplayRow.__table__)

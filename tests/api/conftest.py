@@ -1,4 +1,8 @@
-"""An app per test: temporary SQLite store, the clock fixed at tests.support.NOW."""
+"""An app per test: temporary SQLite store, the clock fixed at tests.support.NOW.
+
+These apps run with authentication off (`auth_required=False`), so that the tests of hooks, cards
+and feedback need no JWT; test_auth.py covers authentication.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,10 @@ from tests.support import NOW
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(
-        _env_file=None, database_url=f"sqlite:///{tmp_path / 'als-cds.db'}", fhir_budget_seconds=2.0
+        _env_file=None,
+        database_url=f"sqlite:///{tmp_path / 'als-cds.db'}",
+        fhir_budget_seconds=2.0,
+        auth_required=False,
     )
 
 
@@ -33,6 +40,6 @@ def store_client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Tes
         url = f"sqlite:///{tmp_path / 'als-cds.db'}"
     else:
         url = request.getfixturevalue("postgres_db_url")
-    settings = Settings(_env_file=None, database_url=url)
+    settings = Settings(_env_file=None, database_url=url, auth_required=False)
     with TestClient(create_app(settings, clock=lambda: NOW)) as test_client:
         yield test_client

@@ -18,7 +18,9 @@ LIMIT = 200_000
 
 @pytest.fixture
 def small_client(tmp_path: Path) -> Iterator[TestClient]:
-    settings = Settings(_env_file=None, database_url=f"sqlite:///{tmp_path / 'db'}", max_body_bytes=LIMIT)
+    settings = Settings(
+        _env_file=None, database_url=f"sqlite:///{tmp_path / 'db'}", max_body_bytes=LIMIT, auth_required=False
+    )
     with TestClient(create_app(settings, clock=lambda: NOW)) as client:
         yield client
 

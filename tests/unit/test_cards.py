@@ -77,7 +77,11 @@ def test_two_renders_get_different_uuids() -> None:
 
 
 def test_longest_summary_stays_under_140_characters() -> None:
-    worst = {"window_days": "730", "phase": "start date not recorded", "last_alt": "none in the data received"}
+    worst = {
+        "window_days": "730",
+        "phase": "start date not recorded",
+        "last_alt": "none in the data received",
+    }
     finding = Finding("riluzole-lft-due", worst, (), bindings={"patient_reference": "Patient/x"})
     assert len(cards.render(finding, CATALOG["riluzole-lft-due"]).summary) < 140
 

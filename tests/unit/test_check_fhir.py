@@ -86,7 +86,16 @@ def test_the_command_exits_non_zero_when_a_query_fails(capsys: pytest.CaptureFix
         router.get(url__startswith=f"{SERVER}/Condition").mock(return_value=httpx.Response(401))
         serve(router, capability())
         code = main(
-            ["check-fhir", SERVER, "--patient", PATIENT, "--token", "SECRET-TOKEN-9f8e", "--now", NOW.isoformat()]
+            [
+                "check-fhir",
+                SERVER,
+                "--patient",
+                PATIENT,
+                "--token",
+                "SECRET-TOKEN-9f8e",
+                "--now",
+                NOW.isoformat(),
+            ]
         )
         sent = {call.request.headers.get("Authorization") for call in router.calls}
     captured = capsys.readouterr()

@@ -47,6 +47,7 @@ EXPECTED_COUNTS: dict[str, int] = {
     "action": 3,
     "fragment": 2,
     "jwt": 1,
+    "jwks": 1,  # the CDS Hooks sandbox key set (see PROVENANCE.md)
 }
 
 #: Published examples that break a 2.0 rule our strict models enforce: file (or (file, card index))

@@ -20,7 +20,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Column, MetaData, String, inspect
+from sqlalchemy import Column, MetaData, String, inspect, select
 
 from cds_service.hooks import FeedbackItem
 from cds_service.store import (
@@ -31,6 +31,7 @@ from cds_service.store import (
     feedback_dedupe_key,
     metadata,
 )
+from cds_service.store.tables import jwt_replay
 
 SERVICE = "als-patient-view"
 OTHER_SERVICE = "als-order-sign"
@@ -132,7 +133,7 @@ def test_migrating_twice_is_a_no_op(store: Store) -> None:
 
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     with store.engine.connect() as connection:
-        assert MigrationContext.configure(connection).get_current_revision() == head == "0001"
+        assert MigrationContext.configure(connection).get_current_revision() == head == "0002"
     assert schema_diff(store) == []
     assert store.issued_card_rule(CARD) == "riluzole-lft-monitoring"
 
@@ -208,6 +209,7 @@ def test_tables_hold_no_patient_data() -> None:
             "override_reason_system", "override_reason_display", "override_user_comment",
             "outcome_timestamp", "received_at",
         },
+        "jwt_replay": {"iss", "jti", "expires_at"},
     }  # fmt: skip
 
 
@@ -553,3 +555,83 @@ def test_concurrent_saves_of_the_same_item_store_exactly_one_row(store: Store, d
     assert sum(r.stored for r in results) == 1
     assert sum(r.duplicates for r in results) == workers - 1
     assert len(store.feedback_rows()) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# JWT replay cache
+
+
+def test_a_jti_is_accepted_once_per_issuer(store: Store) -> None:
+    until = RECEIVED + timedelta(minutes=5)
+    assert store.record_jti("https://ehr.example.org", "jti-1", until, RECEIVED) is True
+    assert store.record_jti("https://ehr.example.org", "jti-1", until, RECEIVED) is False
+    assert store.record_jti("https://ehr.example.org", "jti-1", until + timedelta(hours=1), RECEIVED) is False
+    assert store.record_jti("https://other.example.org", "jti-1", until, RECEIVED) is True
+    assert store.record_jti("https://ehr.example.org", "jti-2", until, RECEIVED) is True
+
+
+def test_an_expired_entry_no_longer_blocks_its_jti(store: Store) -> None:
+    """A row past its expiry that was not purged yet is taken over, not counted as a replay."""
+    until = RECEIVED + timedelta(minutes=5)
+    assert store.record_jti("iss", "jti-1", until, RECEIVED)
+    later = until + timedelta(seconds=1)
+    assert store.record_jti("iss", "jti-1", later + timedelta(minutes=5), later) is True
+    assert store.record_jti("iss", "jti-1", later + timedelta(minutes=5), later) is False
+
+
+def test_expired_replay_entries_are_purged(store: Store) -> None:
+    store.record_jti("iss", "old", RECEIVED + timedelta(minutes=1), RECEIVED)
+    store.record_jti("iss", "new", RECEIVED + timedelta(minutes=10), RECEIVED)
+
+    assert store.purge_expired_jtis(RECEIVED + timedelta(minutes=5)) == 1
+    assert store.purge_expired_jtis(RECEIVED + timedelta(minutes=5)) == 0
+
+    with store.engine.connect() as connection:
+        assert [row.jti for row in connection.execute(select(jwt_replay))] == ["new"]
+    assert store.record_jti("iss", "new", RECEIVED + timedelta(minutes=10), RECEIVED) is False
+
+
+def test_replay_cache_refuses_naive_datetimes(store: Store) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        store.record_jti("iss", "j", datetime(2024, 5, 1, 12, 5), RECEIVED)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        store.purge_expired_jtis(datetime(2024, 5, 1, 12, 5))
+
+
+def test_replay_cache_has_its_expiry_index(store: Store) -> None:
+    inspector = inspect(store.engine)
+    assert ("expires_at",) in {tuple(i["column_names"]) for i in inspector.get_indexes("jwt_replay")}
+    assert inspector.get_pk_constraint("jwt_replay")["constrained_columns"] == ["iss", "jti"]
+
+
+def test_concurrent_uses_of_one_jti_are_accepted_exactly_once(database_url: str, store: Store) -> None:
+    """Several replicas (separate engines) receiving the same token at the same instant."""
+    workers = 8
+    stores = [Store(database_url) for _ in range(workers)]
+    barrier = threading.Barrier(workers)
+    results: list[bool] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def record(worker_store: Store) -> None:
+        try:
+            barrier.wait(timeout=30)
+            fresh = worker_store.record_jti("iss", "same-jti", RECEIVED + timedelta(minutes=5), RECEIVED)
+            with lock:
+                results.append(fresh)
+        except BaseException as exc:  # reported in the main thread below
+            with lock:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=record, args=(s,)) for s in stores]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        for worker_store in stores:
+            worker_store.close()
+
+    assert errors == []
+    assert sorted(results) == [False] * (workers - 1) + [True]

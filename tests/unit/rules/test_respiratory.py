@@ -505,7 +505,10 @@ def test_hypercapnia_card_is_critical_and_urgent() -> None:
 
 def test_longest_summaries_stay_under_140_characters() -> None:
     worst = {
-        "respiratory-assessment-due": {"interval_days": "365", "last_assessment": "none in the data received"},
+        "respiratory-assessment-due": {
+            "interval_days": "365",
+            "last_assessment": "none in the data received",
+        },
         "respiratory-niv-referral": {
             "criteria": "FVC < 50 % predicted, VC < 50 % predicted, SNIP < 40 cmH2O, SpO2 ≤ 94 %",
             "interval_days": "365",

@@ -1036,7 +1036,11 @@ def test_every_rule_has_a_card_whose_citations_cover_its_facts(rule: Rule) -> No
             {"written": "x" * 60, "standard": "10 mL (50 mg) every 12 hours"},
             {"updated_order": {"resourceType": "MedicationRequest", "id": "x"}},
         ),
-        ("riluzole-order-monitoring", {"last_alt": "none in the data received"}, {"patient_reference": "Patient/x"}),
+        (
+            "riluzole-order-monitoring",
+            {"last_alt": "none in the data received"},
+            {"patient_reference": "Patient/x"},
+        ),
     ],
 )
 def test_the_longest_summaries_stay_under_140_characters_in_every_variant(
