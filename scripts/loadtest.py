@@ -1,0 +1,899 @@
+"""Load test of the als-cds service on loopback: throughput, latency, errors and memory under load.
+
+    .venv/bin/python scripts/loadtest.py                      # 10,000 requests, 1 worker, SQLite
+    .venv/bin/python scripts/loadtest.py --workers 2 --json report.json
+    .venv/bin/python scripts/loadtest.py --url http://127.0.0.1:8080 --server-pid 1234
+
+By default it starts the service itself (`als-cds serve` as a subprocess on a free loopback port,
+ALS_CDS_WORKERS uvicorn workers, a fresh SQLite database in a temporary folder, authentication
+off), or it loads a server already running at --url. It always starts a small FHIR server on
+loopback (scripts/fhir_stub_server.py): a TEST DOUBLE over the fixture patients for the service's
+FHIR-fetch path, not a real FHIR server.
+
+Traffic is a weighted mix (--mix) of these kinds of request, sent by --concurrency concurrent
+clients over keep-alive connections, each patient chosen at random from fhir_fixtures/patients:
+
+    pv-prefetch       patient-view with full prefetch (request_from_bundle, the service's keys)
+    pv-fetch          patient-view with NO prefetch: the service fetches from the FHIR stub
+    select-prefetch   order-select with full prefetch, the patient's draft orders selected
+    select-fetch      order-select with no prefetch
+    sign-prefetch     order-sign with full prefetch
+    sign-fetch        order-sign with no prefetch
+    feedback          POST .../feedback: one distinct item on a card issued earlier in the run
+    pv-412            patient-view whose FHIR server answers 503: the service must answer 412
+
+Every kind expects 200 except pv-412 (412); anything else is an error, as is a feedback answer
+that did not store its item or did not know the card. The run stops after --requests or
+--max-seconds, whichever comes first, after a warm-up (--warmup requests, not measured) that
+precedes the "before" memory reading. Memory is the RSS (VmRSS, /proc/<pid>/status) of the server
+process and all its descendants (uvicorn workers). Where the database is known (always, when the
+script started the server), every acknowledged feedback item is checked to be stored exactly once.
+
+Exit status: 0 when there were no errors, 1 otherwise, 2 when the run could not start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import resource
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from anywhere: the project package is beside us
+    sys.path.insert(0, str(ROOT))
+
+from cds_service.bundles import request_from_bundle, split_bundle  # noqa: E402
+from cds_service.services import build_services  # noqa: E402
+from cds_service.settings import Settings  # noqa: E402
+
+PATIENTS = ROOT / "fhir_fixtures" / "patients"
+STUB = Path(__file__).resolve().parent / "fhir_stub_server.py"
+DEFAULT_MIX = (
+    "pv-prefetch=30,pv-fetch=15,select-prefetch=15,select-fetch=10,"
+    "sign-prefetch=10,sign-fetch=5,feedback=12,pv-412=3"
+)
+#: Stands in for the hookInstance in a prepared body; each request gets its own uuid.
+_PLACEHOLDER = b"00000000-0000-4000-8000-00000000cafe"
+_TOKEN = "load-test-token-not-a-secret"  # noqa: S105 - sent to the FHIR test double only
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    hook: str | None  # None: feedback
+    mode: str  # prefetch | fetch | fhir-down | feedback
+    expect: int = 200
+
+    @property
+    def service(self) -> str:
+        return {"patient-view": "als-patient-view", "order-select": "als-order-select"}.get(
+            self.hook or "", "als-order-sign"
+        )
+
+
+KINDS = {
+    k.name: k
+    for k in (
+        Kind("pv-prefetch", "patient-view", "prefetch"),
+        Kind("pv-fetch", "patient-view", "fetch"),
+        Kind("select-prefetch", "order-select", "prefetch"),
+        Kind("select-fetch", "order-select", "fetch"),
+        Kind("sign-prefetch", "order-sign", "prefetch"),
+        Kind("sign-fetch", "order-sign", "fetch"),
+        Kind("feedback", None, "feedback"),
+        Kind("pv-412", "patient-view", "fhir-down", expect=412),
+    )
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# Processes: free ports, the server and the stub, memory and CPU from /proc
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _stat_fields(pid: int) -> list[str]:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2 :].split()  # fields from 3 (state) on; comm may hold spaces
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants that are alive now."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                children.setdefault(int(_stat_fields(int(entry.name))[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        if Path(f"/proc/{current}").exists():
+            found.append(current)
+            todo.extend(children.get(current, []))
+    return sorted(found)
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = _stat_fields(pid)
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
+def _role(pid: int, root: int) -> str:
+    if pid == root:
+        return "server"
+    with contextlib.suppress(OSError):
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        if b"resource_tracker" in cmdline:
+            return "resource-tracker"
+        if b"spawn_main" in cmdline:
+            return "worker"
+    return "child"
+
+
+def memory_snapshot(root: int | None) -> dict[str, Any] | None:
+    if root is None:
+        return None
+    processes = []
+    for pid in process_tree(root):
+        with contextlib.suppress(OSError):
+            processes.append(
+                {
+                    "pid": pid,
+                    "role": _role(pid, root),
+                    "rss_kb": rss_kb(pid),
+                    "cpu_s": round(cpu_seconds([pid]), 2),
+                }
+            )
+    return {"total_rss_kb": sum(p["rss_kb"] for p in processes), "processes": processes}
+
+
+def pid_listening_on(port: int) -> int | None:
+    """The topmost process holding the loopback listening socket on `port` (for --url without a pid)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                cols = line.split()
+                if int(cols[1].rsplit(":", 1)[1], 16) == port and cols[3] == "0A":  # LISTEN
+                    inodes.add(f"socket:[{cols[9]}]")
+    holders = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (entry / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in inodes:
+                        holders.add(int(entry.name))
+                        break
+    for pid in sorted(holders):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(_stat_fields(pid)[1]) not in holders:
+                return pid
+    return None
+
+
+def start_stub(page_size: int, patients: Path) -> tuple[subprocess.Popen[str], str]:
+    command = [sys.executable, str(STUB), "--port", "0", "--page-size", str(page_size)]
+    command += ["--patients", str(patients)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)  # noqa: S603 - our own script
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 30)
+    line = proc.stdout.readline() if ready else ""
+    if not line:
+        proc.kill()
+        raise RuntimeError("the FHIR stub server did not start")
+    return proc, json.loads(line)["base"]
+
+
+def start_server(
+    workers: int,
+    database_url: str,
+    workdir: Path,
+    log_path: Path,
+    log_level: str,
+    extra_env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = dict(os.environ) | (extra_env or {})
+    env.update(
+        ALS_CDS_HOST="127.0.0.1",
+        ALS_CDS_PORT=str(port),
+        ALS_CDS_WORKERS=str(workers),
+        ALS_CDS_DATABASE_URL=database_url,
+        ALS_CDS_AUTH_REQUIRED="false",
+        ALS_CDS_LOG_LEVEL=log_level,
+    )
+    command = [sys.executable, "-m", "cds_service.cli", "serve"]
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(command, cwd=workdir, env=env, stderr=log, stdout=log)  # noqa: S603
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    with httpx.Client(timeout=2) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(f"{url}/readyz").status_code == 200:
+                    return proc, url
+            time.sleep(0.2)
+    stop_process(proc, 10)
+    tail = log_path.read_text(errors="replace")[-3000:]
+    raise RuntimeError(f"the service did not become ready at {url}; its log ends:\n{tail}")
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float) -> int | None:
+    """SIGTERM, wait up to `timeout`, then SIGKILL. The exit code (negative: killed by that signal)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return proc.returncode
+
+
+# ------------------------------------------------------------------------------------------------
+# Request bodies
+
+
+@dataclass
+class Prepared:
+    """Request bodies per kind, serialised once; the hookInstance is filled in per request."""
+
+    bodies: dict[str, list[bytes]] = field(default_factory=dict)
+
+
+def prefetch_keys(url: str) -> dict[str, list[str]]:
+    """The prefetch keys per hook, from the server's discovery document, as an EHR learns them.
+
+    Falling back to this checkout's services when discovery cannot be read: the calls then show why.
+    """
+    try:
+        services = httpx.get(f"{url}/cds-services", timeout=10).raise_for_status().json()["services"]
+        return {s["hook"]: list(s.get("prefetch") or {}) for s in services}
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        settings, today = Settings(_env_file=None), datetime.now(UTC).date()
+        return {s.hook: list(s.prefetch(settings, today)) for s in build_services().values()}
+
+
+def prepare(patients_dir: Path, fhir_base: str, keys: dict[str, list[str]]) -> Prepared:
+    bundles = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(patients_dir.glob("*.json"))]
+    prepared = Prepared()
+    for kind in KINDS.values():
+        if kind.hook is None:
+            continue
+        bodies = []
+        for bundle in bundles:
+            if kind.hook != "patient-view" and not split_bundle(bundle)[1]:
+                continue  # order hooks: only the patients with draft orders
+            request = request_from_bundle(bundle, kind.hook, keys[kind.hook], user_id="Practitioner/load-1")
+            request["hookInstance"] = _PLACEHOLDER.decode()
+            if kind.mode != "prefetch":
+                del request["prefetch"]
+                base = fhir_base if kind.mode == "fetch" else fhir_base.replace("/fhir", "/status/503/fhir")
+                request["fhirServer"] = base
+                request["fhirAuthorization"] = {
+                    "access_token": _TOKEN,
+                    "token_type": "Bearer",
+                    "expires_in": 300,
+                    "scope": "patient/*.read",
+                    "subject": "als-cds",
+                }
+            bodies.append(json.dumps(request, separators=(",", ":")).encode("utf-8"))
+        if not bodies:
+            raise RuntimeError(f"no fixture patient fits {kind.name}")
+        prepared.bodies[kind.name] = bodies
+    return prepared
+
+
+# ------------------------------------------------------------------------------------------------
+# The load
+
+
+@dataclass
+class Results:
+    latencies: dict[str, list[float]] = field(default_factory=dict)  # ms, successful or not
+    errors: Counter[str] = field(default_factory=Counter)  # "kind: cause"
+    sent: int = 0
+    feedback_sent: set[tuple[str, str]] = field(default_factory=set)  # (card uuid, timestamp)
+    feedback_acknowledged: set[tuple[str, str]] = field(default_factory=set)
+
+
+class Load:
+    def __init__(self, url: str, prepared: Prepared, mix: dict[str, int], seed: int, timeout: float) -> None:
+        self.url = url.rstrip("/")
+        self.prepared = prepared
+        self.kinds = list(mix)
+        self.weights = [mix[k] for k in self.kinds]
+        self.rng = random.Random(seed)  # noqa: S311 - traffic shaping, not cryptography
+        self.timeout = timeout
+        self.cards: list[tuple[str, str, tuple[str, ...]]] = []  # (service, card uuid, suggestion uuids)
+        self.feedback_seq = 0
+        self.feedback_base = datetime.now(UTC).replace(microsecond=0)
+
+    def _remember_cards(self, service: str, body: Any) -> None:
+        for card in body.get("cards", []):
+            entry = (service, card["uuid"], tuple(s["uuid"] for s in card.get("suggestions") or ()))
+            if len(self.cards) < 5000:
+                self.cards.append(entry)
+            else:
+                self.cards[self.rng.randrange(len(self.cards))] = entry
+
+    def _feedback(self) -> tuple[str, bytes, tuple[str, str], bool]:
+        self.feedback_seq += 1
+        stamp = (self.feedback_base + timedelta(milliseconds=self.feedback_seq)).isoformat()
+        known = bool(self.cards)
+        service, card, suggestions = (
+            self.rng.choice(self.cards) if known else ("als-patient-view", str(uuid.uuid4()), ())
+        )
+        item: dict[str, Any] = {"card": card, "outcomeTimestamp": stamp}
+        if suggestions and self.feedback_seq % 2:
+            item |= {"outcome": "accepted", "acceptedSuggestions": [{"id": suggestions[0]}]}
+        else:
+            item |= {
+                "outcome": "overridden",
+                "overrideReason": {
+                    "reason": {"code": "not-applicable", "system": "urn:als-cds:load-test", "display": "N/A"},
+                    "userComment": f"load test item {self.feedback_seq}",
+                },
+            }
+        body = json.dumps({"feedback": [item]}).encode("utf-8")
+        return f"{self.url}/cds-services/{service}/feedback", body, (card, stamp), known
+
+    async def one(self, client: httpx.AsyncClient, results: Results) -> None:
+        kind = KINDS[self.rng.choices(self.kinds, self.weights)[0]]
+        feedback_key, known_card = None, False
+        if kind.mode == "feedback":
+            url, body, feedback_key, known_card = self._feedback()
+            results.feedback_sent.add(feedback_key)
+        else:
+            url = f"{self.url}/cds-services/{kind.service}"
+            template = self.rng.choice(self.prepared.bodies[kind.name])
+            body = template.replace(_PLACEHOLDER, str(uuid.uuid4()).encode(), 1)
+        results.sent += 1
+        started = time.perf_counter()
+        cause = None
+        try:
+            response = await client.post(url, content=body, headers={"Content-Type": "application/json"})
+            elapsed = (time.perf_counter() - started) * 1000
+            if response.status_code != kind.expect:
+                cause = f"HTTP {response.status_code}"
+            elif kind.expect == 200:
+                answer = response.json()
+                if feedback_key is not None:
+                    if answer.get("stored") != 1:
+                        cause = "feedback item not stored"
+                    elif known_card and answer.get("unknownCards"):
+                        cause = "feedback on an issued card found no issued card"
+                    else:
+                        results.feedback_acknowledged.add(feedback_key)
+                elif not isinstance(answer.get("cards"), list):
+                    cause = "answer without cards"
+                else:
+                    self._remember_cards(kind.service, answer)
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            elapsed = (time.perf_counter() - started) * 1000
+            cause = type(exc).__name__
+        results.latencies.setdefault(kind.name, []).append(elapsed)
+        if cause is not None:
+            results.errors[f"{kind.name}: {cause}"] += 1
+
+    async def run(self, requests: int, concurrency: int, max_seconds: float) -> tuple[Results, float, str]:
+        results = Results()
+        remaining = [requests]
+        stopped_by = ["requests"]
+        deadline = time.monotonic() + max_seconds
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+        async def client_loop(client: httpx.AsyncClient) -> None:
+            while remaining[0] > 0:
+                if time.monotonic() >= deadline:
+                    stopped_by[0] = "max-seconds"
+                    return
+                remaining[0] -= 1
+                await self.one(client, results)
+
+        started = time.perf_counter()
+        async with httpx.AsyncClient(timeout=self.timeout, limits=limits) as client:
+            tasks = [asyncio.ensure_future(client_loop(client)) for _ in range(concurrency)]
+            # Each request is bounded by the timeout, so this cannot wait for ever; the extra margin
+            # only guards against a bug here.
+            done, pending = await asyncio.wait(tasks, timeout=max_seconds + self.timeout + 30)
+            for task in pending:
+                task.cancel()
+                results.errors["driver: client loop did not finish"] += 1
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for task in done:
+                if task.exception() is not None:
+                    results.errors[f"driver: {type(task.exception()).__name__}"] += 1
+        return results, time.perf_counter() - started, stopped_by[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# Report
+
+
+def percentiles(values: list[float]) -> dict[str, float | int | None]:
+    if not values:
+        return {"count": 0, "p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None, "mean_ms": None}
+    ordered = sorted(values)
+
+    def rank(q: float) -> float:  # nearest rank
+        return round(ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.999999) - 1))], 1)
+
+    return {
+        "count": len(ordered),
+        "p50_ms": rank(0.50),
+        "p95_ms": rank(0.95),
+        "p99_ms": rank(0.99),
+        "max_ms": round(ordered[-1], 1),
+        "mean_ms": round(sum(ordered) / len(ordered), 1),
+    }
+
+
+def check_feedback_rows(database_url: str, sent: set[tuple[str, str]], acked: set[tuple[str, str]]) -> dict:
+    from cds_service.store import Store
+
+    store = Store(database_url)
+    try:
+        rows = store.feedback_rows()
+    finally:
+        store.close()
+
+    def stamp(value: datetime) -> str:
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+
+    sent_norm = {(card, stamp(datetime.fromisoformat(ts))) for card, ts in sent}
+    acked_norm = {(card, stamp(datetime.fromisoformat(ts))) for card, ts in acked}
+    ours = [(r["card_uuid"], stamp(r["outcome_timestamp"])) for r in rows]
+    ours = [key for key in ours if key in sent_norm]
+    return {
+        "stored_rows": len(ours),
+        "missing": len(acked_norm - set(ours)),
+        "duplicate_rows": len(ours) - len(set(ours)),
+    }
+
+
+def build_report(args: argparse.Namespace, context: dict[str, Any]) -> dict[str, Any]:
+    results: Results = context["results"]
+    warmup: Results = context["warmup_results"]
+    by_kind = {}
+    for name in context["mix"]:
+        stats = percentiles(results.latencies.get(name, []))
+        errors = sum(n for cause, n in results.errors.items() if cause.startswith(f"{name}: "))
+        by_kind[name] = {**stats, "expected_status": KINDS[name].expect, "errors": errors}
+    every = [ms for values in results.latencies.values() for ms in values]
+    completed = len(every)
+    before, after = context["memory_before"], context["memory_after"]
+    memory: dict[str, Any] = {"available": before is not None and after is not None}
+    if memory["available"]:
+        growth = after["total_rss_kb"] - before["total_rss_kb"]
+        samples = context["memory_samples"]
+        memory |= {
+            "before_kb": before["total_rss_kb"],
+            "after_kb": after["total_rss_kb"],
+            "growth_kb": growth,
+            "growth_pct": round(100 * growth / before["total_rss_kb"], 2) if before["total_rss_kb"] else None,
+            "peak_kb": max([after["total_rss_kb"], *(kb for _, kb in samples)]),
+            "processes_before": before["processes"],
+            "processes_after": after["processes"],
+            "samples": samples,
+        }
+    else:
+        memory["reason"] = "no server pid: pass --server-pid, or run on the same machine as the server"
+    errors_total = sum(results.errors.values()) + sum(warmup.errors.values())
+    # Counted with the warm-up's, as the database check sees the rows of both.
+    feedback = {
+        "sent": len(results.feedback_sent | warmup.feedback_sent),
+        "acknowledged": len(results.feedback_acknowledged | warmup.feedback_acknowledged),
+    }
+    feedback |= context.get("feedback_check") or {
+        "stored_rows": None,
+        "missing": None,
+        "duplicate_rows": None,
+    }
+    check_failed = bool(feedback["missing"] or feedback["duplicate_rows"])
+    return {
+        "tool": "scripts/loadtest.py",
+        "started_at": context["started_at"],
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "loadavg_start": context["loadavg_start"],
+            "loadavg_end": context["loadavg_end"],
+        },
+        "target": {
+            "url": context["url"],
+            "started_by_loadtest": context["owned"],
+            "workers": context["workers"],
+            "database": context["database"],
+            "server_env": context.get("server_env", {}),
+        },
+        "fhir_stub": {
+            "base": context["fhir_base"],
+            "page_size": args.fhir_page_size,
+            "requests": context.get("stub_stats"),
+            "note": "test double over fhir_fixtures/patients (scripts/fhir_stub_server.py), "
+            "not a real FHIR server",
+        },
+        "config": {
+            "requests": args.requests,
+            "max_seconds": args.max_seconds,
+            "concurrency": args.concurrency,
+            "warmup": args.warmup,
+            "mix": context["mix"],
+            "seed": args.seed,
+            "request_timeout_s": args.request_timeout,
+        },
+        "requests": {
+            "sent": results.sent,
+            "completed": completed,
+            "stopped_by": context["stopped_by"],
+            "warmup_sent": warmup.sent,
+        },
+        "duration_s": round(context["duration"], 2),
+        "throughput_rps": round(completed / context["duration"], 1) if context["duration"] else 0.0,
+        "latency_ms": {"overall": percentiles(every), "by_kind": by_kind},
+        "errors": {
+            "total": errors_total,
+            "by_cause": dict(sorted(results.errors.items())),
+            "warmup_by_cause": dict(sorted(warmup.errors.items())),
+        },
+        "feedback": feedback,
+        "memory": memory,
+        "cpu_seconds": context["cpu"],
+        "server_shutdown": context.get("shutdown"),
+        "ok": errors_total == 0 and not check_failed,
+    }
+
+
+def _mb(kb: float | None) -> str:
+    return "n/a" if kb is None else f"{kb / 1024:.1f} MB"
+
+
+def render_table(report: dict[str, Any]) -> str:
+    target, req = report["target"], report["requests"]
+    workers = f"{target['workers']} worker(s), " if target["workers"] else ""
+    lines = [
+        f"als-cds load test against {target['url']} ({workers}database {target['database'] or 'unknown'})",
+        f"{req['completed']} requests in {report['duration_s']} s (stopped by {req['stopped_by']}; "
+        f"warm-up {req['warmup_sent']} not counted), concurrency {report['config']['concurrency']}",
+        f"throughput: {report['throughput_rps']} req/s    errors: {report['errors']['total']}"
+        f" (in the warm-up: {sum(report['errors']['warmup_by_cause'].values())})",
+        "",
+        f"{'kind':<16}{'expect':>7}{'count':>8}{'errors':>8}"
+        + "".join(f"{h:>9}" for h in ("p50 ms", "p95 ms", "p99 ms", "max ms")),
+    ]
+
+    def row(name: str, stats: dict[str, Any], expect: str, errors: int) -> str:
+        cells = [stats[k] if stats[k] is not None else "-" for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")]
+        return f"{name:<16}{expect:>7}{stats['count']:>8}{errors:>8}" + "".join(f"{c:>9}" for c in cells)
+
+    for name, stats in report["latency_ms"]["by_kind"].items():
+        lines.append(row(name, stats, str(stats["expected_status"]), stats["errors"]))
+    lines.append(row("overall", report["latency_ms"]["overall"], "", report["errors"]["total"]))
+    for cause, count in report["errors"]["by_cause"].items():
+        lines.append(f"  error {cause}: {count}")
+    for cause, count in report["errors"]["warmup_by_cause"].items():
+        lines.append(f"  error in the warm-up {cause}: {count}")
+    memory = report["memory"]
+    lines.append("")
+    if memory["available"]:
+        lines.append(
+            f"memory (RSS of the server and its workers): before {_mb(memory['before_kb'])}, "
+            f"after {_mb(memory['after_kb'])}, growth {memory['growth_kb'] / 1024:+.1f} MB "
+            f"({memory['growth_pct']:+.1f}%), peak {_mb(memory['peak_kb'])}"
+        )
+        after = {p["pid"]: p for p in memory["processes_after"]}
+        for proc in memory["processes_before"]:
+            end = after.get(proc["pid"], {})
+            cpu = f"{end['cpu_s'] - proc['cpu_s']:.1f} s" if end else "n/a"
+            lines.append(
+                f"  pid {proc['pid']:<8}{proc['role']:<18}{_mb(proc['rss_kb']):>10} -> "
+                f"{_mb(end.get('rss_kb')):>10}   cpu in the run {cpu}"
+            )
+    else:
+        lines.append(f"memory: not measured ({memory['reason']})")
+    cpu = report["cpu_seconds"]
+    lines.append(
+        "cpu seconds in the measured run: "
+        + ", ".join(f"{k} {v:.1f}" if v is not None else f"{k} n/a" for k, v in cpu.items())
+    )
+    fb = report["feedback"]
+    lines.append(
+        f"feedback (with warm-up): {fb['acknowledged']} of {fb['sent']} acknowledged; stored rows "
+        f"{fb['stored_rows'] if fb['stored_rows'] is not None else 'not checked'}, missing "
+        f"{fb['missing'] if fb['missing'] is not None else '-'}, duplicate rows "
+        f"{fb['duplicate_rows'] if fb['duplicate_rows'] is not None else '-'}"
+    )
+    stub = report["fhir_stub"]
+    lines.append(f"FHIR stub (test double) answers: {stub['requests']}")
+    if report["server_shutdown"]:
+        shutdown = report["server_shutdown"]
+        lines.append(
+            f"server shutdown (SIGTERM): exit code {shutdown['exit_code']}, "
+            f"log says application shutdown complete: {shutdown['log_says_shutdown_complete']}"
+        )
+    lines.append("result: " + ("OK" if report["ok"] else "ERRORS"))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# Main
+
+
+def parse_mix(text: str) -> dict[str, int]:
+    mix = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, weight = part.partition("=")
+        if name not in KINDS:
+            raise argparse.ArgumentTypeError(f"unknown kind {name!r}; kinds: {', '.join(KINDS)}")
+        mix[name] = int(weight or 1)
+    if not any(mix.values()):
+        raise argparse.ArgumentTypeError("the mix has no weight")
+    return {k: v for k, v in mix.items() if v > 0}
+
+
+def parse_workers(text: str) -> list[int]:
+    counts = [int(part) for part in text.split(",") if part.strip()]
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("worker counts must be >= 1")
+    return counts
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Kinds: " + ", ".join(KINDS) + f". Default mix: {DEFAULT_MIX}",
+    )
+    target = parser.add_argument_group("target")
+    target.add_argument("--url", help="load a server already running here (loopback); default: start one")
+    target.add_argument("--server-pid", type=int, help="with --url: the server's pid, for its memory")
+    target.add_argument(
+        "--workers",
+        type=parse_workers,
+        default=[1],
+        help="uvicorn workers of the started server (default 1); a list such as 1,2 runs the whole "
+        "test once per count, back to back, and compares them",
+    )
+    target.add_argument(
+        "--database-url", help="database of the started server (default: SQLite in a temporary folder)"
+    )
+    target.add_argument("--server-log", type=Path, help="keep the started server's log here")
+    target.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="ALS_CDS_X=VALUE",
+        help="a setting for the started server (repeatable), e.g. ALS_CDS_FHIR_BUDGET_SECONDS=10",
+    )
+    target.add_argument("--server-log-level", default="info", choices=["debug", "info", "warning", "error"])
+    load = parser.add_argument_group("load")
+    load.add_argument("--requests", type=int, default=10_000, help="measured requests (default 10000)")
+    load.add_argument("--max-seconds", type=float, default=300, help="measured phase time cap (default 300)")
+    load.add_argument("--concurrency", type=int, default=32, help="concurrent clients (default 32)")
+    load.add_argument("--warmup", type=int, default=300, help="requests before the measured phase (300)")
+    load.add_argument("--mix", type=parse_mix, default=parse_mix(DEFAULT_MIX), help="kind=weight,...")
+    load.add_argument("--seed", type=int, default=4, help="random seed of the traffic (default 4)")
+    load.add_argument("--request-timeout", type=float, default=30, help="per request, seconds (30)")
+    load.add_argument("--fhir-page-size", type=int, default=5, help="FHIR stub page size (default 5)")
+    load.add_argument("--patients", type=Path, default=PATIENTS, help="folder of patient Bundles")
+    out = parser.add_argument_group("output")
+    out.add_argument("--json", help="also write the report as JSON to this file ('-': stdout)")
+    out.add_argument("--sample-seconds", type=float, default=2.0, help="memory sampling interval")
+    args = parser.parse_args(argv)
+    if min(args.requests, args.concurrency) < 1 or args.max_seconds <= 0 or args.warmup < 0:
+        parser.error("--requests and --concurrency must be >= 1, --max-seconds > 0, --warmup >= 0")
+    if any("=" not in item or not item.startswith("ALS_CDS_") for item in args.server_env):
+        parser.error("--server-env takes ALS_CDS_NAME=VALUE")
+    if args.url and len(args.workers) > 1:
+        parser.error("--url loads one server: a list of --workers needs the script to start them")
+    if args.url and not args.url.startswith(("http://127.", "http://localhost", "http://[::1]")):
+        parser.error("--url must be a loopback address (http://127.0.0.1:PORT)")
+    return args
+
+
+async def sample_memory(root: int | None, every: float, samples: list[list[float]], t0: float) -> None:
+    while root is not None:
+        snapshot = memory_snapshot(root)
+        if snapshot:
+            samples.append([round(time.perf_counter() - t0, 1), snapshot["total_rss_kb"]])
+        await asyncio.sleep(every)
+
+
+async def measured(load: Load, args: argparse.Namespace, root: int | None, samples: list) -> tuple:
+    sampler = asyncio.ensure_future(sample_memory(root, args.sample_seconds, samples, time.perf_counter()))
+    try:
+        return await load.run(args.requests, args.concurrency, args.max_seconds)
+    finally:
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
+
+
+def run_once(args: argparse.Namespace, workers: int, log_path: Path | None) -> dict[str, Any] | None:
+    """One complete run (stub, server, warm-up, measured load, shutdown, checks): its report."""
+    workdir = Path(tempfile.mkdtemp(prefix="als-cds-load-"))
+    stub = server = None
+    context: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        "mix": args.mix,
+        "owned": args.url is None,
+        "workers": workers if args.url is None else None,
+    }
+    try:
+        stub, fhir_base = start_stub(args.fhir_page_size, args.patients)
+        context["fhir_base"] = fhir_base
+        database_url = args.database_url or f"sqlite:///{workdir / 'als-cds.db'}"
+        log_path = log_path or workdir / "server.log"
+        if args.url is None:
+            extra = dict(item.split("=", 1) for item in args.server_env)
+            server, url = start_server(workers, database_url, workdir, log_path, args.server_log_level, extra)
+            context["server_env"] = extra
+            root: int | None = server.pid
+            context["database"] = database_url.split("://")[0].split("+")[0]
+        else:
+            url = args.url.rstrip("/")
+            root = args.server_pid or pid_listening_on(int(url.rsplit(":", 1)[1].split("/")[0]))
+            context["database"] = (
+                args.database_url.split("://")[0].split("+")[0] if args.database_url else None
+            )
+        context["url"] = url
+        prepared = prepare(args.patients, fhir_base, prefetch_keys(url))
+    except (RuntimeError, OSError, ValueError) as exc:
+        print(f"loadtest: cannot start: {exc}", file=sys.stderr)
+        for proc in (server, stub):
+            if proc is not None:
+                stop_process(proc, 10)
+        shutil.rmtree(workdir, ignore_errors=True)
+        return None
+
+    try:
+        load = Load(url, prepared, args.mix, args.seed, args.request_timeout)
+        if args.warmup:
+            context["warmup_results"], _, _ = asyncio.run(
+                load.run(args.warmup, args.concurrency, min(args.max_seconds, 120))
+            )
+        else:
+            context["warmup_results"] = Results()
+        time.sleep(1.0)  # let the warm-up's last responses and any deferred work settle
+        context["memory_before"] = memory_snapshot(root)
+        server_pids = process_tree(root) if root else []
+
+        def cpu_now() -> tuple[float, float, float]:
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            return cpu_seconds(server_pids), usage.ru_utime + usage.ru_stime, cpu_seconds([stub.pid])
+
+        cpu_before = cpu_now()
+        samples: list[list[float]] = []
+        results, duration, stopped_by = asyncio.run(measured(load, args, root, samples))
+        cpu_after = cpu_now()
+        time.sleep(1.0)
+        context["memory_after"] = memory_snapshot(root)
+        context |= {
+            "results": results,
+            "duration": duration,
+            "stopped_by": stopped_by,
+            "memory_samples": samples,
+            "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        }
+        context["cpu"] = {
+            name: round(after - before, 1) if (name != "server" or root) else None
+            for name, before, after in zip(
+                ("server", "load_driver", "fhir_stub"), cpu_before, cpu_after, strict=True
+            )
+        }
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            context["stub_stats"] = httpx.get(fhir_base.replace("/fhir", "/_stats"), timeout=5).json()
+        if server is not None:
+            code = stop_process(server, 45)
+            log_text = log_path.read_text(errors="replace")
+            context["shutdown"] = {
+                "exit_code": code,
+                "log_says_shutdown_complete": "Application shutdown complete." in log_text,
+            }
+        if args.url is None or args.database_url:
+            acked = results.feedback_acknowledged | context["warmup_results"].feedback_acknowledged
+            sent = results.feedback_sent | context["warmup_results"].feedback_sent
+            context["feedback_check"] = check_feedback_rows(database_url, sent, acked)
+    finally:
+        for proc in (server, stub):
+            if proc is not None:
+                stop_process(proc, 45)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return build_report(args, context)
+
+
+def compare(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each run against the first (e.g. 2 workers against 1), from one invocation, back to back."""
+    first = reports[0]
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(b / a, 2) if a and b is not None else None
+
+    return {
+        "workers": [r["target"]["workers"] for r in reports],
+        "throughput_rps": [r["throughput_rps"] for r in reports],
+        "throughput_ratio": [ratio(first["throughput_rps"], r["throughput_rps"]) for r in reports],
+        "p50_ms": [r["latency_ms"]["overall"]["p50_ms"] for r in reports],
+        "p95_ms": [r["latency_ms"]["overall"]["p95_ms"] for r in reports],
+        "p99_ms": [r["latency_ms"]["overall"]["p99_ms"] for r in reports],
+        "server_cpu_s": [r["cpu_seconds"]["server"] for r in reports],
+        "rss_after_kb": [r["memory"].get("after_kb") for r in reports],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    reports = []
+    for workers in args.workers:
+        log_path = args.server_log
+        if log_path is not None and len(args.workers) > 1:
+            log_path = log_path.with_name(f"{log_path.stem}-{workers}w{log_path.suffix}")
+        report = run_once(args, workers, log_path)
+        if report is None:
+            return 2
+        reports.append(report)
+        print(render_table(report), file=sys.stderr if args.json == "-" else sys.stdout, flush=True)
+    if len(reports) == 1:
+        document: dict[str, Any] = reports[0]
+    else:
+        document = {"runs": reports, "comparison": compare(reports), "ok": all(r["ok"] for r in reports)}
+        c = document["comparison"]
+        lines = ["", "comparison (one invocation, runs back to back):"]
+        for i, workers in enumerate(c["workers"]):
+            lines.append(
+                f"  {workers} worker(s): {c['throughput_rps'][i]} req/s (x{c['throughput_ratio'][i]}), "
+                f"p50 {c['p50_ms'][i]} ms, p95 {c['p95_ms'][i]} ms, p99 {c['p99_ms'][i]} ms, "
+                f"server cpu {c['server_cpu_s'][i]} s, RSS after {_mb(c['rss_after_kb'][i])}"
+            )
+        print("\n".join(lines), file=sys.stderr if args.json == "-" else sys.stdout)
+    if args.json == "-":
+        print(json.dumps(document, indent=2))
+    elif args.json:
+        Path(args.json).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    return 0 if document["ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
