@@ -98,7 +98,14 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         app.state.als = AppState(
             settings=settings,
             services=services,
-            engine=Engine(settings, catalogue, FhirClient(http, max_pages=settings.fhir_max_pages), now),
+            engine=Engine(
+                settings,
+                catalogue,
+                FhirClient(
+                    http, max_pages=settings.fhir_max_pages, max_in_flight=settings.fhir_max_connections
+                ),
+                now,
+            ),
             store=store,
             clock=now,
             authenticator=security.Authenticator(auth, store=store, clock=now, http=jwks_http),

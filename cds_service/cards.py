@@ -194,7 +194,8 @@ def _bind(value: Any, bindings: Mapping[str, Any]) -> Any:
 def _action_resource(action: ActionDef, finding: Finding) -> dict[str, Any] | None:
     if not action.resource:
         return None
-    resource = copy.deepcopy(_bind(copy.deepcopy(action.resource), finding.bindings))
+    # _bind builds new containers; the copy is for the bound values, which the finding shares.
+    resource = copy.deepcopy(_bind(action.resource, finding.bindings))
     if action.add_note:
         if not isinstance(resource, dict):
             raise CardFileError("add_note needs the action's resource to be a FHIR resource")

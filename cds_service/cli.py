@@ -99,7 +99,9 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
             engine = Engine(
                 settings,
                 cards.load_catalogue(settings.cards_dir),
-                FhirClient(http, max_pages=settings.fhir_max_pages),
+                FhirClient(
+                    http, max_pages=settings.fhir_max_pages, max_in_flight=settings.fhir_max_connections
+                ),
                 lambda: now,
             )
             return await engine.run(service, request)

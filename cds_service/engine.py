@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from functools import cached_property
 from typing import Any
 
 from pydantic import ValidationError
@@ -88,10 +89,21 @@ class Engine:
     catalogue: card_rendering.CardCatalogue
     fhir: FhirClient
     clock: Clock
+    # The templates depend only on the service, the settings and the day; computing them is a
+    # millisecond of value-set merging that every call would otherwise repeat. Holds one day.
+    _templates: dict[tuple[str, date], dict[str, str]] = field(default_factory=dict, repr=False)
 
-    @property
+    @cached_property
     def rule_config(self) -> RuleConfig:
         return RuleConfig.from_settings(self.settings)
+
+    def prefetch_templates(self, service: ServiceDefinition, today: date) -> dict[str, str]:
+        key = (service.id, today)
+        if key not in self._templates:
+            if any(day != today for _, day in self._templates):
+                self._templates.clear()
+            self._templates[key] = service.prefetch(self.settings, today)
+        return self._templates[key]
 
     async def run(self, service: ServiceDefinition, request: CDSRequest) -> HookOutcome:
         """Answer one hook call. Raises RequestError (400, 412) for what the caller must fix."""
@@ -103,7 +115,7 @@ class Engine:
             )
         context = validate_context(request)
         now = self.clock()
-        templates = service.prefetch(self.settings, now.date())
+        templates = self.prefetch_templates(service, now.date())
         try:
             data = await prefetch.resolve(
                 request, templates, self.fhir, budget_seconds=self.settings.fhir_budget_seconds

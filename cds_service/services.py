@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from functools import cached_property
 
 from cds_service.hooks import ServiceDescriptor
 from cds_service.prefetch import TYPE_BY_KEY, prefetch_templates
@@ -25,7 +26,7 @@ class ServiceDefinition:
     description: str
     rules: tuple[Rule, ...]
 
-    @property
+    @cached_property
     def interest(self) -> Interest:
         """Everything the rules (and the ALS gate in front of them) read from the chart."""
         return Interest.merge([als.READS, *(rule.reads for rule in self.rules)])

@@ -173,7 +173,12 @@ class Settings(BaseSettings):
         20, ge=1, le=1000, description="Most `next` pages followed for one prefetch key."
     )
     fhir_max_connections: int = Field(
-        50, ge=1, description="Connection pool size of the shared FHIR HTTP client."
+        16,
+        ge=1,
+        le=1000,
+        description="Most FHIR requests one process has in flight at once (and its connection pool): "
+        "more wait their turn. Measured best on a loopback server in docs/performance.md; a FHIR "
+        "server far away (high latency) may want more.",
     )
 
     max_body_bytes: int = Field(

@@ -29,6 +29,7 @@ const MEDPLUM_VERSION = '5.2.13';
 const FHIR_JSON = 'application/fhir+json; charset=utf-8';
 const MAX_BODY_BYTES = 50 * 1024 * 1024;
 const TENANT = /^[A-Za-z0-9._-]{1,64}$/;
+const MAX_REQUEST_LOG = 20000; // entries kept for GET /_control/requests
 // Result parameters Medplum's search parser understands (besides each type's search parameters).
 const SEARCH_RESULT_PARAMS = new Set([
   '_count', '_offset', '_sort', '_total', '_summary', '_include', '_revinclude', '_elements',
@@ -309,6 +310,7 @@ class TestFhirServer {
     this.router = new FhirRouter();
     this.tenants = new Tenants(options.validate);
     this.requestLog = [];
+    this.statusCounts = {}; // answers by HTTP status since start or reset: the load test reads them
     this.fhirRequests = 0;
     this.stopping = false;
     this.server = http.createServer((req, res) => {
@@ -403,7 +405,13 @@ class TestFhirServer {
       auth: 'not-required',
       status: 0,
     };
-    this.requestLog.push(entry);
+    if (this.options.control) {
+      // Only /_control reads the log; bounded, so a long load run cannot grow it without end.
+      if (this.requestLog.length >= MAX_REQUEST_LOG) {
+        this.requestLog.shift();
+      }
+      this.requestLog.push(entry);
+    }
     if (this.config.delayMs > 0) {
       await sleep(this.config.delayMs);
     }
@@ -420,6 +428,7 @@ class TestFhirServer {
       send(res, err.status, err.body, { ...cors, ...err.headers });
     } finally {
       entry.status = status;
+      this.statusCounts[status] = (this.statusCounts[status] ?? 0) + 1;
       if (this.options.log) {
         process.stderr.write(`${req.method} ${req.url} ${status} auth=${entry.auth}\n`);
       }
@@ -675,10 +684,13 @@ class TestFhirServer {
       } else if (name === 'reset' && req.method === 'POST') {
         this.config = { ...this.options.config };
         this.requestLog = [];
+        this.statusCounts = {};
         this.fhirRequests = 0;
         send(res, 200, publicConfig(), cors);
       } else if (name === 'requests' && req.method === 'GET') {
         send(res, 200, { count: this.requestLog.length, requests: this.requestLog }, cors);
+      } else if (name === 'stats' && req.method === 'GET') {
+        send(res, 200, { fhirRequests: this.fhirRequests, byStatus: this.statusCounts }, cors);
       } else if (name === 'requests' && req.method === 'DELETE') {
         this.requestLog = [];
         send(res, 200, { count: 0, requests: [] }, cors);

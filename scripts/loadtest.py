@@ -6,21 +6,23 @@
 
 By default it starts the service itself (`als-cds serve` as a subprocess on a free loopback port,
 ALS_CDS_WORKERS uvicorn workers, a fresh SQLite database in a temporary folder, authentication
-off), or it loads a server already running at --url. It always starts a small FHIR server on
-loopback (scripts/fhir_stub_server.py): a TEST DOUBLE over the fixture patients for the service's
-FHIR-fetch path, not a real FHIR server.
+off), or it loads a server already running at --url. For the FHIR-fetch path it always starts
+the project's real FHIR server on loopback (fhir-server/: Medplum's FHIR engine on Node 22, via
+scripts/medplum.py), with every fixture patient's chart loaded into a tenant of its own, paging
+at --fhir-page-size entries.
 
 Traffic is a weighted mix (--mix) of these kinds of request, sent by --concurrency concurrent
 clients over keep-alive connections, each patient chosen at random from fhir_fixtures/patients:
 
     pv-prefetch       patient-view with full prefetch (request_from_bundle, the service's keys)
-    pv-fetch          patient-view with NO prefetch: the service fetches from the FHIR stub
+    pv-fetch          patient-view with NO prefetch: the service fetches from the FHIR server
     select-prefetch   order-select with full prefetch, the patient's draft orders selected
     select-fetch      order-select with no prefetch
     sign-prefetch     order-sign with full prefetch
     sign-fetch        order-sign with no prefetch
     feedback          POST .../feedback: one distinct item on a card issued earlier in the run
-    pv-412            patient-view whose FHIR server answers 503: the service must answer 412
+    pv-412            patient-view whose FHIR server is down (a loopback port nobody listens on):
+                      the service must answer 412
 
 Every kind expects 200 except pv-412 (412); anything else is an error, as is a feedback answer
 that did not store its item or did not know the card. The run stops after --requests or
@@ -41,7 +43,6 @@ import json
 import os
 import random
 import resource
-import select
 import shutil
 import signal
 import socket
@@ -65,16 +66,15 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere: the project pack
 from cds_service.bundles import request_from_bundle, split_bundle  # noqa: E402
 from cds_service.services import build_services  # noqa: E402
 from cds_service.settings import Settings  # noqa: E402
+from scripts import medplum  # noqa: E402
 
 PATIENTS = ROOT / "fhir_fixtures" / "patients"
-STUB = Path(__file__).resolve().parent / "fhir_stub_server.py"
 DEFAULT_MIX = (
     "pv-prefetch=30,pv-fetch=15,select-prefetch=15,select-fetch=10,"
     "sign-prefetch=10,sign-fetch=5,feedback=12,pv-412=3"
 )
 #: Stands in for the hookInstance in a prepared body; each request gets its own uuid.
 _PLACEHOLDER = b"00000000-0000-4000-8000-00000000cafe"
-_TOKEN = "load-test-token-not-a-secret"  # noqa: S105 - sent to the FHIR test double only
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ KINDS = {
 
 
 # ------------------------------------------------------------------------------------------------
-# Processes: free ports, the server and the stub, memory and CPU from /proc
+# Processes: free ports, the service and the FHIR server, memory and CPU from /proc
 
 
 def free_port() -> int:
@@ -209,17 +209,17 @@ def pid_listening_on(port: int) -> int | None:
     return None
 
 
-def start_stub(page_size: int, patients: Path) -> tuple[subprocess.Popen[str], str]:
-    command = [sys.executable, str(STUB), "--port", "0", "--page-size", str(page_size)]
-    command += ["--patients", str(patients)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)  # noqa: S603 - our own script
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], 30)
-    line = proc.stdout.readline() if ready else ""
-    if not line:
-        proc.kill()
-        raise RuntimeError("the FHIR stub server did not start")
-    return proc, json.loads(line)["base"]
+def start_fhir_server(page_size: int, patients: Path, log_dir: Path) -> medplum.FhirServer:
+    """The Medplum FHIR server with every fixture patient's chart, one tenant per patient."""
+    server = medplum.start("--page-size", str(page_size), log_dir=log_dir)
+    try:
+        for fixture in medplum.fixture_patients(patients):
+            server.load_patient(fixture, patients)
+        server.reset()  # count only the load's requests
+    except BaseException:
+        server.stop()
+        raise
+    return server
 
 
 def start_server(
@@ -294,24 +294,27 @@ def prefetch_keys(url: str) -> dict[str, list[str]]:
         return {s.hook: list(s.prefetch(settings, today)) for s in build_services().values()}
 
 
-def prepare(patients_dir: Path, fhir_base: str, keys: dict[str, list[str]]) -> Prepared:
-    bundles = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(patients_dir.glob("*.json"))]
+def prepare(
+    patients_dir: Path, fhir: medplum.FhirServer, down_base: str, keys: dict[str, list[str]]
+) -> Prepared:
+    """Request bodies per kind. `down_base`: a FHIR base URL where nothing listens (pv-412)."""
+    paths = sorted(patients_dir.glob("*.json"))
+    bundles = [(p.stem, json.loads(p.read_text(encoding="utf-8"))) for p in paths]
     prepared = Prepared()
     for kind in KINDS.values():
         if kind.hook is None:
             continue
         bodies = []
-        for bundle in bundles:
+        for fixture, bundle in bundles:
             if kind.hook != "patient-view" and not split_bundle(bundle)[1]:
                 continue  # order hooks: only the patients with draft orders
             request = request_from_bundle(bundle, kind.hook, keys[kind.hook], user_id="Practitioner/load-1")
             request["hookInstance"] = _PLACEHOLDER.decode()
             if kind.mode != "prefetch":
                 del request["prefetch"]
-                base = fhir_base if kind.mode == "fetch" else fhir_base.replace("/fhir", "/status/503/fhir")
-                request["fhirServer"] = base
+                request["fhirServer"] = fhir.base(fixture) if kind.mode == "fetch" else down_base
                 request["fhirAuthorization"] = {
-                    "access_token": _TOKEN,
+                    "access_token": fhir.token,
                     "token_type": "Bearer",
                     "expires_in": 300,
                     "scope": "patient/*.read",
@@ -547,12 +550,11 @@ def build_report(args: argparse.Namespace, context: dict[str, Any]) -> dict[str,
             "database": context["database"],
             "server_env": context.get("server_env", {}),
         },
-        "fhir_stub": {
-            "base": context["fhir_base"],
+        "fhir_server": {
+            "origin": context["fhir_origin"],
             "page_size": args.fhir_page_size,
-            "requests": context.get("stub_stats"),
-            "note": "test double over fhir_fixtures/patients (scripts/fhir_stub_server.py), "
-            "not a real FHIR server",
+            "answers_by_status": context.get("fhir_stats"),
+            "note": "Medplum FHIR engine (fhir-server/, in memory), one tenant per fixture patient",
         },
         "config": {
             "requests": args.requests,
@@ -644,8 +646,11 @@ def render_table(report: dict[str, Any]) -> str:
         f"{fb['missing'] if fb['missing'] is not None else '-'}, duplicate rows "
         f"{fb['duplicate_rows'] if fb['duplicate_rows'] is not None else '-'}"
     )
-    stub = report["fhir_stub"]
-    lines.append(f"FHIR stub (test double) answers: {stub['requests']}")
+    fhir = report["fhir_server"]
+    lines.append(
+        f"FHIR server (Medplum, page size {fhir['page_size']}) answers by HTTP status: "
+        f"{fhir['answers_by_status']}"
+    )
     if report["server_shutdown"]:
         shutdown = report["server_shutdown"]
         lines.append(
@@ -715,7 +720,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     load.add_argument("--mix", type=parse_mix, default=parse_mix(DEFAULT_MIX), help="kind=weight,...")
     load.add_argument("--seed", type=int, default=4, help="random seed of the traffic (default 4)")
     load.add_argument("--request-timeout", type=float, default=30, help="per request, seconds (30)")
-    load.add_argument("--fhir-page-size", type=int, default=5, help="FHIR stub page size (default 5)")
+    load.add_argument(
+        "--fhir-page-size", type=int, default=5, help="FHIR server page size where a search has no _count (5)"
+    )
     load.add_argument("--patients", type=Path, default=PATIENTS, help="folder of patient Bundles")
     out = parser.add_argument_group("output")
     out.add_argument("--json", help="also write the report as JSON to this file ('-': stdout)")
@@ -751,9 +758,10 @@ async def measured(load: Load, args: argparse.Namespace, root: int | None, sampl
 
 
 def run_once(args: argparse.Namespace, workers: int, log_path: Path | None) -> dict[str, Any] | None:
-    """One complete run (stub, server, warm-up, measured load, shutdown, checks): its report."""
+    """One complete run (FHIR server, service, warm-up, measured load, shutdown, checks): its report."""
     workdir = Path(tempfile.mkdtemp(prefix="als-cds-load-"))
-    stub = server = None
+    fhir: medplum.FhirServer | None = None
+    server = None
     context: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
@@ -762,8 +770,8 @@ def run_once(args: argparse.Namespace, workers: int, log_path: Path | None) -> d
         "workers": workers if args.url is None else None,
     }
     try:
-        stub, fhir_base = start_stub(args.fhir_page_size, args.patients)
-        context["fhir_base"] = fhir_base
+        fhir = start_fhir_server(args.fhir_page_size, args.patients, workdir)
+        context["fhir_origin"] = fhir.origin
         database_url = args.database_url or f"sqlite:///{workdir / 'als-cds.db'}"
         log_path = log_path or workdir / "server.log"
         if args.url is None:
@@ -779,12 +787,15 @@ def run_once(args: argparse.Namespace, workers: int, log_path: Path | None) -> d
                 args.database_url.split("://")[0].split("+")[0] if args.database_url else None
             )
         context["url"] = url
-        prepared = prepare(args.patients, fhir_base, prefetch_keys(url))
+        # Nothing listens here once the probe socket is closed: a FHIR server that is down.
+        down_base = f"http://127.0.0.1:{free_port()}/fhir"
+        prepared = prepare(args.patients, fhir, down_base, prefetch_keys(url))
     except (RuntimeError, OSError, ValueError) as exc:
         print(f"loadtest: cannot start: {exc}", file=sys.stderr)
-        for proc in (server, stub):
-            if proc is not None:
-                stop_process(proc, 10)
+        if server is not None:
+            stop_process(server, 10)
+        if fhir is not None:
+            fhir.stop()
         shutil.rmtree(workdir, ignore_errors=True)
         return None
 
@@ -802,7 +813,7 @@ def run_once(args: argparse.Namespace, workers: int, log_path: Path | None) -> d
 
         def cpu_now() -> tuple[float, float, float]:
             usage = resource.getrusage(resource.RUSAGE_SELF)
-            return cpu_seconds(server_pids), usage.ru_utime + usage.ru_stime, cpu_seconds([stub.pid])
+            return cpu_seconds(server_pids), usage.ru_utime + usage.ru_stime, cpu_seconds([fhir.process.pid])
 
         cpu_before = cpu_now()
         samples: list[list[float]] = []
@@ -820,11 +831,11 @@ def run_once(args: argparse.Namespace, workers: int, log_path: Path | None) -> d
         context["cpu"] = {
             name: round(after - before, 1) if (name != "server" or root) else None
             for name, before, after in zip(
-                ("server", "load_driver", "fhir_stub"), cpu_before, cpu_after, strict=True
+                ("server", "load_driver", "fhir_server"), cpu_before, cpu_after, strict=True
             )
         }
         with contextlib.suppress(httpx.HTTPError, ValueError):
-            context["stub_stats"] = httpx.get(fhir_base.replace("/fhir", "/_stats"), timeout=5).json()
+            context["fhir_stats"] = fhir.stats()["byStatus"]
         if server is not None:
             code = stop_process(server, 45)
             log_text = log_path.read_text(errors="replace")
@@ -837,9 +848,9 @@ def run_once(args: argparse.Namespace, workers: int, log_path: Path | None) -> d
             sent = results.feedback_sent | context["warmup_results"].feedback_sent
             context["feedback_check"] = check_feedback_rows(database_url, sent, acked)
     finally:
-        for proc in (server, stub):
-            if proc is not None:
-                stop_process(proc, 45)
+        if server is not None:
+            stop_process(server, 45)
+        fhir.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     return build_report(args, context)
 

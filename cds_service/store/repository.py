@@ -11,11 +11,12 @@ which is free text a clinician typed) are never logged; log lines carry counts a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -212,9 +213,25 @@ class Store:
         # Same pool, but transactions opened through it are write transactions (SQLite: BEGIN
         # IMMEDIATE). On PostgreSQL the option is inert.
         self._write_engine: Engine = self._engine.execution_options(**{_WRITE_OPTION: True})
+        # SQLite has one writer at a time; a thread that finds the write lock taken sleeps in
+        # SQLite's busy handler, whose back-off grows to 100 ms a try. Under load (dozens of
+        # threads writing issued cards and feedback) that made seconds-long tails. Threads of
+        # this process queue here instead and each write goes straight through; other processes
+        # (workers) still meet the busy timeout, as before.
+        self._sqlite_writer = threading.Lock() if self._engine.dialect.name == "sqlite" else None
 
     def __repr__(self) -> str:
         return f"Store({self._engine.url.render_as_string(hide_password=True)!r})"
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """A write transaction (committed on success, rolled back on an exception)."""
+        if self._sqlite_writer is None:
+            with self._write_engine.begin() as connection:
+                yield connection
+            return
+        with self._sqlite_writer, self._write_engine.begin() as connection:
+            yield connection
 
     @property
     def engine(self) -> Engine:
@@ -256,7 +273,7 @@ class Store:
             rows.setdefault(card.card_uuid, _issued_row(card))
         if not rows:
             return
-        with self._write_engine.begin() as connection:
+        with self._writing() as connection:
             statement = self._insert(connection, issued_cards).on_conflict_do_nothing(
                 index_elements=[issued_cards.c.card_uuid]
             )
@@ -282,7 +299,7 @@ class Store:
             return FeedbackSaveResult(stored=0, duplicates=0, unknown_cards=0)
 
         stored = 0
-        with self._write_engine.begin() as connection:
+        with self._writing() as connection:
             issued = self._issued_for(connection, service_id, {item.card for item in batch.values()})
             statement = (
                 self._insert(connection, feedback)
@@ -318,7 +335,7 @@ class Store:
         """
         expires = _require_aware(expires_at, "expires_at")
         current = _require_aware(now, "now")
-        with self._write_engine.begin() as connection:
+        with self._writing() as connection:
             insert = self._insert(connection, jwt_replay)
             statement = insert.on_conflict_do_update(
                 index_elements=[jwt_replay.c.iss, jwt_replay.c.jti],
@@ -331,7 +348,7 @@ class Store:
     def purge_expired_jtis(self, now: datetime) -> int:
         """Delete replay-cache rows whose token can no longer be accepted; returns how many."""
         current = _require_aware(now, "now")
-        with self._write_engine.begin() as connection:
+        with self._writing() as connection:
             result = connection.execute(delete(jwt_replay).where(jwt_replay.c.expires_at < current))
         return max(result.rowcount or 0, 0)
 

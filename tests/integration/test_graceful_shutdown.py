@@ -3,7 +3,7 @@
 The real server runs as a subprocess (`als-cds serve`, authentication off, its own free port and
 database), as a deployment runs it. While many clients post feedback concurrently, each post a
 distinct item, and one hook call is held in flight inside the server (its FHIR fetches go to the
-FHIR test double in scripts/fhir_stub_server.py on a path that answers 2 s late), the server gets
+real FHIR server, Medplum in fhir-server/, set to answer 2.5 s late), the server gets
 SIGTERM. Then the database is opened and checked against what the clients were told:
 
 * every feedback item answered 200 is stored, none is stored twice, and nothing else is stored;
@@ -19,20 +19,16 @@ Run on SQLite and, where the PostgreSQL fixtures can start a server, on PostgreS
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -41,7 +37,8 @@ from cds_service.bundles import request_from_bundle
 from cds_service.services import build_services
 from cds_service.settings import Settings
 from cds_service.store import Store
-from tests.support import ROOT, patient_bundle
+from tests.integration.conftest import FhirTestServer
+from tests.support import patient_bundle
 
 PATIENT = "als-riluzole-lft-overdue"
 FEEDBACK_CLIENTS = 16
@@ -50,32 +47,18 @@ ACKS_BEFORE_SIGTERM = 50
 SLOW_FHIR_MS = 2500  # within the service's 4 s FHIR budget, far within the 30 s graceful timeout
 
 
-def _load_stub_module() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "fhir_stub_server", ROOT / "scripts" / "fhir_stub_server.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def fhir_stub() -> Iterator[Any]:
-    server = _load_stub_module().make_server()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
 @pytest.fixture
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh database: `sqlite` (a file in tmp_path) or `postgresql` (the conftest fixture)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'als-cds.db'}"
     return request.getfixturevalue("postgres_db_url")
+
+
+async def _first_fhir_request(fhir: FhirTestServer) -> None:
+    """Wait until the FHIR server has received a request (it logs one before delaying it)."""
+    while not await asyncio.to_thread(fhir.requests):  # noqa: ASYNC110 - another process: poll it
+        await asyncio.sleep(0.05)
 
 
 @dataclass
@@ -155,9 +138,8 @@ class Outcome:
     indirect=["database_url"],
 )
 async def test_sigterm_mid_feedback_load_loses_no_acknowledged_write(
-    database_url: str, workers: int, fhir_stub: Any, tmp_path: Path
+    database_url: str, workers: int, fhir: FhirTestServer, tmp_path: Path
 ) -> None:
-    fhir_stub.delayed_request_arrived.clear()
     served = _serve(database_url, tmp_path, workers)
     keys = list(build_services()["als-patient-view"].prefetch(Settings(_env_file=None), date.today()))
     sent: dict[int, tuple[str, str]] = {}  # seq -> (card uuid, outcomeTimestamp)
@@ -175,7 +157,15 @@ async def test_sigterm_mid_feedback_load_loses_no_acknowledged_write(
             # A call that is inside the server when the signal comes: no prefetch, slow FHIR server.
             slow_call = {k: v for k, v in hook.items() if k != "prefetch"}
             slow_call["hookInstance"] = "graceful-shutdown-in-flight"
-            slow_call["fhirServer"] = f"http://127.0.0.1:{fhir_stub.port}/delay/{SLOW_FHIR_MS}/fhir"
+            slow_call["fhirServer"] = fhir.base(PATIENT)
+            slow_call["fhirAuthorization"] = {
+                "access_token": fhir.token,
+                "token_type": "Bearer",
+                "expires_in": 300,
+                "scope": "patient/*.read",
+                "subject": "als-cds",
+            }
+            fhir.configure(delayMs=SLOW_FHIR_MS)
             slow = asyncio.ensure_future(client.post("/cds-services/als-patient-view", json=slow_call))
 
             base = datetime.now(UTC).replace(microsecond=0)
@@ -209,7 +199,7 @@ async def test_sigterm_mid_feedback_load_loses_no_acknowledged_write(
 
             # The signal comes once the slow call is inside the server (its FHIR fetch has reached
             # the double) and the feedback load is in full swing.
-            assert await asyncio.to_thread(fhir_stub.delayed_request_arrived.wait, 30)
+            await asyncio.wait_for(_first_fhir_request(fhir), timeout=30)  # the slow call is in
             await asyncio.wait_for(enough_acknowledged.wait(), timeout=30)
             assert not slow.done(), "the slow hook call must still be in flight at the signal"
             sigterm_at.append(time.monotonic())

@@ -7,6 +7,7 @@ asserted on explicitly.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -658,3 +659,29 @@ async def test_too_many_pages_message_names_no_patient_url_or_token(
     assert "more than 1 pages" in message
     for secret in (PID, TOKEN, "ehr.example.org"):
         assert secret not in message
+
+
+# --------------------------------------------------------------------------------------------
+# Requests in flight
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+async def test_no_more_requests_are_in_flight_than_the_limit_and_the_rest_wait_their_turn(limit: int) -> None:
+    in_flight, peak = 0, 0
+
+    async def slow_patient(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.02)
+        in_flight -= 1
+        return httpx.Response(200, json=patient(request.url.path.rsplit("/", 1)[-1]))
+
+    async with new_http_client(max_connections=limit, timeout_seconds=5) as http:
+        fhir = FhirClient(http, max_pages=5, max_in_flight=limit)
+        with respx.mock() as mock:
+            mock.get(url__regex=rf"^{BASE}/Patient/p\d+$").mock(side_effect=slow_patient)
+            results = await asyncio.gather(*(fhir.get(BASE, f"Patient/p{i}", TOKEN) for i in range(8)))
+
+    assert [r.resources[0]["id"] for r in results] == [f"p{i}" for i in range(8)]
+    assert peak == limit
