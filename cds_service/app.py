@@ -228,14 +228,21 @@ def _add_routes(app: FastAPI) -> None:
         started = time.perf_counter()
         state = _state(request)
         service = _service(state, service_id)
+        issuer = _ehr_issuer(request)
         try:
             outcome = await state.engine.run(service, body)
         except RequestError as exc:
-            _log_call(service, body, started, status=exc.status)
+            _log_call(service, body, started, status=exc.status, issuer=issuer)
             raise
         await _record_issued(state, service, body, outcome.cards, outcome.now)
         _log_call(
-            service, body, started, status=200, cards=outcome.cards, ingest=outcome.record.report.summary()
+            service,
+            body,
+            started,
+            status=200,
+            issuer=issuer,
+            cards=outcome.cards,
+            ingest=outcome.record.report.summary(),
         )
         return CDSResponse(cards=outcome.cards).to_json()
 
@@ -248,6 +255,7 @@ def _add_routes(app: FastAPI) -> None:
             "feedback",
             extra={
                 "service": service.id,
+                "issuer": _ehr_issuer(request),
                 "items": len(body.feedback),
                 "stored": result.stored,
                 "duplicates": result.duplicates,
@@ -298,8 +306,20 @@ async def _record_issued(
         log.error("could not record issued cards", extra={"error_type": type(exc).__name__})
 
 
+def _ehr_issuer(request: Request) -> str | None:
+    """The `iss` of the EHR's verified JWT (None with authentication off): which EHR called."""
+    verified = getattr(request.state, "ehr_client", None)
+    return verified.issuer if verified is not None else None
+
+
 def _log_call(
-    service: ServiceDefinition, body: CDSRequest, started: float, *, status: int, **fields: Any
+    service: ServiceDefinition,
+    body: CDSRequest,
+    started: float,
+    *,
+    status: int,
+    issuer: str | None,
+    **fields: Any,
 ) -> None:
     cards = fields.pop("cards", None) or []
     log.info(
@@ -309,6 +329,7 @@ def _log_call(
             "hook": body.hook,
             "hook_instance": body.hookInstance,
             "status": status,
+            "issuer": issuer,
             "duration_ms": round((time.perf_counter() - started) * 1000, 1),
             "cards": len(cards),
             "rule_ids": [c.source.topic.code for c in cards],

@@ -419,14 +419,22 @@ class Load:
         if cause is not None:
             results.errors[f"{kind.name}: {cause}"] += 1
 
-    async def run(self, requests: int, concurrency: int, max_seconds: float) -> tuple[Results, float, str]:
+    async def run(
+        self, requests: int, concurrency: int, max_seconds: float, ramp_seconds: float = 0.0
+    ) -> tuple[Results, float, str]:
+        """`ramp_seconds`: the clients start one by one over this time. Started all at once, their
+        connections arrive in one burst, and the event loop (uvloop, as asyncio) of whichever
+        uvicorn worker wakes first accepts the whole burst: that worker then serves every
+        keep-alive connection of the run while the others idle (seen: 498 s of CPU against 0.9 s).
+        EHRs open connections over time."""
         results = Results()
         remaining = [requests]
         stopped_by = ["requests"]
         deadline = time.monotonic() + max_seconds
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
-        async def client_loop(client: httpx.AsyncClient) -> None:
+        async def client_loop(client: httpx.AsyncClient, delay: float) -> None:
+            await asyncio.sleep(delay)
             while remaining[0] > 0:
                 if time.monotonic() >= deadline:
                     stopped_by[0] = "max-seconds"
@@ -436,7 +444,8 @@ class Load:
 
         started = time.perf_counter()
         async with httpx.AsyncClient(timeout=self.timeout, limits=limits) as client:
-            tasks = [asyncio.ensure_future(client_loop(client)) for _ in range(concurrency)]
+            step = ramp_seconds / concurrency
+            tasks = [asyncio.ensure_future(client_loop(client, i * step)) for i in range(concurrency)]
             # Each request is bounded by the timeout, so this cannot wait for ever; the extra margin
             # only guards against a bug here.
             done, pending = await asyncio.wait(tasks, timeout=max_seconds + self.timeout + 30)
@@ -516,6 +525,9 @@ def build_report(args: argparse.Namespace, context: dict[str, Any]) -> dict[str,
             "growth_kb": growth,
             "growth_pct": round(100 * growth / before["total_rss_kb"], 2) if before["total_rss_kb"] else None,
             "peak_kb": max([after["total_rss_kb"], *(kb for _, kb in samples)]),
+            # Warm-up effects (caches, allocator arenas) land early; a leak keeps going. What the
+            # second half of the measured run added tells the two apart.
+            "second_half_growth_kb": _second_half_growth(samples, after["total_rss_kb"]),
             "processes_before": before["processes"],
             "processes_after": after["processes"],
             "samples": samples,
@@ -561,6 +573,7 @@ def build_report(args: argparse.Namespace, context: dict[str, Any]) -> dict[str,
             "max_seconds": args.max_seconds,
             "concurrency": args.concurrency,
             "warmup": args.warmup,
+            "ramp_seconds": args.ramp_seconds,
             "mix": context["mix"],
             "seed": args.seed,
             "request_timeout_s": args.request_timeout,
@@ -585,6 +598,15 @@ def build_report(args: argparse.Namespace, context: dict[str, Any]) -> dict[str,
         "server_shutdown": context.get("shutdown"),
         "ok": errors_total == 0 and not check_failed,
     }
+
+
+def _second_half_growth(samples: list[list[float]], after_kb: int) -> int | None:
+    """RSS after the run minus the first sample taken in its second half (None: too few samples)."""
+    if len(samples) < 4:
+        return None
+    halfway = samples[-1][0] / 2
+    middle = next(kb for t, kb in samples if t >= halfway)
+    return int(after_kb - middle)
 
 
 def _mb(kb: float | None) -> str:
@@ -623,6 +645,11 @@ def render_table(report: dict[str, Any]) -> str:
             f"memory (RSS of the server and its workers): before {_mb(memory['before_kb'])}, "
             f"after {_mb(memory['after_kb'])}, growth {memory['growth_kb'] / 1024:+.1f} MB "
             f"({memory['growth_pct']:+.1f}%), peak {_mb(memory['peak_kb'])}"
+        )
+        late = memory["second_half_growth_kb"]
+        lines.append(
+            "  growth in the second half of the run: "
+            + ("n/a (too few samples)" if late is None else f"{late / 1024:+.1f} MB")
         )
         after = {p["pid"]: p for p in memory["processes_after"]}
         for proc in memory["processes_before"]:
@@ -717,6 +744,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     load.add_argument("--max-seconds", type=float, default=300, help="measured phase time cap (default 300)")
     load.add_argument("--concurrency", type=int, default=32, help="concurrent clients (default 32)")
     load.add_argument("--warmup", type=int, default=300, help="requests before the measured phase (300)")
+    load.add_argument(
+        "--ramp-seconds",
+        type=float,
+        default=2.0,
+        help="the clients start one by one over this time, so that their connections spread over "
+        "the workers (default 2; 0: all at once)",
+    )
     load.add_argument("--mix", type=parse_mix, default=parse_mix(DEFAULT_MIX), help="kind=weight,...")
     load.add_argument("--seed", type=int, default=4, help="random seed of the traffic (default 4)")
     load.add_argument("--request-timeout", type=float, default=30, help="per request, seconds (30)")
@@ -728,8 +762,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     out.add_argument("--json", help="also write the report as JSON to this file ('-': stdout)")
     out.add_argument("--sample-seconds", type=float, default=2.0, help="memory sampling interval")
     args = parser.parse_args(argv)
-    if min(args.requests, args.concurrency) < 1 or args.max_seconds <= 0 or args.warmup < 0:
-        parser.error("--requests and --concurrency must be >= 1, --max-seconds > 0, --warmup >= 0")
+    if (
+        min(args.requests, args.concurrency) < 1
+        or args.max_seconds <= 0
+        or args.warmup < 0
+        or args.ramp_seconds < 0
+    ):
+        parser.error(
+            "--requests and --concurrency must be >= 1, --max-seconds > 0, --warmup and --ramp-seconds >= 0"
+        )
     if any("=" not in item or not item.startswith("ALS_CDS_") for item in args.server_env):
         parser.error("--server-env takes ALS_CDS_NAME=VALUE")
     if args.url and len(args.workers) > 1:
@@ -750,7 +791,7 @@ async def sample_memory(root: int | None, every: float, samples: list[list[float
 async def measured(load: Load, args: argparse.Namespace, root: int | None, samples: list) -> tuple:
     sampler = asyncio.ensure_future(sample_memory(root, args.sample_seconds, samples, time.perf_counter()))
     try:
-        return await load.run(args.requests, args.concurrency, args.max_seconds)
+        return await load.run(args.requests, args.concurrency, args.max_seconds, args.ramp_seconds)
     finally:
         sampler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -803,7 +844,7 @@ def run_once(args: argparse.Namespace, workers: int, log_path: Path | None) -> d
         load = Load(url, prepared, args.mix, args.seed, args.request_timeout)
         if args.warmup:
             context["warmup_results"], _, _ = asyncio.run(
-                load.run(args.warmup, args.concurrency, min(args.max_seconds, 120))
+                load.run(args.warmup, args.concurrency, min(args.max_seconds, 120), args.ramp_seconds)
             )
         else:
             context["warmup_results"] = Results()

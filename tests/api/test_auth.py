@@ -349,6 +349,16 @@ def test_the_log_of_a_refusal_names_the_token_without_quoting_it(
         assert segment not in auth_log.text
 
 
+def test_the_call_and_feedback_log_lines_name_the_ehr_that_called(
+    client: TestClient, auth_log: pytest.LogCaptureFixture
+) -> None:
+    assert client.post(SERVICE, json=REQUEST, headers=bearer(token())).status_code == 200
+    assert client.post(FEEDBACK, json=FEEDBACK_BODY, headers=bearer(token(FEEDBACK))).status_code == 200
+    by_event = {r.getMessage(): r for r in auth_log.records if r.getMessage() in ("hook call", "feedback")}
+    assert by_event["hook call"].issuer == EHR
+    assert by_event["feedback"].issuer == EHR
+
+
 def test_a_successful_call_logs_no_token_either(
     client: TestClient, auth_log: pytest.LogCaptureFixture
 ) -> None:

@@ -94,7 +94,15 @@ def assert_complete_report(report: dict[str, Any], workers: int) -> None:
 
     memory = report["memory"]
     assert memory["available"] is True
-    for field in ("before_kb", "after_kb", "growth_kb", "growth_pct", "peak_kb", "samples"):
+    for field in (
+        "before_kb",
+        "after_kb",
+        "growth_kb",
+        "growth_pct",
+        "peak_kb",
+        "second_half_growth_kb",
+        "samples",
+    ):
         assert field in memory
     assert memory["growth_kb"] == memory["after_kb"] - memory["before_kb"]
     assert memory["before_kb"] > 0 and memory["samples"]

@@ -30,6 +30,21 @@ def test_every_setting_is_documented_in_the_readme() -> None:
         assert f"`ALS_CDS_{name.upper()}`" in README, name
 
 
+def test_every_relative_link_in_the_readme_and_the_docs_leads_to_a_file() -> None:
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "fhir-server" / "README.md"]
+    broken = []
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue  # a URL or an anchor in the same page
+            if not (page.parent / target.split("#")[0]).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert broken == []
+    for doc in ("docs/integration.md", "docs/deployment.md", "docs/performance.md"):
+        assert f"]({doc})" in README, f"the README links {doc}"
+
+
 def test_readme_test_command_is_what_ci_runs() -> None:
     test_command = bash_blocks()[2]
     assert test_command in (ROOT / ".ci" / "run").read_text()
