@@ -91,7 +91,7 @@ class Engine:
     clock: Clock
     # The templates depend only on the service, the settings and the day; computing them is a
     # millisecond of value-set merging that every call would otherwise repeat. Holds one day.
-    _templates: dict[tuple[str, date], dict[str, str]] = field(default_factory=dict, repr=False)
+    _templates: dict[tuple[str, date], dict[str, str]] = field(default_factory=dict, init=False, repr=False)
 
     @cached_property
     def rule_config(self) -> RuleConfig:

@@ -15,6 +15,7 @@ Time limits are the caller's: `prefetch.py` runs all fetches of one hook call un
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -75,7 +76,9 @@ class FhirClient:
         """
         self._http = http
         self._max_pages = max_pages
-        self._slots = asyncio.Semaphore(max_in_flight) if max_in_flight else None
+        self._slots: contextlib.AbstractAsyncContextManager[Any] = (
+            asyncio.Semaphore(max_in_flight) if max_in_flight else contextlib.nullcontext()
+        )
 
     async def get(self, base_url: str, relative_url: str, token: str | None) -> FetchResult:
         """Run a read (`Patient/123`) or a search (`Observation?...`) and collect every page."""
@@ -122,11 +125,8 @@ class FhirClient:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         try:
-            if self._slots is None:
+            async with self._slots:
                 response = await self._http.get(url, headers=headers)
-            else:
-                async with self._slots:
-                    response = await self._http.get(url, headers=headers)
         except httpx.TimeoutException as exc:
             raise FhirFetchError("FHIR server timed out", issue_code="timeout") from exc
         except httpx.HTTPError as exc:

@@ -226,11 +226,7 @@ class Store:
     @contextlib.contextmanager
     def _writing(self) -> Iterator[Connection]:
         """A write transaction (committed on success, rolled back on an exception)."""
-        if self._sqlite_writer is None:
-            with self._write_engine.begin() as connection:
-                yield connection
-            return
-        with self._sqlite_writer, self._write_engine.begin() as connection:
+        with self._sqlite_writer or contextlib.nullcontext(), self._write_engine.begin() as connection:
             yield connection
 
     @property

@@ -198,7 +198,7 @@ async def test_sigterm_mid_feedback_load_loses_no_acknowledged_write(
             posters = [asyncio.ensure_future(post_feedback(n)) for n in range(FEEDBACK_CLIENTS)]
 
             # The signal comes once the slow call is inside the server (its FHIR fetch has reached
-            # the double) and the feedback load is in full swing.
+            # the FHIR server) and the feedback load is in full swing.
             await asyncio.wait_for(_first_fhir_request(fhir), timeout=30)  # the slow call is in
             await asyncio.wait_for(enough_acknowledged.wait(), timeout=30)
             assert not slow.done(), "the slow hook call must still be in flight at the signal"
