@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from functools import cached_property
 from typing import Any
 
@@ -25,7 +25,8 @@ from cds_service import cards as card_rendering
 from cds_service import prefetch
 from cds_service.fhir_client import FhirClient
 from cds_service.hooks import HOOK_CONTEXTS, Card, CDSRequest, OrderSelectContext, OrderSignContext
-from cds_service.record import PatientRecord, build_record
+from cds_service.reader import ReadOptions, build_record
+from cds_service.record import PatientRecord
 from cds_service.rules import RuleConfig, evaluate
 from cds_service.services import ServiceDefinition
 from cds_service.settings import Settings
@@ -97,6 +98,12 @@ class Engine:
     def rule_config(self) -> RuleConfig:
         return RuleConfig.from_settings(self.settings)
 
+    @cached_property
+    def read_options(self) -> ReadOptions:
+        return ReadOptions(
+            site_tz=self.settings.site_tz, clock_skew=timedelta(seconds=self.settings.clock_skew_seconds)
+        )
+
     def prefetch_templates(self, service: ServiceDefinition, today: date) -> dict[str, str]:
         key = (service.id, today)
         if key not in self._templates:
@@ -144,6 +151,7 @@ class Engine:
             interest=service.interest,
             draft_orders=context.draftOrders.model_dump() if isinstance(context, OrderSignContext) else None,
             selections=context.selections if isinstance(context, OrderSelectContext) else (),
+            options=self.read_options,
         )
         findings = evaluate(service.rules, record, self.rule_config)
         cards = card_rendering.render_all(findings, self.catalogue, self.settings.profile)

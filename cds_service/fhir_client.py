@@ -24,7 +24,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from cds_service.record import resources_from_bundle
+from cds_service.reader import resources_from_bundle
 
 FHIR_JSON = "application/fhir+json"
 

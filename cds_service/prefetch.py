@@ -36,7 +36,8 @@ from urllib.parse import quote
 
 from cds_service.fhir_client import FetchResult, FhirClient, FhirFetchError, operation_outcome_is_error
 from cds_service.hooks import PREFETCH_CONTEXT_TOKENS, USER_TOKENS, CDSRequest
-from cds_service.record import Interest, resources_from_bundle
+from cds_service.reader import resources_from_bundle
+from cds_service.record import Interest
 from cds_service.settings import Settings
 from cds_service.terminology import ValueSet
 

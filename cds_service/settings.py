@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -161,6 +162,21 @@ class Settings(BaseSettings):
         description="Respiratory assessment interval: NICE NG42 1.14.10 / QS126 'every 2 to 3 months'.",
     )
 
+    # -- reading the EHR's data -----------------------------------------------------------------------
+    site_timezone: str = Field(
+        "UTC",
+        description="IANA time zone (e.g. `Europe/London`) in which a dateTime sent without a zone "
+        "is read, and in which dates on cards are shown. Real feeds often omit the zone.",
+    )
+    clock_skew_seconds: int = Field(
+        7200,
+        ge=0,
+        le=86_400,
+        description="How far in the future a result's time may lie and still be trusted (a lab clock "
+        "writing local time as UTC is an hour or two ahead in Europe). Beyond it the time is unknown: "
+        "such a result cannot show that a test is up to date.",
+    )
+
     # -- talking to the EHR's FHIR server --------------------------------------------------------
     fhir_budget_seconds: float = Field(
         4.0,
@@ -232,6 +248,15 @@ class Settings(BaseSettings):
         3600, ge=60, le=86_400, description="How long a fetched JWK Set is used before it is fetched again."
     )
 
+    @field_validator("site_timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {value!r}; e.g. 'Europe/London' or 'UTC'") from None
+        return value
+
     @field_validator("cors_origins", "mdt_encounter_codes", "jwt_algorithms", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
@@ -270,6 +295,10 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
             raise ValueError(f"public_base_url must be an http(s) URL, no query or fragment: {value!r}")
         return value.strip().rstrip("/")
+
+    @property
+    def site_tz(self) -> ZoneInfo:
+        return ZoneInfo(self.site_timezone)
 
     @property
     def encounter_lookback_days(self) -> int:

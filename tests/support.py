@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from cds_service.prefetch import TYPE_BY_KEY
-from cds_service.record import Interest, PatientRecord, build_record, resources_from_bundle
+from cds_service.reader import build_record, resources_from_bundle
+from cds_service.record import Interest, PatientRecord
 from cds_service.services import build_services
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -148,7 +148,7 @@ MDT_REVIEW_OVERDUE = Rule(
 
 def _positive(obs: ObservationFact) -> bool:
     """A 'yes' answer: valueBoolean true, or a coded yes (LOINC LA33-6, SNOMED CT 373066001)."""
-    if getattr(obs.resource, "valueBoolean", None) is True:
+    if obs.value_boolean is True:
         return True
     return ANSWER_YES.match(obs.value_concept) is not None
 

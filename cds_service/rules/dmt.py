@@ -34,6 +34,7 @@ SNOMED CT code for SOD1-ALS was found:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -43,6 +44,7 @@ from cds_service import terminology
 from cds_service.record import (
     DraftOrder,
     Interest,
+    MedicationFact,
     MedicationMatch,
     ObservationFact,
     PatientRecord,
@@ -152,8 +154,8 @@ def edaravone_sulfite_allergy(record: PatientRecord, config: RuleConfig) -> list
     for allergy in allergies:
         found = allergy.match(SULFITE_ALLERGY)
         how = found.describe() if found else "sulfite"
-        criticality = getattr(allergy.resource, "criticality", None) or "criticality not recorded"
-        verification = _first_code(getattr(allergy.resource, "verificationStatus", None))
+        criticality = allergy.criticality or "criticality not recorded"
+        verification = allergy.verification_status
         allergy_lines.append(
             f"Recorded allergy/intolerance: {allergy.concept.label} "
             f"({allergy.status or 'status not recorded'}, {verification or 'verification not recorded'}, "
@@ -172,11 +174,6 @@ def edaravone_sulfite_allergy(record: PatientRecord, config: RuleConfig) -> list
             )
         )
     return findings
-
-
-def _first_code(concept: Any) -> str | None:
-    codings = getattr(concept, "coding", None) or []
-    return codings[0].code if codings else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,15 +225,13 @@ def dose_in_mg(dose: Quantity | None, form: Form | None) -> Decimal | None:
     return None
 
 
-def _infusion_minutes(resource: Any) -> tuple[bool, Decimal | None]:
+def _infusion_minutes(med: MedicationFact) -> tuple[bool, Decimal | None]:
     """(given, minutes): the infusion duration of the first dosage, when stated and readable."""
-    instructions = getattr(resource, "dosageInstruction", None) or []
-    timing = instructions[0].timing if instructions else None
-    repeat = timing.repeat if timing is not None else None
-    if repeat is None or repeat.duration is None:
+    dosage = med.dosage
+    if dosage is None or dosage.duration is None:
         return False, None
-    factor = {"s": Decimal(1) / 60, "min": Decimal(1), "h": Decimal(60)}.get(repeat.durationUnit or "")
-    return True, (Decimal(str(repeat.duration)) * factor) if factor is not None else None
+    factor = {"s": Decimal(1) / 60, "min": Decimal(1), "h": Decimal(60)}.get(dosage.duration_unit or "")
+    return True, (dosage.duration * factor) if factor is not None else None
 
 
 def _number(value: Decimal) -> str:
@@ -297,7 +292,7 @@ def _check_regimen(order: DraftOrder) -> _RegimenCheck:
         if per_day != DOSES_PER_DOSING_DAY:
             problems.append(f"{_number(per_day)} doses a day instead of one")
     if form == "iv" and med is not None:
-        given, minutes = _infusion_minutes(med.resource)
+        given, minutes = _infusion_minutes(med)
         if given and minutes is None:
             unreadable.append("the infusion duration's unit cannot be read")
         elif minutes is not None:
@@ -311,7 +306,7 @@ def _check_regimen(order: DraftOrder) -> _RegimenCheck:
 
 def _corrected_order(order: DraftOrder, form: Form) -> dict[str, Any]:
     """The draft with the label dose (the rest of the order unchanged)."""
-    resource = order.resource.model_dump(mode="json", exclude_none=True)
+    resource = copy.deepcopy(dict(order.resource))
     if order.id and "id" not in resource:
         resource["id"] = order.id
     value = IV_DOSE_MG if form == "iv" else ORS_DOSE_MG
@@ -394,9 +389,8 @@ def _names(concepts: Iterable[Concept]) -> str:
     return ", ".join(dict.fromkeys(c.label for c in concepts if c.codes or c.text))
 
 
-def _string_values(element: Any) -> Iterator[Concept]:
-    text = getattr(element, "valueString", None)
-    if isinstance(text, str) and text.strip():
+def _string_values(text: str | None) -> Iterator[Concept]:
+    if text and text.strip():
         yield Concept(text=text)
 
 
@@ -405,24 +399,22 @@ def _genes_and_answers(obs: ObservationFact) -> tuple[list[Concept], list[Concep
     genes: list[Concept] = []
     answers: list[Concept] = []
     hgvs = False
-    model = obs.resource
     if GENE_STUDIED.match(obs.concept):
         genes.append(obs.value_concept)
-        genes.extend(_string_values(model))
+        genes.extend(_string_values(obs.value_string))
     else:
         answers.append(obs.value_concept)
-        answers.extend(_string_values(model))
-    for index, (code, _quantity, value) in enumerate(obs.components):
-        raw = (model.component or [])[index]
-        values = [value, *_string_values(raw)]
+        answers.extend(_string_values(obs.value_string))
+    for component in obs.components:
+        code = component.concept
+        values = [component.value_concept, *_string_values(component.value_string)]
         if GENE_STUDIED.match(code):
             genes.extend(values)
         elif VARIANT_HGVS.match(code):
             hgvs = hgvs or any(v.codes or v.text for v in values)
         else:
             answers.extend(values)
-    for interpretation in getattr(model, "interpretation", None) or []:
-        answers.append(Concept.from_json(interpretation.model_dump(mode="json", exclude_none=True)))
+    answers.extend(obs.interpretation)
     return [g for g in genes if g.codes or g.text], [a for a in answers if a.codes or a.text], hgvs
 
 
@@ -482,8 +474,8 @@ def classify_sod1(obs: ObservationFact) -> Sod1Result | None:
 def sod1_results(record: PatientRecord) -> list[Sod1Result]:
     results = []
     for obs in record.observations:
-        if obs.effective is not None and obs.effective > record.now:
-            continue  # a result from the future is a data error, not a result
+        if "effective" in obs.unreadable:
+            continue  # a date from the future (or no date at all) is a data error, not a result
         result = classify_sod1(obs)
         if result is not None:
             results.append(result)

@@ -14,6 +14,7 @@ and are not stated.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -79,13 +80,12 @@ def _temperature_items(record: PatientRecord) -> list[Contraindication]:
     ]
 
 
-def _surgical_category(category: Any) -> Match | None:
-    """R4 Procedure.category (one CodeableConcept; a list in later versions) in the surgical set."""
-    for item in category if isinstance(category, list) else [category]:
-        if item is not None:
-            found = SURGICAL.match(Concept.from_json(item.model_dump(mode="json", exclude_none=True)))
-            if found is not None:
-                return found
+def _surgical_category(categories: tuple[Concept, ...]) -> Match | None:
+    """Procedure.category (one CodeableConcept in R4, a list in later versions) in the surgical set."""
+    for concept in categories:
+        found = SURGICAL.match(concept)
+        if found is not None:
+            return found
     return None
 
 
@@ -96,7 +96,7 @@ def _surgery_items(record: PatientRecord) -> list[Contraindication]:
         if proc.status != "completed" or proc.when is None or proc.when > record.now:
             continue
         by_code = proc.match(SURGICAL)
-        by_category = None if by_code else _surgical_category(getattr(proc.resource, "category", None))
+        by_category = None if by_code else _surgical_category(proc.categories)
         if by_code is not None:
             how = f"procedure {by_code.describe()}"
         elif by_category is not None:
@@ -136,7 +136,7 @@ def _orders(record: PatientRecord, *valuesets: terminology.ValueSet) -> list[tup
 
 def _as_json(order: DraftOrder) -> dict[str, Any]:
     """The draft order as JSON, for an update suggestion (the card file adds its note)."""
-    return order.resource.model_dump(mode="json", exclude_none=True)
+    return copy.deepcopy(dict(order.resource))
 
 
 def _order_kind(match: Match, order: DraftOrder) -> str:

@@ -108,8 +108,9 @@ def _code_of(obs: ObservationFact, valueset: ValueSet) -> str:
 
 
 def _component(obs: ObservationFact, valueset: ValueSet, unit: str) -> tuple[Quantity, Decimal] | None:
-    for concept, quantity, _ in obs.components:
-        if quantity is not None and valueset.match(concept) is not None:
+    for component in obs.components:
+        quantity = component.value
+        if quantity is not None and quantity.exact and valueset.match(component.concept) is not None:
             value = units.convert(quantity, unit)
             if value is not None:
                 return quantity, value
@@ -295,8 +296,9 @@ def assessment_due(record: PatientRecord, config: RuleConfig) -> list[Finding]:
 
 
 def _on_supplemental_oxygen(obs: ObservationFact) -> Quantity | None:
-    for concept, quantity, _ in obs.components:
-        if quantity is not None and INHALED_O2_FLOW.match(concept) is not None and quantity.value > 0:
+    for component in obs.components:
+        quantity = component.value
+        if quantity is not None and quantity.value > 0 and INHALED_O2_FLOW.match(component.concept):
             return quantity
     return None
 

@@ -13,6 +13,7 @@ dysfunction, e.g. elevated bilirubin), NICE TA20 (via NG42 1.5.12) and AAN 2009 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
@@ -28,7 +29,6 @@ from cds_service.record import (
     ObservationFact,
     PatientRecord,
     Quantity,
-    to_instant,
 )
 from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
 from cds_service.rules.evidence import day, patient_reference
@@ -95,6 +95,9 @@ def lft_due(record: PatientRecord, config: RuleConfig) -> list[Finding]:
         age = (record.now - latest.effective).days
         evidence.append(f"Latest ALT: {value} on {last_text} ({age} days ago).")
     evidence.append(f"Schedule at this stage: at least every {window} days.")
+    unread = record.unread_note(ALT, "ALT")
+    if unread is not None:
+        evidence.append(unread)
     return [
         Finding(
             rule_id="riluzole-lft-due",
@@ -331,7 +334,7 @@ def _other_contraindications(record: PatientRecord) -> list[str]:
     feeding = record.latest_observation(BREASTFEEDING_STATUS)
     if feeding is not None and (
         CURRENTLY_BREASTFEEDING.match(feeding.value_concept) is not None
-        or getattr(feeding.resource, "valueBoolean", None) is True
+        or feeding.value_boolean is True
     ):
         lines.append(f"Breastfeeding status on {day(feeding.effective)}: currently breastfeeding.")
     for allergy in record.allergies_in(RILUZOLE):
@@ -354,25 +357,19 @@ def _earlier_courses(record: PatientRecord) -> list[str]:
         line = f"Riluzole was {verb} {when}"
         if started is not None:
             line += f"; that course started {day(started)}"
-        reason = getattr(med.fact.resource, "statusReason", None)
+        reason = med.fact.status_reason
         if reason is not None:
-            label = terminology.Concept.from_json(reason.model_dump(mode="json", exclude_none=True)).label
-            line += f"; reason recorded: {label}"
+            line += f"; reason recorded: {reason.label}"
         lines.append(line + ". An earlier course is not a contraindication by itself: check why it ended.")
     return lines
 
 
 def _end_of(med: MedicationFact) -> datetime | None:
-    dispense = getattr(med.resource, "dispenseRequest", None)
-    period = getattr(dispense, "validityPeriod", None) if dispense else None
-    end = to_instant(getattr(period, "end", None)) if period else None
-    if end is not None:
-        return end
-    for dosage in getattr(med.resource, "dosageInstruction", None) or []:
-        repeat = dosage.timing.repeat if dosage.timing is not None else None
-        bounds = getattr(repeat, "boundsPeriod", None) if repeat is not None else None
-        if bounds is not None and bounds.end is not None:
-            return to_instant(bounds.end)
+    if med.validity_end is not None:
+        return med.validity_end
+    for dosage in med.dosages:
+        if dosage.bounds_end is not None:
+            return dosage.bounds_end
     return None
 
 
@@ -915,7 +912,7 @@ def order_dose(record: PatientRecord, config: RuleConfig) -> list[Finding]:
         evidence.append(f"Licensed dose: {standard} (100 mg a day).")
         bindings: dict[str, Any] = {}
         if order.id:
-            updated = order.resource.model_dump(mode="json", exclude_none=True)
+            updated = copy.deepcopy(dict(order.resource))
             updated["id"] = order.id
             instructions = updated.get("dosageInstruction") or [{}]
             updated["dosageInstruction"] = [_standard_dosage(instructions[0], suspension)]

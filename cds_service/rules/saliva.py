@@ -128,11 +128,7 @@ def _reason_is_saliva(fact: MedicationFact | None) -> bool:
     """Whether the request's reasonCode names drooling / excess salivation (a coded reason only)."""
     if fact is None:
         return False
-    for reason in getattr(fact.resource, "reasonCode", None) or ():
-        concept = Concept.from_json(reason.model_dump(mode="json", exclude_none=True))
-        if SIALORRHOEA.match(concept) is not None:
-            return True
-    return False
+    return any(SIALORRHOEA.match(concept) is not None for concept in fact.reasons)
 
 
 def sialorrhoea_treatment(record: PatientRecord, config: RuleConfig) -> list[Finding]:

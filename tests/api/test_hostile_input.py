@@ -313,7 +313,7 @@ def test_nan_where_a_string_is_expected_is_400_naming_the_field(api: TestClient)
 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999", "-1e999"])
-def test_non_finite_values_in_prefetch_skip_the_resource_and_the_answer_is_strict_json(
+def test_non_finite_values_in_prefetch_cost_the_value_only_and_the_answer_is_strict_json(
     api: TestClient, literal: str
 ) -> None:
     request = quickstart()
@@ -326,7 +326,9 @@ def test_non_finite_values_in_prefetch_skip_the_resource_and_the_answer_is_stric
     CDSResponse.model_validate(body)
     first = body["cards"][0]
     assert first["source"]["topic"]["code"] == "riluzole-lft-due"
-    assert "none in the data received" in first["summary"]  # a result without a usable value is no result
+    # The results were taken (their dates count), their values are unknown, and the card says so.
+    assert "last: 2025-01-10" in first["summary"]
+    assert "could not be read" in first["detail"]
 
 
 def test_an_integer_too_long_for_python_is_400(api: TestClient) -> None:

@@ -25,7 +25,7 @@ from fastapi.testclient import TestClient
 
 from cds_service import terminology
 from cds_service.bundles import request_from_bundle
-from cds_service.record import resources_from_bundle
+from cds_service.reader import resources_from_bundle
 from cds_service.services import build_services
 from cds_service.settings import Settings
 from tests.support import NOW, SYNTHEA, load_json

@@ -50,7 +50,8 @@ from cds_service import cards as card_rendering
 from cds_service.app import create_app
 from cds_service.engine import validation_issues
 from cds_service.hooks import HOOK_CONTEXTS, CDSRequest, CDSResponse, FeedbackRequest
-from cds_service.record import DRAFT_ORDER_TYPES, Interest, PatientRecord, build_record, resources_from_bundle
+from cds_service.reader import build_record, resources_from_bundle
+from cds_service.record import DRAFT_ORDER_TYPES, Interest, PatientFact, PatientRecord
 from cds_service.rules import RuleConfig, als
 from cds_service.services import build_services
 from cds_service.settings import Settings
@@ -438,9 +439,7 @@ def _check_facts(record: PatientRecord) -> None:
         assert isinstance(med.status, str) and med.status and isinstance(med.intent, str) and med.intent
     for allergy in record.allergies:
         assert allergy.status not in ("inactive", "resolved")
-        verification = allergy.resource.verificationStatus
-        if verification is not None and verification.coding:
-            assert verification.coding[0].code not in ("entered-in-error", "refuted")
+        assert allergy.verification_status not in ("entered-in-error", "refuted")
     for name, allowed in _FACT_STATUSES.items():
         assert {fact.status for fact in getattr(record, name)} <= allowed, name
     assert all(d.resource_type in DRAFT_ORDER_TYPES for d in record.draft_orders)
@@ -454,7 +453,7 @@ def _check_facts(record: PatientRecord) -> None:
     ]
     assert all(i is None or i.tzinfo is not None for i in instants)
     if record.patient is not None:
-        assert record.patient.get_resource_type() == "Patient"
+        assert isinstance(record.patient, PatientFact)
 
 
 def _is_unicode(value: Any) -> bool:
@@ -494,10 +493,9 @@ def test_build_record_never_raises_and_accounts_for_every_resource(
     report = record.report
     accounted = sum(
         sum(counter.values())
-        for counter in (report.parsed, report.not_relevant, report.skipped_invalid, report.other_patient)
+        for counter in (report.read, report.not_relevant, report.unreadable, report.other_patient)
     )
     assert accounted == _expected_count(resources), report.summary()
-    assert all(report.repaired[t] <= report.parsed[t] for t in report.repaired)
     json.dumps(report.summary(), allow_nan=False)
     _check_facts(record)
     _run_rules(record, resources)

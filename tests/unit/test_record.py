@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import json
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from cds_service import terminology
-from cds_service.record import Interest, build_record, resources_from_bundle, to_instant
+from cds_service.reader import build_record, resources_from_bundle, to_instant
+from cds_service.record import Interest
 from tests.support import NOW, SYNTHEA, load_json, patient_resources, record_from, service_interest
 
 ALT = terminology.load("alt")
@@ -42,23 +43,24 @@ def synthea_patient_id(resources: list[dict[str, Any]]) -> str:
     return next(r["id"] for r in resources if r["resourceType"] == "Patient")
 
 
-# -- R4 payloads parse with the R4B models --------------------------------------------------
+# -- real R4 charts ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("chart", synthea_charts()[:6], ids=lambda p: p.name.split("_")[0])
-def test_real_r4_charts_parse_without_a_single_skipped_resource(chart: Path) -> None:
+def test_real_r4_charts_are_read_without_a_single_dropped_field(chart: Path) -> None:
     resources = [dict(r) for r in resources_from_bundle(load_json(chart))]
     record = build_record(
         patient_id=synthea_patient_id(resources), now=NOW, resources=resources, interest=EVERYTHING
     )
-    assert record.report.skipped_invalid == Counter()
+    assert record.report.dropped == Counter()
+    assert record.report.unreadable == Counter()
     expected = Counter(r["resourceType"] for r in resources if r["resourceType"] in EVERYTHING.by_type)
     for rtype, count in expected.items():
-        assert record.report.parsed[rtype] == count, rtype
+        assert record.report.read[rtype] == count, rtype
     assert record.patient is not None
 
 
-def test_large_chart_is_filtered_on_raw_json_before_model_parsing() -> None:
+def test_large_chart_is_filtered_on_its_codes_before_fields_are_read() -> None:
     chart = max(synthea_charts(), key=lambda p: p.stat().st_size)
     resources = [dict(r) for r in resources_from_bundle(load_json(chart))]
     observations = [r for r in resources if r["resourceType"] == "Observation"]
@@ -72,18 +74,18 @@ def test_large_chart_is_filtered_on_raw_json_before_model_parsing() -> None:
     assert len(observations) > 200
     assert len(relevant) < len(observations) / 2
     record = record_from(resources, patient_id=synthea_patient_id(resources), interest=interest)
-    # Only observations some rule reads were model-parsed; the rest was looked at as raw JSON only.
-    assert record.report.parsed["Observation"] == len(relevant)
+    # Only observations some rule reads were read field by field; for the rest, only the code.
+    assert record.report.read["Observation"] == len(relevant)
     assert record.report.not_relevant["Observation"] == len(observations) - len(relevant)
-    # Types no rule reads (claims, immunizations, ...) are not parsed at all.
-    assert record.report.parsed["ExplanationOfBenefit"] == 0
+    # Types no rule reads (claims, immunizations, ...) are not read at all.
+    assert record.report.read["ExplanationOfBenefit"] == 0
     assert record.report.not_relevant["Claim"] > 0
 
 
 # -- resources that cannot be read ----------------------------------------------------------
 
 
-def test_malformed_resource_is_skipped_counted_and_the_rest_is_kept(caplog: pytest.LogCaptureFixture) -> None:
+def test_an_unreadable_value_costs_that_field_only_and_is_counted_without_its_content() -> None:
     resources = patient_resources("als-riluzole-lft-overdue")
     broken = {
         "resourceType": "Observation",
@@ -91,18 +93,22 @@ def test_malformed_resource_is_skipped_counted_and_the_rest_is_kept(caplog: pyte
         "status": "final",
         "code": {"coding": [{"system": "http://loinc.org", "code": "1742-6"}]},
         "subject": {"reference": "Patient/als-riluzole-lft-overdue"},
-        "valueQuantity": {"value": "SECRET-PHI-VALUE-42"},
+        "effectiveDateTime": "2026-11-20T08:00:00Z",
+        "valueQuantity": {"value": "SECRET-PHI-VALUE-42", "unit": "U/L"},
     }
-    with caplog.at_level(logging.DEBUG, logger="cds_service"):
-        record = record_from([*resources, broken], patient_id="als-riluzole-lft-overdue")
-    assert record.report.skipped_invalid == Counter({"Observation": 1})
-    assert len(record.observations_in(ALT)) == 5
-    logged = " ".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
-    assert "SECRET-PHI-VALUE-42" not in logged
-    assert "valueQuantity.value" in logged  # the log says where, not what
+    record = record_from([*resources, broken], patient_id="als-riluzole-lft-overdue")
+    assert record.report.dropped == Counter({"Observation.valueQuantity.value: not a number": 1})
+    # The result is still there: the test was done on that day, its value is unknown (never normal).
+    [kept] = [o for o in record.observations_in(ALT) if o.id == "broken"]
+    assert kept.value is None and "value" in kept.unreadable
+    assert record.unreadable_observations(ALT) == [kept]
+    assert len(record.observations_in(ALT)) == 6
+    summary = json.dumps(record.report.summary())
+    assert "SECRET-PHI-VALUE-42" not in summary
+    assert "valueQuantity.value" in summary  # the report says where, not what
 
 
-def test_epic_long_id_and_unknown_elements_are_repaired_not_dropped() -> None:
+def test_epic_long_ids_and_unknown_elements_cost_nothing() -> None:
     long_id = "eAB3mDIBBcyUKviyzrxsnAw3" * 4 + "_x"
     condition = {
         "resourceType": "Condition",
@@ -113,7 +119,7 @@ def test_epic_long_id_and_unknown_elements_are_repaired_not_dropped() -> None:
         "someFutureElement": {"x": 1},
     }
     record = record_from([condition], patient_id="p")
-    assert record.report.repaired == Counter({"Condition": 1})
+    assert record.report.dropped == Counter() and record.report.repaired == Counter()
     [fact] = record.active_conditions(ALS)
     assert fact.id == long_id
 

@@ -1,0 +1,225 @@
+"""The tolerant reader: raw FHIR JSON of one hook call → the patient record rules read.
+
+The one place that knows FHIR's wire quirks. The flow, for every resource that arrived (prefetch
+keys, FHIR server pages, draft orders):
+
+    de-duplicated by type and id (the latest version kept)  →  other patients' resources dropped
+    →  types and codes no rule reads skipped on a glance at the raw JSON (cheap: most of a chart)
+    →  the fields rules use read one by one (`fields.py`, one module per resource type)
+    →  facts in a `PatientRecord` (`record.py`)
+
+Why plain JSON and not fhir.resources models on this path: a model validates a resource whole (one
+bad element costs the resource) and building it was three quarters of the service's CPU on a typical
+chart. fhir.resources stays where strictness is right: what the service sends, and `--strict`
+reports (`reader/strict.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from cds_service.reader.conditions import read_condition
+from cds_service.reader.fields import FieldReader, ReadOptions, parse_when, to_instant
+from cds_service.reader.medications import (
+    MedicationIndex,
+    medication_concept,
+    read_medication_request,
+    reference_id,
+)
+from cds_service.reader.observations import read_observation
+from cds_service.reader.orders import read_draft_orders
+from cds_service.reader.others import KEEP_STATUSES, read_concepts, read_generic, read_patient
+from cds_service.record import Interest, PatientRecord, ReadReport
+
+__all__ = [
+    "ReadOptions",
+    "build_record",
+    "dedupe",
+    "parse_when",
+    "resources_from_bundle",
+    "to_instant",
+]
+
+
+def build_record(
+    *,
+    patient_id: str,
+    now: datetime,
+    resources: Iterable[Mapping[str, Any]],
+    interest: Interest,
+    draft_orders: Mapping[str, Any] | None = None,
+    selections: Sequence[str] = (),
+    options: ReadOptions | None = None,
+    medications: Iterable[Mapping[str, Any]] = (),
+) -> PatientRecord:
+    """Read raw FHIR JSON into a PatientRecord.
+
+    `resources` may repeat a resource (two prefetch keys can overlap): it is read once, the latest
+    version kept. `medications` are Medication resources fetched for references (`prefetch.py`).
+    """
+    options = options or ReadOptions()
+    now = now.astimezone(options.site_tz)
+    record = PatientRecord(now=now, patient_id=patient_id)
+    report = record.report
+    if options.keep_deviations:
+        report.deviations = []
+
+    def reader(rtype: str, rid: str | None) -> FieldReader:
+        return FieldReader(rtype, rid, now, options, report)
+
+    unique = dedupe(resources, report)
+    index = MedicationIndex()
+    index.add_all(unique)
+    index.add_all(m for m in medications if isinstance(m, Mapping))
+    if draft_orders:
+        for entry in _entries(draft_orders):
+            if (
+                isinstance(entry.get("resource"), Mapping)
+                and entry["resource"].get("resourceType") == "Medication"
+            ):
+                index.add(entry["resource"], entry.get("fullUrl"))
+
+    for raw in unique:
+        rtype = raw["resourceType"]
+        if rtype in ("Medication", "OperationOutcome"):
+            continue  # Medications are read through the requests that point at them
+        rid = raw.get("id") if isinstance(raw.get("id"), str) else None
+        if rtype == "Patient":
+            if rid not in (None, patient_id):
+                report.other_patient[rtype] += 1
+                continue
+            record.patient = read_patient(raw, reader(rtype, rid))
+            report.read[rtype] += 1
+            continue
+        if not interest.wants_type(rtype):
+            report.not_relevant[rtype] += 1
+            continue
+        if _names_other_patient(raw, patient_id):
+            report.other_patient[rtype] += 1
+            continue
+        f = reader(rtype, rid)
+        if rtype == "MedicationRequest":
+            concepts = (medication_concept(raw, index, f),)
+        else:
+            concepts = read_concepts(rtype, raw, f)
+        if not interest.wants(rtype, concepts):
+            if not any(c.codes or c.text for c in concepts) and f.unreadable:
+                record.unread[rtype] += 1  # what it is about could not be read: it may have mattered
+            report.not_relevant[rtype] += 1
+            continue
+        _read_fact(record, rtype, raw, concepts, f)
+
+    if draft_orders:
+        orders, unread, unsupported = read_draft_orders(draft_orders, selections, index, reader)
+        record.draft_orders = orders
+        record.unread_orders = unread
+        report.unsupported_draft_types.update(unsupported)
+    return record
+
+
+def _read_fact(
+    record: PatientRecord, rtype: str, raw: Mapping[str, Any], concepts: tuple[Any, ...], f: FieldReader
+) -> None:
+    report = record.report
+    try:
+        if rtype == "Condition":
+            fact: Any = read_condition(raw, concepts[0], f)
+            target: list[Any] = record.conditions
+        elif rtype == "Observation":
+            fact, target = read_observation(raw, concepts[0], f), record.observations
+        elif rtype == "MedicationRequest":
+            fact, target = read_medication_request(raw, concepts[0], f), record.medications
+        elif rtype == "AllergyIntolerance":
+            fact, target = read_generic(rtype, raw, concepts, f), record.allergies
+        elif rtype in KEEP_STATUSES:
+            fact = read_generic(rtype, raw, concepts, f)
+            target = {
+                "Procedure": record.procedures,
+                "Encounter": record.encounters,
+                "Device": record.devices,
+                "DocumentReference": record.documents,
+                "Consent": record.consents,
+            }[rtype]
+        else:
+            report.not_relevant[rtype] += 1
+            return
+    except RecursionError:  # nested too deep to read: the resource is lost, and counted
+        report.unreadable[rtype] += 1
+        record.unread[rtype] += 1
+        return
+    report.read[rtype] += 1
+    if fact is not None:
+        target.append(fact)
+
+
+def resources_from_bundle(bundle: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The resources of a Bundle's entries (search results, transactions, collections alike).
+
+    Entries that only report the outcome of a search (`search.mode = outcome`, as Epic sends for
+    "no results") are not data. One entry object where R4 wants a list is read as a list of one.
+    """
+    found = []
+    for entry in _entries(bundle):
+        resource = entry.get("resource")
+        if not isinstance(resource, Mapping):
+            continue
+        search = entry.get("search")
+        if isinstance(search, Mapping) and search.get("mode") == "outcome":
+            continue
+        found.append(resource)
+    return found
+
+
+def _entries(bundle: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    entries = bundle.get("entry")
+    if isinstance(entries, Mapping):
+        entries = [entries]
+    return [e for e in entries if isinstance(e, Mapping)] if isinstance(entries, list) else []
+
+
+def dedupe(resources: Iterable[Any], report: ReadReport | None = None) -> list[Mapping[str, Any]]:
+    """Each resource once, by type and id; of two versions, the later (versionId, then lastUpdated)."""
+    by_key: dict[tuple[str, str], int] = {}
+    unique: list[Mapping[str, Any]] = []
+    for raw in resources:
+        if not isinstance(raw, Mapping) or not isinstance(raw.get("resourceType"), str):
+            continue
+        rid = raw.get("id")
+        if not isinstance(rid, str) or not rid:
+            unique.append(raw)
+            continue
+        key = (raw["resourceType"], rid)
+        at = by_key.get(key)
+        if at is None:
+            by_key[key] = len(unique)
+            unique.append(raw)
+            continue
+        if report is not None:
+            report.duplicates[raw["resourceType"]] += 1
+        if _version(raw) > _version(unique[at]):
+            unique[at] = raw
+    return unique
+
+
+def _version(raw: Mapping[str, Any]) -> tuple[int, str]:
+    meta = raw.get("meta")
+    if not isinstance(meta, Mapping):
+        return (-1, "")
+    version = meta.get("versionId")
+    number = int(version) if isinstance(version, str) and version.isdigit() else -1
+    updated = meta.get("lastUpdated")
+    instant = to_instant(updated) if isinstance(updated, str) else None
+    return (number, instant.astimezone(UTC).isoformat() if instant is not None else "")
+
+
+def _names_other_patient(raw: Mapping[str, Any], patient_id: str) -> bool:
+    """True only when the resource clearly belongs to another patient (urn:uuid refs are kept)."""
+    for element in ("subject", "patient"):
+        ref = raw.get(element)
+        if isinstance(ref, Mapping):
+            other = reference_id(ref.get("reference"), "Patient")
+            if other is not None and other != patient_id:
+                return True
+    return False
