@@ -15,6 +15,7 @@ CDS Hooks 3.0, which recommends exactly that), never a stack trace and never pat
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -32,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cds_service import cards as card_rendering
-from cds_service import security
+from cds_service import security, wire
 from cds_service.engine import Engine, RequestError, issue, validation_issues
 from cds_service.fhir_client import FhirClient, new_http_client
 from cds_service.hooks import CDSRequest, CDSResponse, DiscoveryResponse, FeedbackRequest
@@ -44,6 +45,9 @@ from cds_service.store import IssuedCard, Store
 log = logging.getLogger("cds_service")
 
 Clock = Callable[[], datetime]
+
+#: Bodies up to this size are decoded on the event loop (well under a millisecond).
+_INLINE_BODY_BYTES = 64_000
 
 
 def _utc_now() -> datetime:
@@ -138,7 +142,25 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     )
     _install_error_handlers(app)
     _add_routes(app)
+    _document_request_body(app)
     return app
+
+
+def _document_request_body(app: FastAPI) -> None:
+    """The invoke route reads its body itself (`wire.py`), so FastAPI does not see the CDSRequest
+    model: put its schema into the OpenAPI components that the route's requestBody refers to."""
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = default_openapi()
+            request_schema = CDSRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(request_schema.pop("$defs", {}))
+            components["CDSRequest"] = request_schema
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -223,12 +245,25 @@ def _add_routes(app: FastAPI) -> None:
         "/cds-services/{service_id}",
         summary="Invoke a CDS service",
         responses={400: {}, 404: {}, 412: {"description": "required FHIR data could not be obtained"}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CDSRequest"}}},
+            }
+        },
     )
-    async def invoke(service_id: str, body: CDSRequest, request: Request) -> dict[str, Any]:
+    async def invoke(service_id: str, request: Request) -> dict[str, Any]:
         started = time.perf_counter()
         state = _state(request)
         service = _service(state, service_id)
         issuer = _ehr_issuer(request)
+        raw = await request.body()
+        # A large body is decoded in a worker thread, entry by entry, so this worker keeps serving
+        # other calls meanwhile (wire.py); a small one costs less than the hand-off.
+        if len(raw) > _INLINE_BODY_BYTES:
+            body = await asyncio.to_thread(wire.read_request, raw)
+        else:
+            body = wire.read_request(raw)
         try:
             outcome = await state.engine.run(service, body)
         except RequestError as exc:
