@@ -10,6 +10,7 @@ start-up rather than failing on a patient.
 from __future__ import annotations
 
 import copy
+import logging
 import string
 import tomllib
 import uuid
@@ -19,6 +20,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
+from fhir.resources.R4B import get_fhir_model_class
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cds_service.hooks import (
@@ -33,6 +35,8 @@ from cds_service.hooks import (
     Suggestion,
 )
 from cds_service.rules.base import Finding
+
+log = logging.getLogger(__name__)
 
 #: `source.topic.system`: the code system of our rule ids, so feedback and analytics can name rules.
 RULE_ID_SYSTEM = "urn:als-cds:rule-id"
@@ -203,6 +207,29 @@ def _action_resource(action: ActionDef, finding: Finding) -> dict[str, Any] | No
     return resource
 
 
+def _valid_resources(suggestion: Suggestion, rule_id: str) -> bool:
+    """Strict in what we send: every resource in a suggestion must be valid R4 (fhir.resources R4B
+    models read R4). An update built from a sender's order that is not is left out, and logged."""
+    for action in suggestion.actions or ():
+        resource = action.resource
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            continue
+        try:
+            get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+        except (ValidationError, KeyError, ValueError) as exc:
+            where = (
+                sorted({".".join(map(str, e["loc"])) for e in exc.errors(include_input=False)})[:5]
+                if isinstance(exc, ValidationError)
+                else ["resourceType"]
+            )
+            log.warning(
+                "suggestion left out: its resource is not valid R4",
+                extra={"rule_id": rule_id, "invalid_at": where},
+            )
+            return False
+    return True
+
+
 def _detail(definition: CardDef, template: str, finding: Finding) -> str:
     parts = [_fill(template, finding.fields)]
     if finding.evidence:
@@ -241,6 +268,7 @@ def render(finding: Finding, definition: CardDef, profile: str | None = None) ->
         )
         for s in suggestion_defs
     ]
+    suggestions = [s for s in suggestions if _valid_resources(s, definition.rule_id)]
     note = definition.profile_notes.get(profile) if profile else None  # type: ignore[call-overload]
     return Card(
         uuid=str(uuid.uuid4()),

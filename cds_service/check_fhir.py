@@ -27,7 +27,8 @@ from cds_service.services import build_services
 from cds_service.settings import Settings
 
 #: Search parameters the templates rely on that a CapabilityStatement may not list per type.
-_GENERAL_PARAMS = frozenset({"_sort", "_count"})
+#: Parameters a CapabilityStatement lists apart from the type's search parameters (searchInclude).
+_GENERAL_PARAMS = frozenset({"_sort", "_count", "_include"})
 
 
 @dataclass

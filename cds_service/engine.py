@@ -13,6 +13,7 @@ that say what was wrong and where; they never quote patient data.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -123,10 +124,10 @@ class Engine:
         context = validate_context(request)
         now = self.clock()
         templates = self.prefetch_templates(service, now.date())
+        started = time.monotonic()
+        budget = self.settings.fhir_budget_seconds
         try:
-            data = await prefetch.resolve(
-                request, templates, self.fhir, budget_seconds=self.settings.fhir_budget_seconds
-            )
+            data = await prefetch.resolve(request, templates, self.fhir, budget_seconds=budget)
         except prefetch.PrefetchInvalid as exc:
             raise RequestError.single(400, exc.message, where=[f"prefetch.{exc.key}"]) from exc
         if data.unavailable:
@@ -142,16 +143,26 @@ class Engine:
                     for u in sorted(data.unavailable.values(), key=lambda u: order.index(u.key))
                 ],
             )
-        # Parsing a large chart is CPU work: off the event loop, so the process keeps answering.
+        resources = data.resources()
+        draft_orders = context.draftOrders.model_dump() if isinstance(context, OrderSignContext) else None
+        medications = await prefetch.fetch_medications(
+            request,
+            resources,
+            draft_orders,
+            self.fhir,
+            budget_seconds=budget - (time.monotonic() - started),
+        )
+        # Reading a large chart is CPU work: off the event loop, so the process keeps answering.
         record = await asyncio.to_thread(
             build_record,
             patient_id=context.patientId,
             now=now,
-            resources=data.resources(),
+            resources=resources,
             interest=service.interest,
-            draft_orders=context.draftOrders.model_dump() if isinstance(context, OrderSignContext) else None,
+            draft_orders=draft_orders,
             selections=context.selections if isinstance(context, OrderSelectContext) else (),
             options=self.read_options,
+            medications=medications,
         )
         findings = evaluate(service.rules, record, self.rule_config)
         cards = card_rendering.render_all(findings, self.catalogue, self.settings.profile)

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterable, Sequence
 
 from cds_service.record import PatientRecord
-from cds_service.rules import als, care, dmt, muscle, nutrition, physio, respiratory, riluzole, saliva
+from cds_service.rules import als, care, data, dmt, muscle, nutrition, physio, respiratory, riluzole, saliva
 from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
 
 __all__ = ["CATALOGUE", "Finding", "Rule", "RuleConfig", "RuleFact", "evaluate", "rules_for_hook"]
@@ -28,6 +28,7 @@ CATALOGUE: tuple[Rule, ...] = (
     *muscle.RULES,
     *care.RULES,
     *physio.RULES,
+    *data.RULES,
 )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from cds_service import terminology
 from cds_service.record import (
+    HIGH_FLAGS,
     MEDICATION_CURRENT_STATUSES,
     DraftOrder,
     Interest,
@@ -251,9 +252,10 @@ def _lab_uln(obs: ObservationFact) -> tuple[Decimal | None, str]:
 def _alt_times(obs: ObservationFact, record: PatientRecord, config: RuleConfig) -> _Times | None:
     """ALT against the lab's ULN, else the configured ACG 2017 default for the patient's sex.
 
-    None when the value's unit cannot be read: such a value is not evidence of anything.
+    None when the value's unit cannot be read: such a value is not evidence of anything. A bound
+    ('>1000 U/L') counts as its number: the ALT is at least that high.
     """
-    value = obs.value_in("U/L")
+    value = obs.at_least_in("U/L")
     if value is None:
         return None
     uln, why = _lab_uln(obs)
@@ -492,8 +494,11 @@ def alt_raised(record: PatientRecord, config: RuleConfig) -> list[Finding]:
     if not current:
         return []
     latest, alt = _latest_alt(record, config)
-    if latest is None or alt is None:
-        return []  # no ALT, or one in a unit that cannot be read: no value-based card
+    if alt is None:
+        # No value that can be set against the ULN. The lab's own flag still says "high": an ALT
+        # flagged HH on riluzole is not left unsaid because its value came as text or without a unit.
+        return _flagged_alt(record, current[0])
+    assert latest is not None
     bilirubin = _bilirubin(record)
     if alt.ratio >= STOP_TIMES_ULN:
         variant, indicator = "stop", "critical"
@@ -516,6 +521,29 @@ def alt_raised(record: PatientRecord, config: RuleConfig) -> list[Finding]:
             evidence=tuple(evidence),
             variant=variant,
             indicator=indicator,  # type: ignore[arg-type]
+            bindings={"patient_reference": patient_reference(record)},
+        )
+    ]
+
+
+def _flagged_alt(record: PatientRecord, current: MedicationMatch) -> list[Finding]:
+    latest = record.latest_observation(ALT)
+    if latest is None or not latest.flagged_high:
+        return []
+    flags = ", ".join(sorted(latest.flags & HIGH_FLAGS))
+    shown = latest.value_string or (str(latest.value) if latest.value is not None else "no value")
+    evidence = (
+        _medication_line(current),
+        f"ALT on {day(latest.effective)}: '{shown[:40]}', flagged {flags} by the lab; the value cannot be "
+        "set against the upper limit of normal (no number in a known unit).",
+    )
+    return [
+        Finding(
+            rule_id="riluzole-alt-raised",
+            fields={"times_uln": "unknown", "alt_date": day(latest.effective), "flag": flags},
+            evidence=evidence,
+            variant="flagged",
+            indicator="critical" if latest.flagged_critical else "warning",
             bindings={"patient_reference": patient_reference(record)},
         )
     ]

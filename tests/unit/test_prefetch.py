@@ -81,7 +81,9 @@ def test_every_service_asks_for_the_patient_by_a_read() -> None:
 def test_the_riluzole_rule_and_the_gate_ask_for_exactly_their_data() -> None:
     assert list(TEMPLATES) == ["patient", "conditions", "medications", "observations"]
     assert TEMPLATES["conditions"] == "Condition?patient={{context.patientId}}"
-    assert TEMPLATES["medications"] == "MedicationRequest?patient={{context.patientId}}"
+    assert TEMPLATES["medications"] == (
+        "MedicationRequest?patient={{context.patientId}}&_include=MedicationRequest:medication"
+    )
 
 
 @pytest.mark.parametrize("service", build_services().values(), ids=lambda s: s.id)
@@ -125,6 +127,10 @@ def test_templates_use_only_the_search_parameters_of_the_recommended_subset(temp
             assert re.fullmatch(r"[1-9]\d*", value)
         elif name == "_sort":
             assert re.fullmatch(r"-?[a-z][a-z-]*(,-?[a-z][a-z-]*)*", value)
+        elif name == "_include":
+            # The one deliberate step outside the subset the spec RECOMMENDS (not requires): the
+            # Medications that requests reference, in the same answer instead of one read each.
+            assert (rtype, value) == ("MedicationRequest", "MedicationRequest:medication")
         else:
             pytest.fail(f"search parameter {name!r} is outside the CDS Hooks 2.0 recommended subset")
 

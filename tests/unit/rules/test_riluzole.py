@@ -1014,7 +1014,7 @@ def test_every_rule_has_a_card_whose_citations_cover_its_facts(rule: Rule) -> No
         ),
         (
             "riluzole-alt-raised",
-            {"times_uln": "123.4", "alt_date": "2026-11-22"},
+            {"times_uln": "123.4", "alt_date": "2026-11-22", "flag": "H, HH, HU"},
             {"patient_reference": "P/x"},
         ),
         (
