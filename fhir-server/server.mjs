@@ -42,6 +42,8 @@ const USAGE = `Usage: node server.mjs [options]
   --port PORT            port (default 0: a free port, reported on stdout)
   --token TOKEN          the Bearer token the server accepts (or env FHIR_SERVER_TOKEN);
                          without one, no token is needed
+  --open                 no token is needed, even if FHIR_SERVER_TOKEN is set: an open server,
+                         as browser clients such as the CDS Hooks sandbox need
   --page-size N          entries per page when a search has no _count (default 20, as Medplum)
   --max-page-size N      largest page served; a larger _count is lowered to it (default 1000)
   --delay-ms MS          answer every FHIR request this much later (a slow server; default 0)
@@ -67,6 +69,7 @@ function parseOptions(argv) {
       host: { type: 'string', default: '127.0.0.1' },
       port: { type: 'string', default: '0' },
       token: { type: 'string' },
+      open: { type: 'boolean', default: false },
       'page-size': { type: 'string', default: '20' },
       'max-page-size': { type: 'string', default: '1000' },
       'delay-ms': { type: 'string', default: '0' },
@@ -88,6 +91,9 @@ function parseOptions(argv) {
   if (!isLoopback(values.host)) {
     throw new Error(`--host must be a loopback address, not ${values.host}`);
   }
+  if (values.open && values.token !== undefined) {
+    throw new Error('--open and --token contradict each other');
+  }
   return {
     host: values.host,
     port: integer(values.port, 'port', 0, 65535),
@@ -98,7 +104,8 @@ function parseOptions(argv) {
     corsOrigin: values['cors-origin'],
     // What /_control/config may change at run time:
     config: checkConfig({
-      token: values.token ?? process.env.FHIR_SERVER_TOKEN ?? null,
+      // --open wins over FHIR_SERVER_TOKEN, which scripts/medplum.py always sets.
+      token: values.open ? null : (values.token ?? process.env.FHIR_SERVER_TOKEN ?? null),
       pageSize: integer(values['page-size'], 'page-size', 1),
       maxPageSize: integer(values['max-page-size'], 'max-page-size', 1),
       delayMs: integer(values['delay-ms'], 'delay-ms', 0),

@@ -114,8 +114,9 @@ def assert_complete_report(report: dict[str, Any], workers: int) -> None:
     assert report["cpu_seconds"]["fhir_server"] > 0
     # The no-prefetch kinds made the service fetch from the real FHIR server, which answered them
     # all; pv-412's server is down (nobody listens), and its 412s are counted in by_kind above.
+    # 404s are the reads of a Medication that one fixture names but no server holds (on purpose).
     answers = report["fhir_server"]["answers_by_status"]
-    assert set(answers) == {"200"} and answers["200"] > 0
+    assert set(answers) <= {"200", "404"} and answers["200"] > 0
     assert report["server_shutdown"]["log_says_shutdown_complete"] is True
     assert report["ok"] is True
 
