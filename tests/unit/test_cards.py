@@ -179,3 +179,32 @@ def test_every_profile_note_is_backed_by_a_citation_in_its_card() -> None:
     for definition in CATALOG.definitions.values():
         if definition.profile_notes:
             assert len(definition.citations) >= 2, definition.rule_id
+
+
+def _with_references(value: Any) -> Any:
+    """A card file's resource with every `$name` binding a plain reference (as rules bind them)."""
+    if isinstance(value, str) and value.startswith("$"):
+        return "Patient/example"
+    if isinstance(value, dict):
+        return {k: _with_references(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_with_references(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("rule_id", sorted(CATALOG.definitions))
+def test_every_resource_a_card_file_suggests_is_valid_r4(rule_id: str) -> None:
+    """Strict in what we send: the card files' own resources, checked here once with fhir.resources
+    (resources built from the sender's orders are checked when each card is rendered)."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    definition = CATALOG[rule_id]
+    suggestion_sets = [definition.suggestions] + [
+        v.suggestions for v in definition.variants.values() if v.suggestions is not None
+    ]
+    for suggestions in suggestion_sets:
+        for suggestion in suggestions:
+            for action in suggestion.actions:
+                if isinstance(action.resource, dict) and "resourceType" in action.resource:
+                    resource = _with_references(action.resource)
+                    get_fhir_model_class(resource["resourceType"]).model_validate(resource)
