@@ -17,7 +17,6 @@ from cds_service.reader.fields import FieldReader
 from cds_service.reader.medications import MedicationIndex, medication_concept, read_medication_request
 from cds_service.reader.others import read_concepts
 from cds_service.record import DRAFT_ORDER_TYPES, DraftOrder, UnreadOrder
-from cds_service.terminology import Concept
 
 #: R4 list elements that real clients send as one object (the CDS Hooks sandbox: category).
 _LIST_ELEMENTS: dict[str, tuple[str, ...]] = {
@@ -120,5 +119,3 @@ def read_draft_orders(
     orders.sort(key=lambda o: not o.selected)  # stable: selected first, EHR order kept
     return orders, unread, unsupported
 
-
-__all__ = ["Concept", "read_draft_orders", "repaired_json"]
