@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import copy
+import gzip
 import json
+import os
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from cds_service.prefetch import TYPE_BY_KEY
 from cds_service.reader import build_record, resources_from_bundle
@@ -16,7 +20,12 @@ from cds_service.services import build_services
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fhir_fixtures"
-SYNTHEA = ROOT.parent / "shared" / "data" / "synthea-r4"
+#: A handful of the Synthea R4 charts, gzip-compressed, in the repository: they are always there.
+BUNDLED_SYNTHEA = FIXTURES / "synthea"
+#: The whole Synthea R4 set (38 charts), beside the clone in ../shared/, which a fresh clone lacks.
+SYNTHEA = Path(os.environ.get("ALS_CDS_TEST_SYNTHEA_DIR") or ROOT.parent / "shared" / "data" / "synthea-r4")
+#: Fewer charts than this in SYNTHEA: the whole set is not there.
+SYNTHEA_SET_SIZE = 30
 
 #: The prefetch tokens CDS Hooks 2.0.1 allows for our hooks (written from the spec, not from the
 #: code under test): the tokenisable context fields and the four user identifier tokens.
@@ -38,6 +47,51 @@ NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 def load_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_chart(path: Path) -> Any:
+    """A Synthea chart, from the bundled copy (`.json.gz`) or the shared set (`.json`)."""
+    data = path.read_bytes()
+    return json.loads(gzip.decompress(data) if path.suffix == ".gz" else data)
+
+
+def chart_bytes(path: Path) -> bytes:
+    """The chart's JSON as the shared set holds it (a bundled chart decompressed)."""
+    data = path.read_bytes()
+    return gzip.decompress(data) if path.suffix == ".gz" else data
+
+
+def chart_name(path: Path) -> str:
+    """`Rich_Kshlerin_ce8c42b0-....json(.gz)` → `Rich_Kshlerin_ce8c42b0-...`, either copy."""
+    return path.name.removesuffix(".gz").removesuffix(".json")
+
+
+def bundled_charts() -> list[Path]:
+    """The Synthea charts in the repository (fhir_fixtures/synthea/*.json.gz): every clone has them."""
+    return sorted(BUNDLED_SYNTHEA.glob("*.json.gz"))
+
+
+def synthea_required() -> bool:
+    """Under CI (or with ALS_CDS_REQUIRE_SYNTHEA=1) the whole shared set must be there."""
+    return os.environ.get("CI", "").lower() == "true" or os.environ.get("ALS_CDS_REQUIRE_SYNTHEA") == "1"
+
+
+def shared_charts() -> list[Path]:
+    """The whole shared Synthea set; absent, the calling test is skipped, or fails under CI.
+
+    Call it from a test or a fixture, never at import or collection: a fresh clone has no
+    ../shared/, and the README's test command must still pass there.
+    """
+    charts = sorted(SYNTHEA.glob("*.json"))
+    if len(charts) < SYNTHEA_SET_SIZE:
+        message = (
+            f"the shared Synthea R4 charts are not at {SYNTHEA} ({len(charts)} charts, "
+            f"{SYNTHEA_SET_SIZE}+ expected); set ALS_CDS_TEST_SYNTHEA_DIR to their folder"
+        )
+        if synthea_required():
+            pytest.fail(f"{message} (required because CI=true or ALS_CDS_REQUIRE_SYNTHEA=1)")
+        pytest.skip(message)
+    return charts
 
 
 def patient_bundle(name: str) -> dict[str, Any]:

@@ -13,7 +13,16 @@ import pytest
 from cds_service import terminology
 from cds_service.reader import build_record, resources_from_bundle, to_instant
 from cds_service.record import Interest
-from tests.support import NOW, SYNTHEA, load_json, patient_resources, record_from, service_interest
+from tests.support import (
+    NOW,
+    bundled_charts,
+    chart_bytes,
+    chart_name,
+    load_chart,
+    patient_resources,
+    record_from,
+    service_interest,
+)
 
 ALT = terminology.load("alt")
 RILUZOLE = terminology.load("riluzole")
@@ -33,22 +42,16 @@ EVERYTHING = Interest(
 )
 
 
-def synthea_charts() -> list[Path]:
-    charts = sorted(SYNTHEA.glob("*.json"))
-    assert len(charts) >= 30, "the shared Synthea R4 charts are missing"
-    return charts
-
-
 def synthea_patient_id(resources: list[dict[str, Any]]) -> str:
     return next(r["id"] for r in resources if r["resourceType"] == "Patient")
 
 
-# -- real R4 charts ------------------------------------------------------------------------
+# -- real R4 charts (the Synthea charts in fhir_fixtures/synthea, always there) --------------
 
 
-@pytest.mark.parametrize("chart", synthea_charts()[:6], ids=lambda p: p.name.split("_")[0])
+@pytest.mark.parametrize("chart", bundled_charts(), ids=lambda p: chart_name(p).split("_")[0])
 def test_real_r4_charts_are_read_without_a_single_dropped_field(chart: Path) -> None:
-    resources = [dict(r) for r in resources_from_bundle(load_json(chart))]
+    resources = [dict(r) for r in resources_from_bundle(load_chart(chart))]
     record = build_record(
         patient_id=synthea_patient_id(resources), now=NOW, resources=resources, interest=EVERYTHING
     )
@@ -61,8 +64,9 @@ def test_real_r4_charts_are_read_without_a_single_dropped_field(chart: Path) -> 
 
 
 def test_large_chart_is_filtered_on_its_codes_before_fields_are_read() -> None:
-    chart = max(synthea_charts(), key=lambda p: p.stat().st_size)
-    resources = [dict(r) for r in resources_from_bundle(load_json(chart))]
+    # The largest chart of the whole shared set is bundled (tests/unit/test_bundled_charts.py).
+    chart = max(bundled_charts(), key=lambda p: len(chart_bytes(p)))
+    resources = [dict(r) for r in resources_from_bundle(load_chart(chart))]
     observations = [r for r in resources if r["resourceType"] == "Observation"]
     interest = service_interest()
     wanted = {key for vs in interest.by_type["Observation"] or () for key in vs.codes}
