@@ -32,6 +32,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         workers=settings.workers,
         log_config=logs.configure(settings.log_level),
         proxy_headers=True,
+        access_log=False,  # the service logs one line per call of its own (logs.py)
         timeout_graceful_shutdown=30,
     )
     return 0

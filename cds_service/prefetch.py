@@ -37,6 +37,7 @@ from urllib.parse import quote
 from cds_service.fhir_client import FetchResult, FhirClient, FhirFetchError, operation_outcome_is_error
 from cds_service.hooks import PREFETCH_CONTEXT_TOKENS, USER_TOKENS, CDSRequest
 from cds_service.reader import resources_from_bundle
+from cds_service.reader.lazy import UnreadableResource, materialise
 from cds_service.reader.medications import MedicationIndex, reference_id, unresolved_reference
 from cds_service.record import Interest
 from cds_service.settings import Settings
@@ -351,7 +352,13 @@ async def fetch_medications(
     """
     index = MedicationIndex()
     index.add_all(resources)
-    requests = [r for r in resources if r.get("resourceType") == "MedicationRequest"]
+    requests: list[Mapping[str, Any]] = []
+    for raw in resources:
+        if raw.get("resourceType") == "MedicationRequest":
+            try:
+                requests.append(materialise(raw))
+            except UnreadableResource:
+                continue  # counted by the reader, which meets it again
     if draft_orders:
         for raw in resources_from_bundle(draft_orders):
             if raw.get("resourceType") == "Medication":

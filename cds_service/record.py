@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from cds_service.terminology import Concept, Match, ValueSet, units
+from cds_service.terminology import NO_CONCEPT, Concept, Match, ValueSet, units
 
 #: Observation statuses that carry a result. 'preliminary' is included: the test was done.
 OBSERVATION_RESULT_STATUSES = frozenset({"final", "amended", "corrected", "preliminary"})
@@ -159,7 +159,7 @@ class ObservationFact:
     effective: datetime | None
     value: Quantity | None
     reference_range: ReferenceRange | None
-    value_concept: Concept = field(default_factory=Concept)
+    value_concept: Concept = NO_CONCEPT
     components: tuple[Component, ...] = ()
     value_boolean: bool | None = None
     value_string: str | None = None  # a text result as sent ('SOD1 p.A5V detected', or '>1000')
@@ -288,14 +288,19 @@ class GenericFact:
 
     @property
     def concept(self) -> Concept:
-        return self.concepts[0] if self.concepts else Concept()
+        return self.concepts[0] if self.concepts else NO_CONCEPT
 
     def match(self, valueset: ValueSet) -> Match | None:
-        for concept in self.concepts:
-            found = valueset.match(concept)
-            if found is not None:
-                return found
-        return None
+        return first_match(valueset, self.concepts)
+
+
+def first_match(valueset: ValueSet, concepts: Iterable[Concept]) -> Match | None:
+    """The value set's match for the first of `concepts` it matches."""
+    for concept in concepts:
+        found = valueset.match(concept)
+        if found is not None:
+            return found
+    return None
 
 
 @dataclass(frozen=True)
@@ -375,6 +380,51 @@ class PatientRecord:
     #: Resources of interest dropped whole, by type (no content: what they were is unknown).
     unread: Counter[str] = field(default_factory=Counter)
     report: ReadReport = field(default_factory=ReadReport)
+    # Rules ask the same value set of the same facts several times in one call (a dozen rules read
+    # the ALS diagnosis, the LFT rules each read ALT), and a large chart repeats a few codes many
+    # times over (50,000 results of ten tests): facts are grouped by their concepts once, each
+    # group matched once per value set. Each cache entry keeps the objects it was computed for, so
+    # a list that grew (tests build records by hand) or a value set built anew is never answered
+    # from a stale entry.
+    _groups: dict[tuple[int, int], tuple[Sequence[Any], dict[tuple[Concept, ...], list[Any]]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _matches: dict[tuple[int, int, int], tuple[Sequence[Any], ValueSet, list[Any]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    _dated: dict[tuple[int, int, int], tuple[Sequence[Any], ValueSet, list[Any]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def _grouped(self, facts: Sequence[Any]) -> dict[tuple[Concept, ...], list[tuple[int, Any]]]:
+        """(position, fact) by the fact's concepts (a generic fact has several: an allergy's code
+        and its substances)."""
+        key = (id(facts), len(facts))
+        hit = self._groups.get(key)
+        if hit is None or hit[0] is not facts:
+            groups: dict[tuple[Concept, ...], list[tuple[int, Any]]] = {}
+            for position, fact in enumerate(facts):
+                concepts = fact.concepts if isinstance(fact, GenericFact) else (fact.concept,)
+                groups.setdefault(concepts, []).append((position, fact))
+            hit = (facts, groups)
+            self._groups[key] = hit
+        return hit[1]
+
+    def _matching(self, facts: Sequence[Any], valueset: ValueSet) -> list[tuple[Any, Match]]:
+        """(fact, match) for the facts in the value set, in list order; memoised for this record."""
+        key = (id(facts), id(valueset), len(facts))
+        hit = self._matches.get(key)
+        if hit is None or hit[0] is not facts or hit[1] is not valueset:
+            found: list[tuple[int, Any, Match]] = []
+            for concepts, members in self._grouped(facts).items():
+                match = first_match(valueset, concepts)
+                if match is not None:
+                    found.extend((position, fact, match) for position, fact in members)
+            found.sort(key=lambda item: item[0])
+            hit = (facts, valueset, [(fact, match) for _, fact, match in found])
+            self._matches[key] = hit
+        return hit[2]
 
     # -- the patient ----------------------------------------------------------------------------
     @property
@@ -384,7 +434,7 @@ class PatientRecord:
 
     # -- conditions -----------------------------------------------------------------------------
     def active_conditions(self, valueset: ValueSet) -> list[ConditionFact]:
-        return [c for c in self.conditions if c.is_active and valueset.match(c.concept)]
+        return [c for c, _ in self._matching(self.conditions, valueset) if c.is_active]
 
     def has_active_condition(self, valueset: ValueSet) -> bool:
         return bool(self.active_conditions(valueset))
@@ -396,8 +446,14 @@ class PatientRecord:
         An observation without a (trustworthy) date cannot show that a test is up to date, so it is
         left out; `unreadable_observations` lists it for the card's evidence.
         """
-        found = [o for o in self.observations if o.effective is not None and valueset.match(o.concept)]
-        return sorted(found, key=lambda o: o.effective or self.now, reverse=True)
+        key = (id(self.observations), id(valueset), len(self.observations))
+        hit = self._dated.get(key)
+        if hit is None or hit[0] is not self.observations or hit[1] is not valueset:
+            found = [o for o, _ in self._matching(self.observations, valueset) if o.effective is not None]
+            found.sort(key=lambda o: o.effective or self.now, reverse=True)
+            hit = (self.observations, valueset, found)
+            self._dated[key] = hit
+        return list(hit[2])  # a copy: the caller may sort or trim it
 
     def latest_observation(self, valueset: ValueSet, *, with_value: bool = False) -> ObservationFact | None:
         for obs in self.observations_in(valueset):
@@ -409,8 +465,8 @@ class PatientRecord:
         """Results in the value set whose date or value was sent but could not be read."""
         return [
             o
-            for o in self.observations
-            if ("effective" in o.unreadable or "value" in o.unreadable) and valueset.match(o.concept)
+            for o, _ in self._matching(self.observations, valueset)
+            if "effective" in o.unreadable or "value" in o.unreadable
         ]
 
     def unread_note(self, valueset: ValueSet, what: str) -> str | None:
@@ -431,11 +487,9 @@ class PatientRecord:
         self, valueset: ValueSet, statuses: frozenset[str] = MEDICATION_CURRENT_STATUSES
     ) -> list[MedicationMatch]:
         found: list[MedicationMatch] = []
-        for med in self.medications:
+        for med, match in self._matching(self.medications, valueset):
             if med.status in statuses and med.intent in MEDICATION_ORDER_INTENTS:
-                match = valueset.match(med.concept)
-                if match is not None:
-                    found.append(MedicationMatch(med, match))
+                found.append(MedicationMatch(med, match))
         return found
 
     def active_medications(self, valueset: ValueSet) -> list[MedicationMatch]:
@@ -446,25 +500,32 @@ class PatientRecord:
         self, valueset: ValueSet | None = None, since: datetime | None = None
     ) -> list[GenericFact]:
         """Done (or ongoing) procedures, newest first; all of them when `valueset` is None."""
-        return _facts_in(self.procedures, valueset, since)
+        return self._facts_in(self.procedures, valueset, since)
 
     def allergies_in(self, valueset: ValueSet) -> list[GenericFact]:
         """Current, not refuted allergies and intolerances whose code or reaction substance matches."""
-        return _facts_in(self.allergies, valueset, None)
+        return self._facts_in(self.allergies, valueset, None)
 
     def encounters_in(
         self, valueset: ValueSet | None = None, since: datetime | None = None
     ) -> list[GenericFact]:
-        return _facts_in(self.encounters, valueset, since)
+        return self._facts_in(self.encounters, valueset, since)
 
     def devices_in(self, valueset: ValueSet) -> list[GenericFact]:
-        return _facts_in(self.devices, valueset, None)
+        return self._facts_in(self.devices, valueset, None)
 
     def documents_in(self, valueset: ValueSet) -> list[GenericFact]:
-        return _facts_in(self.documents, valueset, None)
+        return self._facts_in(self.documents, valueset, None)
 
     def consents_in(self, valueset: ValueSet) -> list[GenericFact]:
-        return _facts_in(self.consents, valueset, None)
+        return self._facts_in(self.consents, valueset, None)
+
+    def _facts_in(
+        self, facts: Sequence[GenericFact], valueset: ValueSet | None, since: datetime | None
+    ) -> list[GenericFact]:
+        candidates = facts if valueset is None else [f for f, _ in self._matching(facts, valueset)]
+        found = [f for f in candidates if since is None or (f.when is not None and f.when >= since)]
+        return sorted(found, key=lambda f: f.when or datetime.min.replace(tzinfo=UTC), reverse=True)
 
     # -- draft orders ---------------------------------------------------------------------------
     @property
@@ -494,19 +555,6 @@ class PatientRecord:
             if match is not None:
                 found.append((order, match))
         return found
-
-
-
-def _facts_in(
-    facts: Sequence[GenericFact], valueset: ValueSet | None, since: datetime | None
-) -> list[GenericFact]:
-    found = [
-        f
-        for f in facts
-        if (valueset is None or f.match(valueset) is not None)
-        and (since is None or (f.when is not None and f.when >= since))
-    ]
-    return sorted(found, key=lambda f: f.when or datetime.min.replace(tzinfo=UTC), reverse=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,10 +4,12 @@ A hook call with full prefetch of a large chart is megabytes of JSON. Decoding i
 and validating it with pydantic (as FastAPI would) is one long call that holds the GIL: 50,000
 Observations stalled every other request of the worker for over a second. Here:
 
-* msgspec scans the body once (a fast C pass that only finds where each value starts and ends,
-  `msgspec.Raw`), then each prefetch Bundle entry is decoded on its own. Run in a worker thread,
-  the loop over entries lets the event loop run between them, so `/healthz` and other calls keep
-  answering while a large body is read.
+* A body up to 64 kB (a typical chart) is decoded in one pass: one C call is cheapest.
+* A larger body is scanned by msgspec (a fast C pass that only finds where each value starts and
+  ends, `msgspec.Raw`, and checks that the JSON is well formed), then each prefetch Bundle entry
+  is split on its own and its resource left in its bytes (`reader/lazy.py`): decoded only when the
+  reader reaches it, so tens of thousands of resources are never alive as dicts at once. Run in a
+  worker thread, no step holds the GIL for long, so `/healthz` and other calls keep answering.
 * pydantic validates only the request's own fields (hook, hookInstance, fhirServer, context...);
   prefetch stays plain JSON for the tolerant reader, which checks each field it reads.
 * msgspec refuses what JSON forbids (NaN, Infinity, numbers out of range, lone surrogates). Such
@@ -25,7 +27,11 @@ from pydantic import ValidationError
 
 from cds_service.engine import RequestError, issue, validation_issues
 from cds_service.hooks import CDSRequest, _not_unicode_at
+from cds_service.reader.lazy import LazyResource
 
+#: Bodies up to this size are decoded in one pass, on the event loop (well under a millisecond:
+#: a typical chart is 5 to 30 kB); larger ones entry by entry, in a worker thread (app.py).
+INLINE_BODY_BYTES = 64_000
 _DECODER = msgspec.json.Decoder()
 _OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _ARRAY = msgspec.json.Decoder(list[msgspec.Raw])
@@ -69,6 +75,9 @@ def _validate(data: Any) -> CDSRequest:
 
 def _fast(body: bytes) -> tuple[Any, Any]:
     """(the request without prefetch, prefetch) by msgspec, one Bundle entry at a time."""
+    if len(body) <= INLINE_BODY_BYTES:
+        data = _DECODER.decode(body)  # a typical chart: one pass is cheaper than many small ones
+        return (data, data.pop("prefetch", None)) if isinstance(data, dict) else (data, None)
     try:
         top = _OBJECT.decode(body)
     except msgspec.ValidationError:
@@ -105,10 +114,22 @@ def _resource(raw: msgspec.Raw) -> Any:
             except msgspec.ValidationError:
                 resource[name] = _DECODER.decode(value)
                 continue
-            resource[name] = [_DECODER.decode(item) for item in items]
+            resource[name] = [_entry(item) for item in items]
         else:
             resource[name] = _DECODER.decode(value)
     return resource
+
+
+def _entry(raw: msgspec.Raw) -> Any:
+    """A Bundle entry whose resource stays in its bytes until the reader reaches it (reader/lazy.py)."""
+    try:
+        fields = _OBJECT.decode(raw)
+    except msgspec.ValidationError:
+        return _DECODER.decode(raw)
+    return {
+        name: LazyResource.of(value) if name == "resource" else _DECODER.decode(value)
+        for name, value in fields.items()
+    }
 
 
 def _tolerant(body: bytes) -> tuple[Any, Any]:
@@ -137,4 +158,4 @@ def _tolerant(body: bytes) -> tuple[Any, Any]:
     return data, data.pop("prefetch", None)
 
 
-__all__ = ["read_request"]
+__all__ = ["INLINE_BODY_BYTES", "read_request"]

@@ -22,6 +22,7 @@ from typing import Any
 
 from cds_service.reader.conditions import read_condition
 from cds_service.reader.fields import FieldReader, ReadOptions, parse_when, to_instant
+from cds_service.reader.lazy import LazyResource, UnreadableResource, materialise
 from cds_service.reader.medications import (
     MedicationIndex,
     medication_concept,
@@ -32,6 +33,7 @@ from cds_service.reader.observations import read_observation
 from cds_service.reader.orders import read_draft_orders
 from cds_service.reader.others import KEEP_STATUSES, read_concepts, read_generic, read_patient
 from cds_service.record import Interest, PatientRecord, ReadReport
+from cds_service.terminology import Concept
 
 __all__ = [
     "ReadOptions",
@@ -66,10 +68,14 @@ def build_record(
     if options.keep_deviations:
         report.deviations = []
 
+    interned: dict[Any, Any] = {}  # shared values of this read (FieldReader.intern)
+
     def reader(rtype: str, rid: str | None) -> FieldReader:
-        return FieldReader(rtype, rid, now, options, report)
+        return FieldReader(rtype, rid, now, options, report, interned)
 
     unique = dedupe(resources, report)
+    # A large chart repeats a few codes many times over: whether rules read a concept is decided once.
+    wants: dict[tuple[str, tuple[Concept, ...]], bool] = {}
     index = MedicationIndex()
     index.add_all(unique)
     index.add_all(m for m in medications if isinstance(m, Mapping))
@@ -81,10 +87,19 @@ def build_record(
             ):
                 index.add(entry["resource"], entry.get("fullUrl"))
 
-    for raw in unique:
-        rtype = raw["resourceType"]
+    for item in unique:
+        rtype = item["resourceType"]
         if rtype in ("Medication", "OperationOutcome"):
             continue  # Medications are read through the requests that point at them
+        if rtype != "Patient" and not interest.wants_type(rtype):
+            report.not_relevant[rtype] += 1
+            continue  # decided on the header: most of a large chart is never decoded
+        try:
+            raw = materialise(item)
+        except UnreadableResource:
+            report.unreadable[rtype] += 1
+            record.unread[rtype] += 1
+            continue
         rid = raw.get("id") if isinstance(raw.get("id"), str) else None
         if rtype == "Patient":
             if rid not in (None, patient_id):
@@ -92,9 +107,6 @@ def build_record(
                 continue
             record.patient = read_patient(raw, reader(rtype, rid))
             report.read[rtype] += 1
-            continue
-        if not interest.wants_type(rtype):
-            report.not_relevant[rtype] += 1
             continue
         if _names_other_patient(raw, patient_id):
             report.other_patient[rtype] += 1
@@ -104,7 +116,10 @@ def build_record(
             concepts = (medication_concept(raw, index, f),)
         else:
             concepts = read_concepts(rtype, raw, f)
-        if not interest.wants(rtype, concepts):
+        wanted = wants.get((rtype, concepts))
+        if wanted is None:
+            wanted = wants[(rtype, concepts)] = interest.wants(rtype, concepts)
+        if not wanted:
             if not any(c.codes or c.text for c in concepts) and f.unreadable:
                 record.unread[rtype] += 1  # what it is about could not be read: it may have mattered
             report.not_relevant[rtype] += 1
@@ -185,7 +200,7 @@ def dedupe(resources: Iterable[Any], report: ReadReport | None = None) -> list[M
     unique: list[Mapping[str, Any]] = []
     for raw in resources:
         if not isinstance(raw, Mapping) or not isinstance(raw.get("resourceType"), str):
-            continue
+            continue  # (a LazyResource answers resourceType and id from its header, undecoded)
         rid = raw.get("id")
         if not isinstance(rid, str) or not rid:
             unique.append(raw)
@@ -204,12 +219,14 @@ def dedupe(resources: Iterable[Any], report: ReadReport | None = None) -> list[M
 
 
 def _version(raw: Mapping[str, Any]) -> tuple[int, str]:
-    meta = raw.get("meta")
-    if not isinstance(meta, Mapping):
-        return (-1, "")
-    version = meta.get("versionId")
+    if isinstance(raw, LazyResource):
+        version, updated = raw.version_id, raw.last_updated
+    else:
+        meta = raw.get("meta")
+        if not isinstance(meta, Mapping):
+            return (-1, "")
+        version, updated = meta.get("versionId"), meta.get("lastUpdated")
     number = int(version) if isinstance(version, str) and version.isdigit() else -1
-    updated = meta.get("lastUpdated")
     instant = to_instant(updated) if isinstance(updated, str) else None
     return (number, instant.astimezone(UTC).isoformat() if instant is not None else "")
 

@@ -23,10 +23,12 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from cds_service.record import Deviation, Quantity, ReadReport, ReferenceRange
-from cds_service.terminology import Code, Concept, normalise_system
+from cds_service.terminology import NO_CONCEPT, Code, Concept, normalise_system
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -41,10 +43,16 @@ class ReadOptions:
 class FieldReader:
     """Reads the fields of one resource, noting repairs and unreadable fields in the report."""
 
-    __slots__ = ("now", "options", "report", "resource_id", "rtype", "unreadable")
+    __slots__ = ("interned", "now", "options", "report", "resource_id", "rtype", "unreadable")
 
     def __init__(
-        self, rtype: str, resource_id: str | None, now: datetime, options: ReadOptions, report: ReadReport
+        self,
+        rtype: str,
+        resource_id: str | None,
+        now: datetime,
+        options: ReadOptions,
+        report: ReadReport,
+        interned: dict[Any, Any] | None = None,
     ) -> None:
         self.rtype = rtype
         self.resource_id = resource_id
@@ -52,6 +60,18 @@ class FieldReader:
         self.options = options
         self.report = report
         self.unreadable: list[str] = []
+        # One table for the whole read (see `intern`); a reader on its own gets its own.
+        self.interned: dict[Any, Any] = {} if interned is None else interned
+
+    def intern(self, value: _T) -> _T:
+        """One shared object for equal immutable values (concepts, quantities, ranges) in one read.
+
+        A large chart says the same few things many times (50,000 results of ten tests, in two
+        units, with one reference range each): shared, they cost memory once, and the garbage
+        collector, which walks every live object while holding the GIL, walks far fewer. Only
+        frozen values are interned, and the table lives as long as one call's read.
+        """
+        return self.interned.setdefault(value, value)
 
     # -- noting -----------------------------------------------------------------------------------
     def repaired(self, path: str, what: str) -> None:
@@ -189,21 +209,33 @@ class FieldReader:
     # -- datatypes ------------------------------------------------------------------------------------
     def concept(self, value: Any, path: str) -> Concept:
         """A CodeableConcept; a bare Coding or a list of CodeableConcepts is read as meant."""
+        if type(value) is dict:
+            # A well-formed concept seen before in this read: the same Concept, without building
+            # it again (decided on its raw strings, which hash fast: no repair can be involved).
+            key = _concept_key(value)
+            if key is not None:
+                found = self.interned.get(key)
+                if found is None:
+                    found = self.interned[key] = self._concept(value, path)
+                return found  # type: ignore[no-any-return]
+        return self._concept(value, path)
+
+    def _concept(self, value: Any, path: str) -> Concept:
         if value is None:
-            return Concept()
+            return NO_CONCEPT
         if isinstance(value, list):
             if value and isinstance(value[0], Mapping):
                 self.repaired(path, "a list where one concept belongs (first item read)")
                 value = value[0]
             else:
                 self.dropped(path, "not a concept")
-                return Concept()
+                return NO_CONCEPT
         if not isinstance(value, Mapping):
             if isinstance(value, str) and value.strip():
                 self.repaired(path, "text where a concept belongs")
                 return Concept(text=value)
             self.dropped(path, "not a concept")
-            return Concept()
+            return NO_CONCEPT
         codings = value.get("coding")
         if codings is None and isinstance(value.get("code"), str) and "system" in value:
             self.repaired(path, "a Coding where a CodeableConcept belongs")
@@ -234,10 +266,12 @@ class FieldReader:
         elif codings is not None:
             self.dropped(f"{path}.coding", "not a list of codings")
         text = value.get("text")
-        return Concept(tuple(codes), text if isinstance(text, str) else None)
+        return self.intern(Concept(tuple(codes), text if isinstance(text, str) else None))
 
     def concepts(self, value: Any, path: str) -> tuple[Concept, ...]:
-        return tuple(self.concept(item, path) for item in self.as_list(value, path))
+        if value is None:
+            return ()
+        return self.intern(tuple(self.concept(item, path) for item in self.as_list(value, path)))
 
     def status_code(self, value: Any, path: str) -> str | None:
         """A status held in a CodeableConcept (Condition.clinicalStatus): its first code."""
@@ -250,6 +284,16 @@ class FieldReader:
 
     def quantity(self, value: Any, path: str, field_name: str | None = None) -> Quantity | None:
         """A Quantity. Without a readable number it is unreadable (dropped), never zero."""
+        if type(value) is dict:
+            key = _quantity_key(value)  # as for concepts: a well-formed quantity seen before
+            if key is not None:
+                found = self.interned.get(key)
+                if found is None:
+                    found = self.interned[key] = self._quantity(value, path, field_name)
+                return found  # type: ignore[no-any-return]
+        return self._quantity(value, path, field_name)
+
+    def _quantity(self, value: Any, path: str, field_name: str | None) -> Quantity | None:
         obj = self.as_object(value, path, field_name)
         if obj is None:
             return None
@@ -263,12 +307,14 @@ class FieldReader:
             self.dropped(f"{path}.comparator", "unknown comparator", field_name or path)
             return None
         unit, code, system = obj.get("unit"), obj.get("code"), obj.get("system")
-        return Quantity(
-            number,
-            unit if isinstance(unit, str) else None,
-            code if isinstance(code, str) else None,
-            system if isinstance(system, str) else None,
-            comparator,
+        return self.intern(
+            Quantity(
+                number,
+                unit if isinstance(unit, str) else None,
+                code if isinstance(code, str) else None,
+                system if isinstance(system, str) else None,
+                comparator,
+            )
         )
 
     def quantity_from_text(self, text: str, path: str) -> Quantity | None:
@@ -311,7 +357,7 @@ class FieldReader:
         if low is None and high is None:
             return None
         self.repaired(path, "a range given only as text")
-        return ReferenceRange(low, high, text)
+        return self.intern(ReferenceRange(low, high, text))
 
     def reference(self, value: Any, path: str) -> str | None:
         obj = self.as_object(value, path)
@@ -324,6 +370,50 @@ class FieldReader:
             return ref.strip()
         self.dropped(path, "not a reference")
         return None
+
+
+def _text_or_none(value: Any) -> bool:
+    return value is None or type(value) is str
+
+
+def _concept_key(value: dict[str, Any]) -> tuple[Any, ...] | None:
+    """The raw strings of a well-formed CodeableConcept (a list of codings, each with a string
+    code), or None for any other shape: those are read the long way, with their repairs noted."""
+    codings = value.get("coding")
+    text = value.get("text")
+    if type(codings) is not list or not _text_or_none(text):
+        return None
+    key: list[Any] = ["CodeableConcept", text]
+    for coding in codings:
+        if type(coding) is not dict:
+            return None
+        system, code, display = coding.get("system"), coding.get("code"), coding.get("display")
+        if type(code) is not str or not _text_or_none(system) or not _text_or_none(display):
+            return None
+        key += (system, code, display)
+    return tuple(key)
+
+
+def _quantity_key(value: dict[str, Any]) -> tuple[Any, ...] | None:
+    """The raw values of a well-formed Quantity (a finite number, strings), else None."""
+    number = value.get("value")
+    kind = type(number)
+    if kind is float:
+        if number != number or number in (float("inf"), float("-inf")):
+            return None
+    elif kind is not int:
+        return None
+    unit, code, system, comparator = (
+        value.get("unit"),
+        value.get("code"),
+        value.get("system"),
+        value.get("comparator"),
+    )
+    if comparator not in (None, "<", "<=", ">=", ">"):
+        return None
+    if not (_text_or_none(unit) and _text_or_none(code) and _text_or_none(system)):
+        return None
+    return ("Quantity", kind, number, unit, code, system, comparator)
 
 
 _NUMBER = re.compile(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$")

@@ -14,8 +14,9 @@ from decimal import Decimal
 from typing import Any
 
 from cds_service.reader.fields import FieldReader
+from cds_service.reader.lazy import UnreadableResource, materialise
 from cds_service.record import Dosage, MedicationFact
-from cds_service.terminology import Concept
+from cds_service.terminology import NO_CONCEPT, Concept
 
 #: Timing codes (HL7 GTSAbbreviation) as administrations per day.
 _GTS_PER_DAY = {
@@ -39,6 +40,10 @@ class MedicationIndex:
         self._by_ref: dict[str, Mapping[str, Any]] = {}
 
     def add(self, raw: Mapping[str, Any], full_url: Any = None) -> None:
+        try:
+            raw = materialise(raw)  # read once here, not at every look-up
+        except UnreadableResource:
+            return
         rid = raw.get("id")
         if isinstance(rid, str) and rid:
             self._by_ref[f"Medication/{rid}"] = raw
@@ -88,7 +93,7 @@ def medication_concept(raw: Mapping[str, Any], index: MedicationIndex, f: FieldR
     ref = f.as_object(raw.get("medicationReference"), "medicationReference")
     if ref is None:
         f.dropped("medication[x]", "no medication", "medication")
-        return Concept()
+        return NO_CONCEPT
     target = ref.get("reference")
     medication: Mapping[str, Any] | None = None
     if isinstance(target, str) and target.startswith("#"):
@@ -105,7 +110,7 @@ def medication_concept(raw: Mapping[str, Any], index: MedicationIndex, f: FieldR
         f.repaired("medicationReference", "medication known only by the reference's display")
         return Concept(text=display)
     f.dropped("medicationReference", "reference to a Medication that could not be read", "medication")
-    return Concept()
+    return NO_CONCEPT
 
 
 def read_medication_request(

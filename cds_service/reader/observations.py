@@ -20,7 +20,7 @@ from cds_service.record import (
     Quantity,
     ReferenceRange,
 )
-from cds_service.terminology import Concept
+from cds_service.terminology import NO_CONCEPT, Concept
 
 #: The value[x] choices the rules read; others (valueRatio, valueSampledData...) are no value to them.
 _VALUE_KEYS = ("valueQuantity", "valueString", "valueCodeableConcept", "valueBoolean", "valueInteger")
@@ -78,7 +78,7 @@ def _value(
     raw: Mapping[str, Any], f: FieldReader, field_name: str
 ) -> tuple[Quantity | None, Concept, bool | None, str | None]:
     """(quantity, concept, boolean, text) of a value[x]: whichever the sender used."""
-    quantity, concept, boolean, text = None, Concept(), None, None
+    quantity, concept, boolean, text = None, NO_CONCEPT, None, None
     if "valueQuantity" in raw:
         quantity = f.quantity(raw["valueQuantity"], "valueQuantity", field_name)
     if "valueInteger" in raw:
@@ -118,5 +118,5 @@ def _reference_range(value: Any, result: Quantity | None, f: FieldReader) -> Ref
                     else q
                     for q in (low, high)
                 )
-        return ReferenceRange(low, high, text)
+        return f.intern(ReferenceRange(low, high, text))
     return None

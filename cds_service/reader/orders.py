@@ -118,4 +118,3 @@ def read_draft_orders(
         f.report.read[rtype] += 1
     orders.sort(key=lambda o: not o.selected)  # stable: selected first, EHR order kept
     return orders, unread, unsupported
-

@@ -8,7 +8,7 @@ from typing import Any
 
 from cds_service.reader.fields import FieldReader
 from cds_service.record import GenericFact, PatientFact
-from cds_service.terminology import Concept
+from cds_service.terminology import NO_CONCEPT, Concept
 
 #: Per type: the statuses that mean the thing happened or holds now (None: no status sent).
 KEEP_STATUSES: dict[str, frozenset[str | None]] = {
@@ -110,4 +110,4 @@ def read_concepts(rtype: str, raw: Mapping[str, Any], f: FieldReader) -> tuple[C
         klass = klass[0] if isinstance(klass, list) and klass else klass
         if isinstance(klass, Mapping):
             found.append(f.concept({"coding": [klass]}, "class"))  # class is a bare Coding
-    return tuple(found) or (Concept(),)
+    return f.intern(tuple(found)) if found else (NO_CONCEPT,)

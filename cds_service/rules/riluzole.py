@@ -335,8 +335,7 @@ def _other_contraindications(record: PatientRecord) -> list[str]:
         lines.append(f"Pregnancy status on {day(status.effective)}: {status.value_concept.label}.")
     feeding = record.latest_observation(BREASTFEEDING_STATUS)
     if feeding is not None and (
-        CURRENTLY_BREASTFEEDING.match(feeding.value_concept) is not None
-        or feeding.value_boolean is True
+        CURRENTLY_BREASTFEEDING.match(feeding.value_concept) is not None or feeding.value_boolean is True
     ):
         lines.append(f"Breastfeeding status on {day(feeding.effective)}: currently breastfeeding.")
     for allergy in record.allergies_in(RILUZOLE):

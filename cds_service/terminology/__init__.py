@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -76,10 +76,11 @@ class Code:
     system: str
     code: str
     display: str | None = None
+    #: (system, comparable code): computed once, since every value-set lookup of the code uses it.
+    key: tuple[str, str] = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.system, normalise_code(self.system, self.code))
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.system, normalise_code(self.system, self.code)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +127,10 @@ class Concept:
         for code in self.codes:
             if code.display:
                 yield code.display
+
+
+#: The concept of a field that was absent or unreadable: one shared object (concepts are frozen).
+NO_CONCEPT = Concept()
 
 
 @dataclass(frozen=True, slots=True)

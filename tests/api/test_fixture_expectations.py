@@ -96,3 +96,38 @@ def test_every_rule_fires_for_some_fixture_and_stays_silent_for_another() -> Non
     for rule in CATALOGUE:
         assert fires.get(rule.id), f"{rule.id}: no fixture patient where it fires"
         assert silent.get(rule.id), f"{rule.id}: no fixture patient where it must stay silent"
+
+
+def _fixture_hooks() -> list[Any]:
+    cases = []
+    for path in sorted((FIXTURES / "patients").glob("*.json")):
+        bundle = json.loads(path.read_text())
+        for hook in SERVICES:
+            if hook == "patient-view" or split_bundle(bundle)[1]:
+                cases.append(pytest.param(path.stem, hook, id=f"{path.stem}:{hook}"))
+    return cases
+
+
+@pytest.mark.parametrize(("fixture", "hook"), _fixture_hooks())
+def test_a_body_read_entry_by_entry_gets_the_same_cards_as_one_read_whole(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, fixture: str, hook: str
+) -> None:
+    """Bodies over 64 kB keep each prefetch resource in its bytes until the reader reaches it
+    (wire.py, reader/lazy.py). Every fixture is sent both ways; the cards must be identical."""
+    from cds_service import wire
+
+    bundle = json.loads((FIXTURES / "patients" / f"{fixture}.json").read_text())
+    keys = list(SERVICES[hook].prefetch(Settings(_env_file=None), NOW.date()))
+    request = request_from_bundle(bundle, hook, keys)
+
+    def answer() -> list[tuple[str, str, str, str]]:
+        response = client.post(f"/cds-services/{SERVICES[hook].id}", json=request)
+        assert response.status_code == 200, response.text
+        return [
+            (c["source"]["topic"]["code"], c["indicator"], c["summary"], c["detail"])
+            for c in response.json()["cards"]
+        ]
+
+    whole = answer()
+    monkeypatch.setattr(wire, "INLINE_BODY_BYTES", 0)
+    assert answer() == whole

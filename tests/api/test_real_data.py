@@ -18,6 +18,7 @@ import pytest
 import respx
 from fastapi.testclient import TestClient
 
+from cds_service import wire
 from cds_service.app import create_app
 from cds_service.bundles import request_from_bundle
 from cds_service.services import build_services
@@ -38,8 +39,14 @@ def _settings(tmp_path: Path, **overrides: Any) -> Settings:
     )
 
 
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[TestClient]:
+@pytest.fixture(params=["read whole", "read entry by entry"])
+def api(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[TestClient]:
+    """Each case twice: as a typical body (decoded in one pass) and as a large one (each prefetch
+    resource kept in its bytes until read, wire.py): the deviations must be read the same way."""
+    if request.param == "read entry by entry":
+        monkeypatch.setattr(wire, "INLINE_BODY_BYTES", 0)
     with TestClient(create_app(_settings(tmp_path), clock=lambda: NOW), raise_server_exceptions=False) as c:
         yield c
 

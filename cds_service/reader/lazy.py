@@ -1,0 +1,132 @@
+"""A resource still in its JSON bytes, decoded only when it is read.
+
+Why: a hook call with full prefetch of a large chart holds tens of thousands of resources. Decoded
+up front, all of them are alive at once as millions of dicts, lists and strings: several times the
+body's size in memory, and every full garbage collection walks them all while holding the GIL (the
+worker's other requests stalled for over a second at 50,000 Observations). Kept as `msgspec.Raw`
+(a view into the request body, not a copy), a resource costs one small object until the reader
+reaches it; the reader decodes it, reads the facts it needs and lets the dict go.
+
+Only what is needed before reading is decoded at once, the *header*: `resourceType` and `id` (to
+skip types no rule reads and to de-duplicate) and `meta.versionId` / `meta.lastUpdated` (to keep
+the latest version of a duplicate). Everything else is decoded on access. Code on the hot path
+calls `materialise()` once and reads the dict; the Mapping interface is there so that any other
+code that receives a resource (prefetch checks, the medication index) reads it correctly, just
+more slowly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import msgspec
+
+
+class _Header(msgspec.Struct):
+    resourceType: Any = None  # FHIR's element names
+    id: Any = None
+    meta: Any = None
+
+
+_HEADER = msgspec.json.Decoder(_Header)
+_DECODER = msgspec.json.Decoder()
+
+
+class UnreadableResource(ValueError):
+    """The bytes of a resource could not be decoded (e.g. a lone surrogate the scan let through)."""
+
+
+class LazyResource(msgspec.Struct, gc=False):
+    """A FHIR resource as JSON bytes; `resource_type`, `id` and the version decoded at once.
+
+    A msgspec Struct with `gc=False`: it holds only bytes and strings, so it can be in no reference
+    cycle, and the garbage collector need not track it (nor the entry dicts that hold it, which
+    CPython then stops tracking too). A Mapping (registered below) for any code that reads it.
+    """
+
+    raw: msgspec.Raw
+    resource_type: Any = None
+    id: Any = None
+    version_id: Any = None
+    last_updated: Any = None
+
+    @classmethod
+    def of(cls, raw: msgspec.Raw) -> Any:
+        """A LazyResource for a JSON object; anything else (not a resource) decoded as it is."""
+        try:
+            header = _HEADER.decode(raw)
+        except msgspec.ValidationError:
+            return _DECODER.decode(raw)
+        meta = header.meta if isinstance(header.meta, dict) else {}
+        return cls(
+            raw,
+            _atomic(header.resourceType),
+            _atomic(header.id),
+            _atomic(meta.get("versionId")),
+            _atomic(meta.get("lastUpdated")),
+        )
+
+    def decode(self) -> dict[str, Any]:
+        """The whole resource as a fresh dict (not kept: the caller holds it while it reads)."""
+        try:
+            return _DECODER.decode(self.raw)
+        except msgspec.DecodeError as exc:
+            raise UnreadableResource("the resource's JSON could not be decoded") from exc
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "resourceType" and isinstance(self.resource_type, str):
+            return self.resource_type
+        if key == "id" and isinstance(self.id, str):
+            return self.id
+        return self.decode()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except (KeyError, UnreadableResource):
+            return default
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.decode())
+
+    def __len__(self) -> int:
+        return len(self.decode())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.decode()
+
+    def keys(self) -> Any:
+        return self.decode().keys()
+
+    def items(self) -> Any:
+        return self.decode().items()
+
+    def values(self) -> Any:
+        return self.decode().values()
+
+    def __eq__(self, other: object) -> bool:
+        return dict(self.items()) == other if isinstance(other, Mapping) else NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # equal to a dict, so unhashable like one
+
+    def __repr__(self) -> str:
+        # Never the content: a resource is patient data.
+        return f"<LazyResource {self.resource_type!s}, {len(self.raw)} bytes>"
+
+
+Mapping.register(LazyResource)
+
+
+def _atomic(value: Any) -> Any:
+    """A header value kept only if it is a string or a number (a container could form a cycle,
+    which an untracked object must never be part of); the reader finds other shapes on decoding."""
+    return value if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
+
+
+def materialise(resource: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The resource as a plain mapping: a LazyResource decoded, anything else as it is.
+
+    Raises UnreadableResource when the bytes cannot be decoded.
+    """
+    return resource.decode() if isinstance(resource, LazyResource) else resource

@@ -1,0 +1,223 @@
+"""Large bodies: resources kept in their bytes until read, shared values, memoised record queries.
+
+These are the mechanisms behind the large-body figures of bench/ (docs/performance.md); the API
+tests send every fixture both ways (test_fixture_expectations.py, test_real_data.py) and compare.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+import msgspec
+import pytest
+
+from cds_service import terminology, wire
+from cds_service.reader import build_record, dedupe
+from cds_service.reader.lazy import LazyResource, UnreadableResource, materialise
+from cds_service.record import ObservationFact, Quantity
+from cds_service.terminology import Concept
+from tests.support import NOW, service_interest
+
+PATIENT = "p1"
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+
+
+def alt(rid: str, value: float, days_ago: int = 1, **extra: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "id": rid,
+        "status": "final",
+        "code": {"coding": [{"system": LOINC, "code": "1742-6", "display": "ALT"}]},
+        "subject": {"reference": f"Patient/{PATIENT}"},
+        "effectiveDateTime": (NOW - timedelta(days=days_ago)).isoformat(),
+        "valueQuantity": {
+            "value": value,
+            "unit": "U/L",
+            "system": "http://unitsofmeasure.org",
+            "code": "U/L",
+        },
+        "referenceRange": [{"high": {"value": 56, "unit": "U/L"}}],
+        **extra,
+    }
+
+
+def lazy(resource: Any) -> Any:
+    return LazyResource.of(msgspec.Raw(json.dumps(resource).encode()))
+
+
+def large_request(resources: list[dict[str, Any]]) -> Any:
+    """A hook call over the one-pass size, so that wire.py keeps its resources in their bytes."""
+    request = {
+        "hook": "patient-view",
+        "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+        "context": {"userId": "Practitioner/1", "patientId": PATIENT},
+        "prefetch": {
+            "observations": {
+                "resourceType": "Bundle",
+                "type": "searchset",
+                "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources],
+            }
+        },
+    }
+    body = json.dumps(request).encode()
+    assert len(body) > wire.INLINE_BODY_BYTES
+    return wire.read_request(body)
+
+
+# -- LazyResource --------------------------------------------------------------------------------
+
+
+def test_a_large_body_keeps_each_prefetch_resource_in_its_bytes() -> None:
+    request = large_request([alt(f"a{i}", 30 + i) for i in range(300)])
+    entries = request.prefetch["observations"]["entry"]
+    assert len(entries) == 300
+    assert all(isinstance(e["resource"], LazyResource) for e in entries)
+    assert entries[0]["search"] == {"mode": "match"}  # entry fields other than the resource: decoded
+
+
+def test_a_typical_body_is_decoded_whole() -> None:
+    body = json.dumps(
+        {
+            "hook": "patient-view",
+            "hookInstance": "x",
+            "context": {"patientId": PATIENT},
+            "prefetch": {"observations": {"resourceType": "Bundle", "entry": [{"resource": alt("a", 1)}]}},
+        }
+    ).encode()
+    request = wire.read_request(body)
+    assert type(request.prefetch["observations"]["entry"][0]["resource"]) is dict
+
+
+def test_a_lazy_resource_answers_its_header_undecoded_and_the_rest_as_a_mapping() -> None:
+    resource = lazy({**alt("a1", 40), "meta": {"versionId": "3", "lastUpdated": "2026-11-01T00:00:00Z"}})
+    assert isinstance(resource, Mapping)
+    assert (resource.resource_type, resource.id, resource.version_id) == ("Observation", "a1", "3")
+    assert resource["resourceType"] == "Observation"
+    assert resource.get("status") == "final"
+    assert resource.get("absent", "default") == "default"
+    assert "valueQuantity" in resource
+    assert materialise(resource) == alt("a1", 40) | {
+        "meta": {"versionId": "3", "lastUpdated": "2026-11-01T00:00:00Z"}
+    }
+    assert materialise(resource) is not materialise(resource)  # decoded afresh, never kept
+
+
+def test_a_lazy_resource_is_not_tracked_by_the_garbage_collector_nor_is_its_entry() -> None:
+    resource = lazy(alt("a1", 40))
+    entry = {"resource": resource, "fullUrl": "Observation/a1"}
+    gc.collect()
+    assert not gc.is_tracked(resource)
+    assert not gc.is_tracked(entry)
+
+
+def test_a_lazy_resource_never_prints_its_content() -> None:
+    resource = lazy(alt("a1", 40, note=[{"text": "patient says secret"}]))
+    assert "secret" not in repr(resource)
+    assert "Observation" in repr(resource)
+
+
+def test_a_header_that_is_not_text_is_not_trusted_and_the_resource_still_reads() -> None:
+    resource = lazy({"resourceType": "Observation", "id": {"odd": 1}, "meta": {"versionId": ["1"]}})
+    assert resource.id is None and resource.version_id is None
+    assert resource["id"] == {"odd": 1}  # read from the bytes, as the sender wrote it
+
+
+def test_an_entry_resource_that_is_not_an_object_is_left_as_it_is() -> None:
+    assert LazyResource.of(msgspec.Raw(b'"text"')) == "text"
+
+
+def test_bytes_that_cannot_be_decoded_raise_a_named_error_without_content() -> None:
+    broken = LazyResource(msgspec.Raw(b'{"resourceType": "Observation", "id": "x", "value": '), "Observation")
+    with pytest.raises(UnreadableResource) as raised:
+        materialise(broken)
+    assert "Observation" not in str(raised.value)
+
+
+# -- the reader over lazy resources ---------------------------------------------------------------
+
+
+def test_the_latest_version_of_a_lazy_duplicate_is_kept() -> None:
+    older = lazy({**alt("a1", 400), "meta": {"versionId": "1"}})
+    newer = lazy({**alt("a1", 40), "meta": {"versionId": "2"}})
+    [kept] = dedupe([newer, older])
+    assert kept is newer
+    [kept] = dedupe([older, newer])
+    assert kept is newer
+
+
+def test_types_no_rule_reads_are_skipped_without_decoding() -> None:
+    claim = LazyResource(msgspec.Raw(b"{not json at all"), "Claim", "c1")
+    record = build_record(
+        patient_id=PATIENT, now=NOW, resources=[claim, lazy(alt("a1", 40))], interest=service_interest()
+    )
+    assert record.report.not_relevant["Claim"] == 1
+    assert [o.id for o in record.observations] == ["a1"]
+
+
+def test_a_resource_of_interest_that_cannot_be_decoded_is_counted_as_unread_not_dropped_silently() -> None:
+    broken = LazyResource(msgspec.Raw(b'{"resourceType": "Observation", '), "Observation", "x")
+    record = build_record(patient_id=PATIENT, now=NOW, resources=[broken], interest=service_interest())
+    assert record.report.unreadable["Observation"] == 1
+    assert record.unread["Observation"] == 1
+
+
+# -- shared values ---------------------------------------------------------------------------------
+
+
+def test_equal_concepts_and_ranges_of_one_read_are_one_object() -> None:
+    record = build_record(
+        patient_id=PATIENT,
+        now=NOW,
+        resources=[alt(f"a{i}", 40, days_ago=i + 1) for i in range(3)],
+        interest=service_interest(),
+    )
+    first, *others = record.observations
+    for other in others:
+        assert other.concept is first.concept
+        assert other.reference_range is first.reference_range
+        assert other.value is first.value
+
+
+def test_a_repair_is_counted_for_every_resource_that_needed_it_even_when_the_value_is_shared() -> None:
+    bent = [
+        alt(f"a{i}", 40, days_ago=i + 1, code={"coding": {"system": LOINC, "code": "1742-6"}})
+        for i in range(3)
+    ]
+    record = build_record(patient_id=PATIENT, now=NOW, resources=bent, interest=service_interest())
+    assert len(record.observations) == 3
+    assert record.report.repaired["Observation.code.coding: one value where a list belongs"] == 3
+
+
+# -- memoised record queries ------------------------------------------------------------------------
+
+
+def test_a_record_query_sees_facts_added_after_it_was_first_asked() -> None:
+    alt_set = terminology.load("alt")
+    record = build_record(
+        patient_id=PATIENT, now=NOW, resources=[alt("a1", 40, days_ago=5)], interest=service_interest()
+    )
+    assert [o.id for o in record.observations_in(alt_set)] == ["a1"]
+    record.observations.append(
+        ObservationFact(
+            id="a2",
+            concept=record.observations[0].concept,
+            status="final",
+            effective=NOW - timedelta(days=1),
+            value=Quantity(record.observations[0].value.value),  # type: ignore[union-attr]
+            reference_range=None,
+        )
+    )
+    assert [o.id for o in record.observations_in(alt_set)] == ["a2", "a1"]
+
+
+def test_a_caller_may_change_the_list_a_query_returns() -> None:
+    alt_set = terminology.load("alt")
+    record = build_record(patient_id=PATIENT, now=NOW, resources=[alt("a1", 40)], interest=service_interest())
+    record.observations_in(alt_set).clear()
+    assert [o.id for o in record.observations_in(alt_set)] == ["a1"]
+    assert isinstance(record.observations[0].concept, Concept)
