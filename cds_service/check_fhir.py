@@ -23,6 +23,8 @@ from cds_service.engine import Engine, RequestError
 from cds_service.fhir_client import FHIR_JSON, FhirClient, FhirFetchError, new_http_client
 from cds_service.hooks import CDSRequest
 from cds_service.prefetch import TYPE_BY_KEY, render_template
+from cds_service.reader.strict import StrictFinding, format_findings, strict_findings
+from cds_service.record import Deviation
 from cds_service.services import build_services
 from cds_service.settings import Settings
 
@@ -50,10 +52,13 @@ class CheckReport:
     queries: list[QueryCheck] = field(default_factory=list)
     cards: list[dict[str, Any]] = field(default_factory=list)
     cards_error: str | None = None
+    #: With --strict: every deviation from R4 in what the server returned (None: not asked for).
+    strict: list[StrictFinding] | None = None
 
     @property
     def ok(self) -> bool:
-        return all(q.outcome != "failed" for q in self.queries) and self.cards_error is None
+        failed = any(q.outcome == "failed" for q in self.queries) or self.cards_error is not None
+        return not failed and not self.strict
 
 
 def _hint(status: int | None, key: str) -> str:
@@ -112,7 +117,13 @@ def _check_params(query: str, capabilities: Mapping[str, set[str]], report: Chec
 
 
 async def check_fhir_server(
-    server: str, patient_id: str, token: str | None, settings: Settings, *, now: datetime | None = None
+    server: str,
+    patient_id: str,
+    token: str | None,
+    settings: Settings,
+    *,
+    now: datetime | None = None,
+    strict: bool = False,
 ) -> CheckReport:
     server = server.rstrip("/")
     now = now or datetime.now(UTC)
@@ -126,6 +137,7 @@ async def check_fhir_server(
         for service in build_services().values():
             templates.update(service.prefetch(settings, now.date()))
         prefetch: dict[str, Any] = {}
+        fetched: list[Any] = []
         for key, template in templates.items():
             query = render_template(template, "patient-view", context) or template
             _check_params(query, capabilities, report)
@@ -136,6 +148,7 @@ async def check_fhir_server(
                     QueryCheck(key, query, "failed", reason=exc.reason, hint=_hint(exc.status, key))
                 )
                 continue
+            fetched.extend(result.resources)
             outcome = "ok" if result.resources else "empty"
             report.queries.append(QueryCheck(key, query, outcome, len(result.resources), result.pages))
             if TYPE_BY_KEY[key] == "Patient":
@@ -146,7 +159,9 @@ async def check_fhir_server(
                     "type": "searchset",
                     "entry": [{"resource": r} for r in result.resources],
                 }
-        await _cards(report, settings, fhir, prefetch, context, now)
+        deviations = await _cards(report, settings, fhir, prefetch, context, now, strict=strict)
+        if strict:
+            report.strict = strict_findings(deviations, fetched)
     finally:
         await http.aclose()
     return report
@@ -159,7 +174,10 @@ async def _cards(
     prefetch: dict[str, Any],
     context: dict[str, str],
     now: datetime,
-) -> None:
+    *,
+    strict: bool = False,
+) -> list[Deviation] | None:
+    """The patient-view cards into the report; the reader's deviations when `strict`."""
     service = build_services()["als-patient-view"]
     request = CDSRequest.model_validate(
         {
@@ -169,13 +187,20 @@ async def _cards(
             "prefetch": {k: v for k, v in prefetch.items() if k in service.prefetch(settings, now.date())},
         }
     )
-    engine = Engine(settings, card_rendering.load_catalogue(settings.cards_dir), fhir, lambda: now)
+    engine = Engine(
+        settings,
+        card_rendering.load_catalogue(settings.cards_dir),
+        fhir,
+        lambda: now,
+        keep_deviations=strict,
+    )
     try:
         outcome = await engine.run(service, request)
     except RequestError as exc:
         report.cards_error = "; ".join(issue["diagnostics"] for issue in exc.issues)
-        return
+        return None
     report.cards = [card.to_json() for card in outcome.cards]
+    return outcome.record.report.deviations
 
 
 def format_report(report: CheckReport) -> str:
@@ -200,10 +225,19 @@ def format_report(report: CheckReport) -> str:
         for card in report.cards:
             rule = card["source"].get("topic", {}).get("code", "?")
             lines.append(f"  [{card['indicator'].upper()}] {card['summary']} ({rule})")
+    if report.strict is not None:
+        lines.append("")
+        lines.extend(format_findings(report.strict))
     return "\n".join(lines)
 
 
 def run(
-    server: str, patient_id: str, token: str | None, settings: Settings, now: datetime | None = None
+    server: str,
+    patient_id: str,
+    token: str | None,
+    settings: Settings,
+    now: datetime | None = None,
+    *,
+    strict: bool = False,
 ) -> CheckReport:
-    return asyncio.run(check_fhir_server(server, patient_id, token, settings, now=now))
+    return asyncio.run(check_fhir_server(server, patient_id, token, settings, now=now, strict=strict))

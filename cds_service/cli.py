@@ -60,6 +60,7 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
     from cds_service.engine import Engine, RequestError
     from cds_service.fhir_client import FhirClient, new_http_client
     from cds_service.hooks import CDSRequest, CDSResponse
+    from cds_service.reader.strict import format_findings, strict_findings
     from cds_service.services import build_services
 
     try:
@@ -104,6 +105,7 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
                     http, max_pages=settings.fhir_max_pages, max_in_flight=settings.fhir_max_connections
                 ),
                 lambda: now,
+                keep_deviations=args.strict,
             )
             return await engine.run(service, request)
         finally:
@@ -118,9 +120,16 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
             print(f"  - {issue['diagnostics']}" + (f" [{where}]" if where else ""), file=sys.stderr)
         return 1
     response = CDSResponse(cards=outcome.cards).to_json()  # type: ignore[attr-defined]
+    findings = (
+        strict_findings(outcome.record.report.deviations, outcome.resources)  # type: ignore[attr-defined]
+        if args.strict
+        else []
+    )
     if args.json:
         print(json.dumps(response, indent=2))
-        return 0
+        if args.strict:  # stdout stays the response, for tools that read it
+            print("\n".join(format_findings(findings)), file=sys.stderr)
+        return 1 if findings else 0
     print(f"{service.id} ({request.hook}) at {now.date().isoformat()}: {len(response['cards'])} card(s)")
     for card in response["cards"]:
         print(f"\n[{card['indicator'].upper()}] {card['summary']}")
@@ -130,7 +139,10 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
         if args.detail:
             for line in card.get("detail", "").splitlines():
                 print(f"    {line}")
-    return 0
+    if args.strict:
+        print()
+        print("\n".join(format_findings(findings)))
+    return 1 if findings else 0
 
 
 def _docs(settings: Settings, args: argparse.Namespace) -> int:
@@ -156,7 +168,7 @@ def _check_fhir(settings: Settings, args: argparse.Namespace) -> int:
 
     token = args.token or os.environ.get("ALS_CDS_CHECK_TOKEN")
     now = datetime.fromisoformat(args.now).astimezone(UTC) if args.now else None
-    report = run(args.url, args.patient, token, settings, now)
+    report = run(args.url, args.patient, token, settings, now, strict=args.strict)
     if args.json:
         print(json.dumps(asdict(report), indent=2, default=str))
     else:
@@ -192,6 +204,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluate.add_argument("--profile", choices=["nice", "us"], help="override ALS_CDS_PROFILE")
     evaluate.add_argument("--json", action="store_true", help="print the CDS Hooks response JSON")
     evaluate.add_argument("--detail", action="store_true", help="also print each card's detail")
+    evaluate.add_argument(
+        "--strict",
+        action="store_true",
+        help="also list every deviation from R4 in the data (what the reader repaired or dropped, and "
+        "what fhir.resources finds invalid); exit status 1 if there is any",
+    )
     check = commands.add_parser(
         "check-fhir", help="test a FHIR server with the prefetch queries the service will make for a patient"
     )
@@ -203,6 +221,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     check.add_argument("--now", help="evaluate the cards as of this ISO date-time (default: now)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument(
+        "--strict",
+        action="store_true",
+        help="also list every deviation from R4 in what the server returned; exit status 1 if there is any",
+    )
     docs = commands.add_parser("docs", help="write the rule catalogue page from the rule metadata")
     docs.add_argument("--output", default="docs/rules.md", help="where to write it ('-' for stdout)")
     args = parser.parse_args(argv)

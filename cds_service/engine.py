@@ -27,7 +27,7 @@ from cds_service import cards as card_rendering
 from cds_service import prefetch
 from cds_service.fhir_client import FhirClient
 from cds_service.hooks import HOOK_CONTEXTS, Card, CDSRequest, OrderSelectContext, OrderSignContext
-from cds_service.reader import ReadOptions, build_record
+from cds_service.reader import ReadOptions, build_record, resources_from_bundle
 from cds_service.record import PatientRecord
 from cds_service.rules import RuleConfig, evaluate
 from cds_service.services import ServiceDefinition
@@ -87,6 +87,9 @@ class HookOutcome:
     cards: list[Card]
     record: PatientRecord
     now: datetime
+    #: Every resource the call read (prefetch or FHIR server, Medications behind references, draft
+    #: orders), as it arrived: for `--strict` reports.
+    resources: Sequence[Any] = ()
 
 
 @dataclass
@@ -95,6 +98,8 @@ class Engine:
     catalogue: card_rendering.CardCatalogue
     fhir: FhirClient
     clock: Clock
+    #: List every deviation the reader meets (`--strict` reports), not only count them.
+    keep_deviations: bool = False
     # The templates depend only on the service, the settings and the day; computing them is a
     # millisecond of value-set merging that every call would otherwise repeat. Holds one day.
     _templates: dict[tuple[str, date], dict[str, str]] = field(default_factory=dict, init=False, repr=False)
@@ -106,7 +111,9 @@ class Engine:
     @cached_property
     def read_options(self) -> ReadOptions:
         return ReadOptions(
-            site_tz=self.settings.site_tz, clock_skew=timedelta(seconds=self.settings.clock_skew_seconds)
+            site_tz=self.settings.site_tz,
+            clock_skew=timedelta(seconds=self.settings.clock_skew_seconds),
+            keep_deviations=self.keep_deviations,
         )
 
     def prefetch_templates(self, service: ServiceDefinition, today: date) -> dict[str, str]:
@@ -167,15 +174,20 @@ class Engine:
             options=self.read_options,
             medications=medications,
         )
-        # Reading a large chart is CPU work: off the event loop, so the process keeps answering. A
-        # typical chart reads in a fraction of a millisecond, less than the hand-off would cost.
-        if len(resources) > INLINE_READ_RESOURCES:
-            record = await asyncio.to_thread(read)
-        else:
+
+        def decide() -> tuple[PatientRecord, list[Card]]:
             record = read()
-        findings = evaluate(service.rules, record, self.rule_config)
-        cards = card_rendering.render_all(findings, self.catalogue, self.settings.profile)
-        return HookOutcome(cards, record, now)
+            findings = evaluate(service.rules, record, self.rule_config)
+            return record, card_rendering.render_all(findings, self.catalogue, self.settings.profile)
+
+        # Reading a large chart, and the rules over it, is CPU work: off the event loop, so the
+        # process keeps answering. A typical chart takes a millisecond, less than the hand-off.
+        if len(resources) > INLINE_READ_RESOURCES:
+            record, cards = await asyncio.to_thread(decide)
+        else:
+            record, cards = decide()
+        orders = resources_from_bundle(draft_orders) if draft_orders else []
+        return HookOutcome(cards, record, now, [*resources, *medications, *orders])
 
 
 def validate_context(request: CDSRequest) -> Any:

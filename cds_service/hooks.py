@@ -140,11 +140,20 @@ class _Strict(BaseModel):
 
 
 def _prune(value: Any) -> Any:
+    """Drop null, "", [] and {} members from objects, at every depth (one pass)."""
     if isinstance(value, dict):
-        pruned = {k: _prune(v) for k, v in value.items()}
-        return {k: v for k, v in pruned.items() if v not in (None, "", [], {})}
+        pruned = {}
+        for key, member in value.items():
+            if isinstance(member, (dict, list)):
+                member = _prune(member)
+                if not member:
+                    continue
+            elif member is None or member == "":
+                continue
+            pruned[key] = member
+        return pruned
     if isinstance(value, list):
-        return [_prune(v) for v in value]
+        return [_prune(v) if isinstance(v, (dict, list)) else v for v in value]
     return value
 
 

@@ -169,6 +169,10 @@ def _read_fact(
         target.append(fact)
 
 
+#: Checked by type first: an isinstance check against Mapping (an ABC) costs a microsecond.
+_MAPPINGS = (dict, LazyResource)
+
+
 def resources_from_bundle(bundle: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """The resources of a Bundle's entries (search results, transactions, collections alike).
 
@@ -178,7 +182,7 @@ def resources_from_bundle(bundle: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     found = []
     for entry in _entries(bundle):
         resource = entry.get("resource")
-        if not isinstance(resource, Mapping):
+        if type(resource) not in _MAPPINGS and not isinstance(resource, Mapping):
             continue
         search = entry.get("search")
         if isinstance(search, Mapping) and search.get("mode") == "outcome":
@@ -199,20 +203,25 @@ def dedupe(resources: Iterable[Any], report: ReadReport | None = None) -> list[M
     by_key: dict[tuple[str, str], int] = {}
     unique: list[Mapping[str, Any]] = []
     for raw in resources:
-        if not isinstance(raw, Mapping) or not isinstance(raw.get("resourceType"), str):
-            continue  # (a LazyResource answers resourceType and id from its header, undecoded)
-        rid = raw.get("id")
+        if type(raw) is LazyResource:  # the header answers without decoding
+            rtype, rid = raw.resource_type, raw.id
+        elif isinstance(raw, Mapping):
+            rtype, rid = raw.get("resourceType"), raw.get("id")
+        else:
+            continue
+        if not isinstance(rtype, str):
+            continue
         if not isinstance(rid, str) or not rid:
             unique.append(raw)
             continue
-        key = (raw["resourceType"], rid)
+        key = (rtype, rid)
         at = by_key.get(key)
         if at is None:
             by_key[key] = len(unique)
             unique.append(raw)
             continue
         if report is not None:
-            report.duplicates[raw["resourceType"]] += 1
+            report.duplicates[rtype] += 1
         if _version(raw) > _version(unique[at]):
             unique[at] = raw
     return unique
@@ -233,10 +242,14 @@ def _version(raw: Mapping[str, Any]) -> tuple[int, str]:
 
 def _names_other_patient(raw: Mapping[str, Any], patient_id: str) -> bool:
     """True only when the resource clearly belongs to another patient (urn:uuid refs are kept)."""
+    own = f"Patient/{patient_id}"
     for element in ("subject", "patient"):
         ref = raw.get(element)
         if isinstance(ref, Mapping):
-            other = reference_id(ref.get("reference"), "Patient")
+            reference = ref.get("reference")
+            if reference == own:
+                continue  # the common case, without taking the reference apart
+            other = reference_id(reference, "Patient")
             if other is not None and other != patient_id:
                 return True
     return False

@@ -210,15 +210,42 @@ class FieldReader:
     def concept(self, value: Any, path: str) -> Concept:
         """A CodeableConcept; a bare Coding or a list of CodeableConcepts is read as meant."""
         if type(value) is dict:
-            # A well-formed concept seen before in this read: the same Concept, without building
-            # it again (decided on its raw strings, which hash fast: no repair can be involved).
-            key = _concept_key(value)
-            if key is not None:
-                found = self.interned.get(key)
-                if found is None:
-                    found = self.interned[key] = self._concept(value, path)
-                return found  # type: ignore[no-any-return]
+            found = self._well_formed_concept(value)
+            if found is not None:
+                return found
         return self._concept(value, path)
+
+    def _well_formed_concept(self, value: dict[str, Any]) -> Concept | None:
+        """The fast path, for the shape nearly every sender uses: a list of codings, each with a
+        string code, and strings elsewhere. Nothing to repair or drop can be involved, so the
+        answer depends only on the raw strings: a concept seen before in this read is found by
+        them (they hash fast) and shared. Any other shape: None, and the long way notes why."""
+        codings = value.get("coding")
+        text = value.get("text")
+        if type(codings) is not list or not (text is None or type(text) is str):
+            return None
+        key: list[Any] = [text]
+        for coding in codings:
+            if type(coding) is not dict:
+                return None
+            system, code, display = coding.get("system"), coding.get("code"), coding.get("display")
+            if (
+                type(code) is not str
+                or not (system is None or type(system) is str)
+                or not (display is None or type(display) is str)
+            ):
+                return None
+            key += (system, code, display)
+        raw_key = tuple(key)
+        found = self.interned.get(raw_key)
+        if found is None:
+            codes = tuple(
+                Code(_system(key[i]) if key[i] is not None else "", key[i + 1], key[i + 2])
+                for i in range(1, len(key), 3)
+                if key[i + 1].strip()
+            )
+            found = self.interned[raw_key] = self.intern(Concept(codes, text))
+        return found  # type: ignore[no-any-return]
 
     def _concept(self, value: Any, path: str) -> Concept:
         if value is None:
@@ -271,7 +298,24 @@ class FieldReader:
     def concepts(self, value: Any, path: str) -> tuple[Concept, ...]:
         if value is None:
             return ()
-        return self.intern(tuple(self.concept(item, path) for item in self.as_list(value, path)))
+        concepts = tuple(self.concept(item, path) for item in self.as_list(value, path))
+        if not concepts:
+            return ()
+        # Keyed by the members' identities: they are shared already, and hashing the concepts
+        # themselves (dataclasses) would cost more than the tuple saves. The stored tuple keeps
+        # its members alive, so the identities cannot be reused while the key exists.
+        key = ("concepts", *map(id, concepts))
+        return self.interned.setdefault(key, concepts)  # type: ignore[no-any-return]
+
+    def reference_range(
+        self, low: Quantity | None, high: Quantity | None, text: str | None
+    ) -> ReferenceRange:
+        """One shared ReferenceRange per (low, high, text) in this read (keyed as `concepts`)."""
+        key = ("range", id(low), id(high), text)
+        found = self.interned.get(key)
+        if found is None:
+            found = self.interned[key] = ReferenceRange(low, high, text)
+        return found  # type: ignore[no-any-return]
 
     def status_code(self, value: Any, path: str) -> str | None:
         """A status held in a CodeableConcept (Condition.clinicalStatus): its first code."""
@@ -285,12 +329,24 @@ class FieldReader:
     def quantity(self, value: Any, path: str, field_name: str | None = None) -> Quantity | None:
         """A Quantity. Without a readable number it is unreadable (dropped), never zero."""
         if type(value) is dict:
-            key = _quantity_key(value)  # as for concepts: a well-formed quantity seen before
-            if key is not None:
-                found = self.interned.get(key)
-                if found is None:
-                    found = self.interned[key] = self._quantity(value, path, field_name)
-                return found  # type: ignore[no-any-return]
+            # The fast path, as for concepts: a finite number and strings, nothing to note.
+            number = value.get("value")
+            kind = type(number)
+            if kind is int or (kind is float and number - number == 0):  # finite: not NaN or inf
+                unit, code = value.get("unit"), value.get("code")
+                system, comparator = value.get("system"), value.get("comparator")
+                if (
+                    (unit is None or type(unit) is str)
+                    and (code is None or type(code) is str)
+                    and (system is None or type(system) is str)
+                    and (comparator is None or (type(comparator) is str and comparator in _COMPARATORS))
+                ):
+                    key = (kind, number, unit, code, system, comparator)
+                    found = self.interned.get(key)
+                    if found is None:
+                        decimal = Decimal(number) if kind is int else Decimal(repr(number))
+                        found = self.interned[key] = Quantity(decimal, unit, code, system, comparator)
+                    return found  # type: ignore[no-any-return]
         return self._quantity(value, path, field_name)
 
     def _quantity(self, value: Any, path: str, field_name: str | None) -> Quantity | None:
@@ -303,7 +359,7 @@ class FieldReader:
                 self.dropped(f"{path}.value", "no number", field_name or path)
             return None
         comparator = obj.get("comparator")
-        if comparator not in (None, "<", "<=", ">=", ">"):
+        if not isinstance(comparator, (str, type(None))) or comparator not in _COMPARATORS:
             self.dropped(f"{path}.comparator", "unknown comparator", field_name or path)
             return None
         unit, code, system = obj.get("unit"), obj.get("code"), obj.get("system")
@@ -357,7 +413,7 @@ class FieldReader:
         if low is None and high is None:
             return None
         self.repaired(path, "a range given only as text")
-        return self.intern(ReferenceRange(low, high, text))
+        return self.reference_range(low, high, text)
 
     def reference(self, value: Any, path: str) -> str | None:
         obj = self.as_object(value, path)
@@ -372,48 +428,8 @@ class FieldReader:
         return None
 
 
-def _text_or_none(value: Any) -> bool:
-    return value is None or type(value) is str
-
-
-def _concept_key(value: dict[str, Any]) -> tuple[Any, ...] | None:
-    """The raw strings of a well-formed CodeableConcept (a list of codings, each with a string
-    code), or None for any other shape: those are read the long way, with their repairs noted."""
-    codings = value.get("coding")
-    text = value.get("text")
-    if type(codings) is not list or not _text_or_none(text):
-        return None
-    key: list[Any] = ["CodeableConcept", text]
-    for coding in codings:
-        if type(coding) is not dict:
-            return None
-        system, code, display = coding.get("system"), coding.get("code"), coding.get("display")
-        if type(code) is not str or not _text_or_none(system) or not _text_or_none(display):
-            return None
-        key += (system, code, display)
-    return tuple(key)
-
-
-def _quantity_key(value: dict[str, Any]) -> tuple[Any, ...] | None:
-    """The raw values of a well-formed Quantity (a finite number, strings), else None."""
-    number = value.get("value")
-    kind = type(number)
-    if kind is float:
-        if number != number or number in (float("inf"), float("-inf")):
-            return None
-    elif kind is not int:
-        return None
-    unit, code, system, comparator = (
-        value.get("unit"),
-        value.get("code"),
-        value.get("system"),
-        value.get("comparator"),
-    )
-    if comparator not in (None, "<", "<=", ">=", ">"):
-        return None
-    if not (_text_or_none(unit) and _text_or_none(code) and _text_or_none(system)):
-        return None
-    return ("Quantity", kind, number, unit, code, system, comparator)
+#: A Quantity's comparator as R4 spells it; None: the value is exact.
+_COMPARATORS = frozenset({None, "<", "<=", ">=", ">"})
 
 
 _NUMBER = re.compile(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$")

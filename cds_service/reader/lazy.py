@@ -82,6 +82,8 @@ class LazyResource(msgspec.Struct, gc=False):
         return self.decode()[key]
 
     def get(self, key: str, default: Any = None) -> Any:
+        if key == "resourceType" and isinstance(self.resource_type, str):
+            return self.resource_type  # the common question, answered without decoding
         try:
             return self[key]
         except (KeyError, UnreadableResource):

@@ -118,5 +118,5 @@ def _reference_range(value: Any, result: Quantity | None, f: FieldReader) -> Ref
                     else q
                     for q in (low, high)
                 )
-        return f.intern(ReferenceRange(low, high, text))
+        return f.reference_range(low, high, text)
     return None

@@ -59,3 +59,31 @@ def test_evaluate_refuses_a_file_that_is_not_a_request_or_bundle(
     path.write_text('{"resourceType": "Patient"}')
     assert main(["evaluate", str(path)]) == 2
     assert "neither" in capsys.readouterr().err
+
+
+def test_evaluate_strict_lists_each_deviation_with_what_was_done_and_exits_1(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The CDS Hooks sandbox's Rx View body: category sent as one object."""
+    path = FIXTURES / "requests" / "sandbox-rx-view-order-select.json"
+    code = main(["evaluate", str(path), "--now", NOW, "--strict"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "rule: riluzole-order-liver" in out  # the cards are still there
+    assert "repaired         MedicationRequest/request-123 category: one value where a list belongs" in out
+    assert "not valid R4     MedicationRequest/request-123 category: Input should be a valid list" in out
+
+
+def test_evaluate_strict_on_clean_data_says_so_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    path = FIXTURES / "requests" / "patient-view-als-riluzole-lft-overdue.json"
+    assert main(["evaluate", str(path), "--now", NOW, "--strict"]) == 0
+    clean = "Strict check: every resource is valid R4, and the reader repaired nothing."
+    assert clean in capsys.readouterr().out
+
+
+def test_evaluate_strict_with_json_keeps_stdout_the_response(capsys: pytest.CaptureFixture[str]) -> None:
+    path = FIXTURES / "requests" / "sandbox-rx-view-order-select.json"
+    assert main(["evaluate", str(path), "--now", NOW, "--strict", "--json"]) == 1
+    captured = capsys.readouterr()
+    assert "riluzole-order-liver" in [c["source"]["topic"]["code"] for c in json.loads(captured.out)["cards"]]
+    assert "Strict check:" in captured.err

@@ -103,3 +103,39 @@ def test_the_command_exits_non_zero_when_a_query_fails(capsys: pytest.CaptureFix
     assert "FAILED  conditions: FHIR server refused access (HTTP 401)" in captured.out
     assert sent == {"Bearer SECRET-TOKEN-9f8e"}
     assert "SECRET-TOKEN-9f8e" not in captured.out + captured.err  # used, never printed
+
+
+async def test_strict_lists_what_the_server_sent_that_is_not_r4_and_fails_the_check() -> None:
+    resources = patient_resources(PATIENT)
+    for resource in resources:
+        if resource["resourceType"] == "MedicationRequest":
+            resource["category"] = {"coding": [{"code": "outpatient"}]}  # one object: R4 wants a list
+        if resource["resourceType"] == "Observation" and "effectiveDateTime" in resource:
+            resource["effectiveDateTime"] = resource["effectiveDateTime"][:19]  # a time without its zone
+    with respx.mock(assert_all_called=False) as router:
+        router.get(f"{SERVER}/metadata").mock(return_value=httpx.Response(200, json=capability()))
+        mock_fhir_server(router, resources, base=SERVER)
+        settings = Settings(_env_file=None)
+        plain = await check_fhir_server(SERVER, PATIENT, None, settings, now=NOW)
+        strict = await check_fhir_server(SERVER, PATIENT, None, settings, now=NOW, strict=True)
+    assert plain.ok and plain.strict is None
+    assert not strict.ok
+    assert strict.strict is not None
+    found = {(f.action, f.path) for f in strict.strict}
+    assert found >= {
+        ("not valid R4", "category"),
+        ("not valid R4", "effectiveDateTime"),
+        ("repaired", "effectiveDateTime"),  # the reader read it in the site's zone
+    }
+    text = format_report(strict)
+    assert "Strict check:" in text and "effectiveDateTime: no time zone (read in the site's zone)" in text
+    rule_ids = [[c["source"]["topic"]["code"] for c in r.cards] for r in (plain, strict)]
+    assert rule_ids[0] == rule_ids[1]  # the cards do not change
+
+
+async def test_strict_on_a_clean_server_passes() -> None:
+    with respx.mock(assert_all_called=False) as router:
+        serve(router, capability())
+        settings = Settings(_env_file=None)
+        report = await check_fhir_server(SERVER, PATIENT, None, settings, now=NOW, strict=True)
+    assert report.strict == [] and report.ok

@@ -221,3 +221,31 @@ def test_a_caller_may_change_the_list_a_query_returns() -> None:
     record.observations_in(alt_set).clear()
     assert [o.id for o in record.observations_in(alt_set)] == ["a1"]
     assert isinstance(record.observations[0].concept, Concept)
+
+
+@pytest.mark.parametrize(
+    "quantity",
+    [
+        {"value": 40, "comparator": ["<"]},  # a list where a code belongs
+        {"value": 40, "comparator": {"code": "<"}},
+        {"value": 40, "unit": ["U/L"]},
+        {"value": float("nan"), "unit": "U/L"},
+        {"value": float("inf"), "unit": "U/L"},
+        {"value": True, "unit": "U/L"},
+    ],
+    ids=["comparator-list", "comparator-object", "unit-list", "nan", "infinity", "boolean"],
+)
+def test_an_odd_quantity_takes_the_long_way_and_never_raises(quantity: dict[str, Any]) -> None:
+    record = build_record(
+        patient_id=PATIENT,
+        now=NOW,
+        resources=[alt("a1", 40, valueQuantity=quantity)],
+        interest=service_interest(),
+    )
+    [fact] = record.observations
+    if "unit" in quantity and isinstance(quantity["unit"], list):
+        # The number is kept, the odd unit is not: the lab's range on the same result gives it.
+        assert fact.value is not None and fact.value.value == 40
+        assert record.report.repaired["Observation.value: unit taken from the result's reference range"] == 1
+    else:
+        assert fact.value is None and "value" in fact.unreadable
