@@ -469,9 +469,10 @@ class PatientRecord:
             if "effective" in o.unreadable or "value" in o.unreadable
         ]
 
-    def unread_note(self, valueset: ValueSet, what: str) -> str | None:
+    def unread_note(self, valueset: ValueSet | Sequence[ValueSet], what: str) -> str | None:
         """One evidence line when results a rule needed could not be read, else None."""
-        partly = self.unreadable_observations(valueset)
+        valuesets = [valueset] if isinstance(valueset, ValueSet) else list(valueset)
+        partly = list({id(o): o for vs in valuesets for o in self.unreadable_observations(vs)}.values())
         whole = self.unread.get("Observation", 0)
         if not partly and not whole:
             return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 from cds_service.record import PatientRecord
 from cds_service.rules import als, care, data, dmt, muscle, nutrition, physio, respiratory, riluzole, saliva
@@ -42,12 +43,17 @@ def evaluate(rules: Sequence[Rule], record: PatientRecord, config: RuleConfig) -
     A rule that raises is logged by its id and exception type (never the message, which could
     quote patient data) and contributes no card.
     """
-    if not als.has_als(record):
-        return []
+    gate = als.has_als(record)
     findings: list[Finding] = []
     for rule in rules:
+        if rule.gated and not gate:
+            continue
         try:
             findings.extend(rule.evaluate(record, config))
         except Exception as exc:
             log.error("rule failed", extra={"rule_id": rule.id, "error_type": type(exc).__name__})
+    note = als.diagnosis_note(record) if gate else None
+    if note is not None:
+        # The diagnosis every card rests on was partly unreadable: each card says so.
+        findings = [replace(f, evidence=(*f.evidence, note)) for f in findings]
     return findings

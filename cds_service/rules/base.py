@@ -75,3 +75,6 @@ class Rule:
     evaluate: Callable[[PatientRecord, RuleConfig], list[Finding]]
     trigger: str  # one sentence: when it fires (for the generated rule catalogue)
     facts: tuple[RuleFact, ...] = ()
+    #: Runs only for a patient with ALS/MND (`rules.als.has_als`). The one exception is a rule about
+    #: the gate itself: a diagnosis that could not be read may have been the ALS one.
+    gated: bool = True

@@ -4,11 +4,15 @@ A draft order that could not be read at all was not checked by any order rule. A
 card would look, in the EHR, exactly like "checked, nothing to say" (the CDS Hooks sandbox shows
 "All clear"). This rule says instead which order could not be checked, in general terms: the
 reason names what was missing, never the sender's values.
+
+The same holds for the gate in front of every rule: a diagnosis whose code could not be read may
+have been the ALS/MND one, and without a readable ALS diagnosis no rule runs.
 """
 
 from __future__ import annotations
 
 from cds_service.record import Interest, PatientRecord
+from cds_service.rules.als import has_als
 from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
 
 
@@ -48,4 +52,35 @@ ORDER_UNREADABLE = Rule(
     ),
 )
 
-RULES = (ORDER_UNREADABLE,)
+
+def diagnosis_unreadable(record: PatientRecord, config: RuleConfig) -> list[Finding]:
+    """No readable ALS/MND diagnosis, and a diagnosis whose code could not be read."""
+    unread = record.unread.get("Condition", 0)
+    if not unread or has_als(record):
+        return []
+    return [
+        Finding(
+            rule_id="diagnosis-unreadable",
+            fields={"count": str(unread)},
+            evidence=(
+                f"{unread} Condition record(s) whose code could not be read: what they diagnose is unknown.",
+                "No readable ALS/MND diagnosis in the data received.",
+            ),
+        )
+    ]
+
+
+DIAGNOSIS_UNREADABLE = Rule(
+    id="diagnosis-unreadable",
+    title="A diagnosis could not be read, so the ALS checks may not have run",
+    hooks=frozenset({"patient-view"}),
+    reads=Interest({}),
+    evaluate=diagnosis_unreadable,
+    trigger="No readable active ALS/MND diagnosis, and at least one Condition whose code was sent but "
+    "could not be read (it may be the ALS one): the card says the checks may not have run, instead of "
+    "showing nothing.",
+    facts=ORDER_UNREADABLE.facts,
+    gated=False,
+)
+
+RULES = (ORDER_UNREADABLE, DIAGNOSIS_UNREADABLE)

@@ -281,6 +281,9 @@ def assessment_due(record: PatientRecord, config: RuleConfig) -> list[Finding]:
             f"{unreadable} respiratory result(s) without a value or with a unit that could not be read were "
             "not counted."
         )
+    undated = record.unread_note((FVC_PERCENT, VC_PERCENT, FVC_VOLUME, VC_VOLUME, SNIP, SPO2), "respiratory")
+    if undated is not None:
+        evidence.append(undated)
     return [
         Finding(
             rule_id="respiratory-assessment-due",

@@ -110,6 +110,58 @@ def test_an_update_suggestion_for_a_sandbox_order_sends_category_back_as_a_list(
                     assert isinstance(resource["category"], list)
 
 
+# -- the ALS diagnosis itself ----------------------------------------------------------------
+
+
+def test_an_als_diagnosis_whose_code_cannot_be_read_gets_a_card_saying_the_checks_may_not_have_run(
+    api: TestClient,
+) -> None:
+    request = request_for("als-riluzole-lft-overdue")
+    for condition in resources(request, "Condition"):
+        condition["code"] = {"coding": "86044005"}  # a bare string where R4 wants a list of Codings
+    found = cards(api, request)
+    assert [c["source"]["topic"]["code"] for c in found] == ["diagnosis-unreadable"]
+    assert "could not be read" in found[0]["summary"]
+
+
+def test_an_als_diagnosis_whose_status_cannot_be_read_gates_in_and_every_card_says_so(
+    api: TestClient,
+) -> None:
+    request = request_for("als-riluzole-lft-overdue")
+    for condition in resources(request, "Condition"):
+        condition["clinicalStatus"] = 1  # neither a CodeableConcept nor text
+    found = cards(api, request)
+    assert card(found, "riluzole-lft-due")
+    for each in found:
+        assert "the ALS/MND diagnosis record's clinical status (taken as active)" in each["detail"]
+
+
+def test_a_readable_als_diagnosis_beside_an_unreadable_condition_gets_no_unreadable_card(
+    api: TestClient,
+) -> None:
+    request = request_for("als-riluzole-lft-overdue")
+    bundle = request["prefetch"]["conditions"]
+    other = copy.deepcopy(bundle["entry"][0]["resource"])
+    other["id"] = "unreadable-1"
+    other["code"] = {"coding": 12}
+    bundle["entry"].append({"resource": other})
+    found = cards(api, request)
+    assert "diagnosis-unreadable" not in [c["source"]["topic"]["code"] for c in found]
+    assert all("diagnosis record's" not in c["detail"] for c in found)
+
+
+def test_a_breathing_result_whose_date_cannot_be_read_is_named_on_the_assessment_due_card(
+    api: TestClient,
+) -> None:
+    request = request_for("respiratory-assessment-overdue")
+    for observation in resources(request, "Observation"):
+        if observation["id"] == "fvc-r1-1":
+            observation["effectiveDateTime"] = "last Tuesday"
+    detail = card(cards(api, request), "respiratory-assessment-due")["detail"]
+    assert "Data that could not be read: 1 respiratory result(s) had a date or value" in detail
+    assert "last Tuesday" not in detail
+
+
 # -- dates without a zone, and clocks a little ahead -----------------------------------------
 
 
