@@ -133,3 +133,120 @@ def test_an_unexpected_error_logs_its_type_not_its_message(
     text = log_stream.getvalue()
     assert "Margaret" not in text and "1961-05-14" not in text
     assert any(line.get("error_type") == "ValueError" for line in lines(log_stream))
+
+
+# -- uvicorn's own lines, and the no-interpolation guarantee for every other line ---------------
+
+
+@pytest.fixture
+def uvicorn_lines(monkeypatch: pytest.MonkeyPatch) -> list[logging.LogRecord]:
+    """The records uvicorn's own code logs, captured as they are handed to a handler."""
+    records: list[logging.LogRecord] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("uvicorn.error")
+    monkeypatch.setattr(logger, "handlers", [Capture()])
+    monkeypatch.setattr(logger, "propagate", False)
+    monkeypatch.setattr(logger, "disabled", False)
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    return records
+
+
+def format_line(record: logging.LogRecord) -> tuple[str, dict]:
+    text = JsonFormatter().format(record)
+    return text, json.loads(text)
+
+
+def test_uvicorns_server_lines_are_filled_in_without_colour(uvicorn_lines: list[logging.LogRecord]) -> None:
+    """The lines uvicorn itself logs when it binds and starts: readable, and no ANSI code."""
+    import os
+
+    import uvicorn
+    from uvicorn.server import Server
+
+    async def asgi_app(scope: object, receive: object, send: object) -> None:
+        pass
+
+    config = uvicorn.Config(asgi_app, host="127.0.0.1", port=0, log_config=None, lifespan="off")
+    config.load()
+    sock = config.bind_socket()  # logs "Uvicorn running on %s://%s:%d ..." with the bound port
+    try:
+        port = sock.getsockname()[1]
+        Server(config)._log_started_message([sock])  # the single-process variant of the same line
+    finally:
+        sock.close()
+    logging.getLogger("uvicorn.error").info(  # exactly as uvicorn.server.Server._serve logs it
+        "Started server process [%d]",
+        os.getpid(),
+        extra={"color_message": "Started server process [\x1b[36m%d\x1b[0m]"},
+    )
+    assert len(uvicorn_lines) == 3
+    formatted = [format_line(record) for record in uvicorn_lines]
+    events = [line["event"] for _, line in formatted]
+    assert events == [
+        f"Uvicorn running on http://127.0.0.1:{port} (Press CTRL+C to quit)",
+        f"Uvicorn running on http://127.0.0.1:{port} (Press CTRL+C to quit)",
+        f"Started server process [{os.getpid()}]",
+    ]
+    for text, line in formatted:
+        assert "color_message" not in line
+        assert "\\u001b" not in text and "\x1b" not in text
+        assert "%d" not in text and "%s" not in text
+
+
+def test_every_other_template_keeps_its_arguments_out(uvicorn_lines: list[logging.LogRecord]) -> None:
+    """Only uvicorn's server lines are filled in: not its other lines, and no other logger's."""
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    uvicorn_log.error("ASGI callable should return None, but returned '%s'.", "Margaret Hartley")
+    uvicorn_log.info("Started server process [%d] of %s", 42, "Margaret Hartley")  # not the template
+    others = [
+        # uvicorn's template with arguments that do not fit it: the template, not an error.
+        logging.LogRecord(
+            "uvicorn.error",
+            logging.INFO,
+            "",
+            0,
+            "Uvicorn running on %s://%s:%d (Press CTRL+C to quit)",
+            ("Margaret", "Hartley", "x"),
+            None,
+        ),
+        logging.LogRecord("httpx", logging.INFO, "", 0, "HTTP Request: GET %s", ("/Patient/E1001",), None),
+        # A library's logger that happens to log uvicorn's template is still not filled in.
+        logging.LogRecord("somelib", logging.INFO, "", 0, "Started server process [%d]", (1961,), None),
+    ]
+    for record in [*uvicorn_lines, *others]:
+        text, line = format_line(record)
+        assert line["event"] == record.msg
+        assert "Margaret" not in text and "Hartley" not in text and "E1001" not in text
+        assert "1961" not in text
+
+
+def test_no_ansi_code_reaches_a_line_from_anywhere() -> None:
+    record = logging.LogRecord("cds_service", logging.WARNING, "", 0, "\x1b[31mred\x1b[0m alert", (), None)
+    record.__dict__.update(
+        {
+            "color_message": "\x1b[36mx\x1b[0m",
+            "detail": "\x1b[1mbold\x1b[0m",
+            "nested": {"k": ["\x1b]0;t\x07"]},
+        }
+    )
+    text, line = format_line(record)
+    assert "\\u001b" not in text and "\x1b" not in text and "\\u009b" not in text
+    assert line["event"] == "red alert" and line["detail"] == "bold"
+    assert "color_message" not in line
+
+
+def test_a_traceback_handed_over_as_a_message_keeps_only_its_type() -> None:
+    """Starlette passes a failed start-up to uvicorn as the traceback's text, which uvicorn logs."""
+    text = (
+        "Traceback (most recent call last):\n"
+        '  File "app.py", line 1, in lifespan\n'
+        "cds_service.security.ConfigurationError: patient Margaret Hartley\n"
+    )
+    record = logging.LogRecord("uvicorn.error", logging.ERROR, "", 0, text, (), None)
+    formatted, line = format_line(record)
+    assert line["event"] == "traceback withheld" and line["error_type"] == "ConfigurationError"
+    assert "Margaret" not in formatted and "app.py" not in formatted
