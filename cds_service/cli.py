@@ -1,46 +1,309 @@
 """`als-cds`: the command line.
 
-als-cds serve     start the service (uvicorn) with the ALS_CDS_* settings
-als-cds migrate   bring the database schema up to date (for a deploy step or migration job)
+als-cds serve       start the service (uvicorn) with the ALS_CDS_* settings
+als-cds migrate     bring the database schema up to date (for a deploy step or migration job)
+als-cds evaluate    the cards a hook request or a patient Bundle would get, without a server
+als-cds check-fhir  run the service's FHIR queries against a FHIR server, per service
+als-cds docs        write the rule catalogue page
+
+A mistake in the settings or the arguments (a value that does not parse, a missing file, a port in
+use, authentication on with no trusted client) is one line on stderr naming the setting, what was
+wrong and an example of a right value, and exit status 2: never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import json
 import logging
 import logging.config
+import re
+import shlex
+import socket
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from cds_service import logs
-from cds_service.settings import Settings
+from cds_service.settings import Settings, TrustedClient
+
+#: The flags that override a setting, by setting name.
+_FLAGS = {
+    "host": "--host",
+    "port": "--port",
+    "profile": "--profile",
+    "ssl_certfile": "--ssl-certfile",
+    "ssl_keyfile": "--ssl-keyfile",
+}
+
+#: Settings whose value is never quoted back in a message (a database URL carries its password).
+_SECRET_SETTINGS = frozenset({"database_url"})
+
+
+class UsageError(Exception):
+    """A mistake in the settings or arguments: `main` prints it as one line and exits with 2."""
+
+
+# -- naming settings in messages -------------------------------------------------------------------
+
+
+def _env_name(name: str) -> str:
+    return f"ALS_CDS_{name.upper()}"
+
+
+def _label(name: str, from_flag: bool = False) -> str:
+    """How a message names a setting: its variable, and its flag when the value came from one."""
+    return f"{_FLAGS[name]} ({_env_name(name)})" if from_flag and name in _FLAGS else _env_name(name)
+
+
+def _example(name: str, from_flag: bool = False) -> str:
+    """A right value for a setting, written as the user would set it."""
+    field = Settings.model_fields[name]
+    value: Any = field.examples[0] if field.examples else field.get_default(call_default_factory=True)
+    if isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, list | tuple):
+        text = ",".join(map(str, value))
+    else:
+        text = str(value)
+    if from_flag and name in _FLAGS:
+        return f"{_FLAGS[name]} {shlex.quote(text)}"
+    return f"{_env_name(name)}={shlex.quote(text)}"
+
+
+def _settings_problem(exc: ValidationError, from_flags: set[str]) -> str:
+    """One line per setting that failed validation (normally one), each with an example."""
+    first_per_setting: dict[str, dict[str, Any]] = {}
+    for error in exc.errors(include_url=False):
+        name = str(error["loc"][0]) if error["loc"] else ""
+        first_per_setting.setdefault(name, error)
+    lines = []
+    for name, error in first_per_setting.items():
+        if name not in Settings.model_fields:
+            lines.append(f"the settings are not valid: {error['msg']}")
+            continue
+        from_flag = name in from_flags
+        where = _label(name, from_flag)
+        message = str(error["msg"]).removeprefix("Value error, ")
+        message = message[:1].lower() + message[1:]
+        inside = [str(part) for part in error["loc"][1:]]
+        if name == "trusted_clients" and inside:
+            where += f", issuer {inside[0]!r}"
+            if len(inside) > 1:
+                where += f", member {inside[1]!r}"
+            if error["type"] == "extra_forbidden":
+                message = f"unknown member (a trusted client takes {', '.join(TrustedClient.model_fields)})"
+        value = error.get("input")
+        shown = ""
+        if (
+            name not in _SECRET_SETTINGS
+            and isinstance(value, str | int | float)
+            and error["type"] != "extra_forbidden"
+            and len(str(value)) <= 80
+        ):
+            shown = f" (got {str(value)!r})"
+        lines.append(f"{where}: {message}{shown}; e.g. {_example(name, from_flag)}")
+    return "\n".join(lines)
+
+
+def _settings_unreadable(exc: SettingsError) -> str:
+    """pydantic-settings could not even decode a value (a JSON setting that is not JSON)."""
+    found = re.search(r'field "([^"]+)"', str(exc))
+    name = found.group(1) if found else None
+    if name not in Settings.model_fields:
+        return f"the settings cannot be read: {exc}"
+    cause = exc.__cause__
+    if isinstance(cause, json.JSONDecodeError) and not cause.doc.strip():
+        why = "set but empty: give a JSON value, or leave it unset"
+    elif isinstance(cause, json.JSONDecodeError):
+        why = f"not valid JSON ({cause.msg} at character {cause.pos})"
+    else:
+        why = "cannot be read"
+    return f"{_env_name(name)}: {why}; e.g. {_example(name)}"
+
+
+def _load_settings(overrides: dict[str, Any]) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise UsageError(_settings_problem(exc, set(overrides))) from None
+    except SettingsError as exc:
+        raise UsageError(_settings_unreadable(exc)) from None
+
+
+def _parse_now(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value).astimezone(UTC)
+    except ValueError:
+        raise UsageError(
+            f"--now: {value!r} is not an ISO 8601 date or date-time; "
+            "e.g. --now 2026-11-22T12:00:00+00:00 or --now 2026-11-22"
+        ) from None
+
+
+# -- serve ---------------------------------------------------------------------------------------
+
+
+def _check_database_url(settings: Settings) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(settings.database_url)
+    except ArgumentError:
+        raise UsageError(
+            "ALS_CDS_DATABASE_URL: not a SQLAlchemy database URL; e.g. "
+            "ALS_CDS_DATABASE_URL=sqlite:///./als-cds.db or postgresql+psycopg://user:pass@host/db"
+        ) from None
+
+
+def _check_authentication(settings: Settings) -> None:
+    """What the app would refuse at start-up, said before uvicorn starts, as one line."""
+    import asyncio
+
+    from cds_service import security
+
+    config = security.AuthConfig.from_settings(settings)
+    if config.required and not config.clients:
+        raise UsageError(
+            "ALS_CDS_TRUSTED_CLIENTS is empty while ALS_CDS_AUTH_REQUIRED is true, so every call would be "
+            f"refused: name the EHRs allowed to call (README, Authentication), e.g. "
+            f"{_example('trusted_clients')}, or set ALS_CDS_AUTH_REQUIRED=false for a local trial only"
+        )
+    http = security.new_jwks_http_client()
+    try:
+        # Parses every trusted client's static keys, as the app's start-up would.
+        security.Authenticator(config, store=None, clock=lambda: datetime.now(UTC), http=http)  # type: ignore[arg-type]
+    except security.ConfigurationError as exc:
+        raise UsageError(f"{exc} (README, Authentication)") from None
+    finally:
+        asyncio.run(http.aclose())
+
+
+def _check_tls(settings: Settings, from_flags: set[str]) -> dict[str, str]:
+    """uvicorn's TLS arguments, once the certificate and key are known to load together."""
+    import ssl
+
+    cert, key = settings.ssl_certfile, settings.ssl_keyfile
+    if cert is None and key is None:
+        return {}
+    if cert is None or key is None:
+        given, missing = ("ssl_certfile", "ssl_keyfile") if key is None else ("ssl_keyfile", "ssl_certfile")
+        raise UsageError(
+            f"{_label(given, given in from_flags)} is set but {_label(missing, True)} is not: HTTPS needs "
+            "a certificate and its key; e.g. --ssl-certfile cert.pem --ssl-keyfile key.pem"
+        )
+    for name, path in (("ssl_certfile", cert), ("ssl_keyfile", key)):
+        if not path.is_file():
+            where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+            raise UsageError(
+                f"{_label(name, name in from_flags)}: no such file {str(path)!r}{where}; "
+                f"e.g. {_example(name, name in from_flags)}"
+            )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # An encrypted key would make OpenSSL ask for its password on the terminal: it gets none.
+        context.load_cert_chain(cert, key, password=lambda: b"")
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
+        raise UsageError(
+            f"ALS_CDS_SSL_CERTFILE and ALS_CDS_SSL_KEYFILE do not load as a certificate and its key "
+            f"({reason}): give a PEM certificate and its unencrypted PEM private key; "
+            "e.g. ALS_CDS_SSL_CERTFILE=./cert.pem ALS_CDS_SSL_KEYFILE=./key.pem"
+        ) from None
+    return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+
+
+def _check_port_free(settings: Settings, from_flags: set[str]) -> None:
+    """Bind the address as uvicorn will (SO_REUSEADDR, each address of the host) and let it go."""
+    host, port = settings.host, settings.port
+    host_label, port_label = _label("host", "host" in from_flags), _label("port", "port" in from_flags)
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        raise UsageError(
+            f"{host_label}: {host!r} is not an address or host name of this machine; "
+            "e.g. ALS_CDS_HOST=127.0.0.1 (or 0.0.0.0 for every interface)"
+        ) from None
+    bound = 0
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    continue  # that address family is not enabled here; asyncio skips it too
+                raise UsageError(_bind_problem(exc, host, port, host_label, port_label)) from None
+            bound += 1
+    if not bound:
+        raise UsageError(
+            f"{host_label}: {host!r} is not an address of this machine; "
+            "e.g. ALS_CDS_HOST=127.0.0.1 (or 0.0.0.0 for every interface)"
+        )
+
+
+def _bind_problem(exc: OSError, host: str, port: int, host_label: str, port_label: str) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        other = port + 1 if port < 65535 else 8080
+        return (
+            f"port {port} on {host} is already in use: stop the process that listens there, or choose "
+            f"another port with ALS_CDS_PORT or --port; e.g. --port {other}"
+        )
+    if exc.errno == errno.EACCES:
+        return f"{port_label}: this user may not listen on port {port} (below 1024); e.g. --port 8080"
+    return f"cannot listen on {host} port {port} ({exc.strerror}): check {host_label} and {port_label}"
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
+    from_flags = set(args.from_flags)
+    _check_database_url(settings)
+    _check_authentication(settings)
+    tls = _check_tls(settings, from_flags)
+    _check_port_free(settings, from_flags)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    # Not yet listening: uvicorn's own line "Uvicorn running on ..." follows once it is.
     print(
-        f"als-cds: serving on http://{settings.host}:{settings.port}/cds-services "
-        f"(database {_safe_url(settings.database_url)}, profile {settings.profile})",
+        f"als-cds: starting on {'https' if tls else 'http'}://{host}:{settings.port}/cds-services "
+        f"(database {_safe_url(settings.database_url)}, profile {settings.profile}, "
+        f"{settings.workers} worker{'s' if settings.workers > 1 else ''})",
         file=sys.stderr,
     )
-    uvicorn.run(
-        "cds_service.app:app",
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_config=logs.configure(settings.log_level),
-        proxy_headers=True,
-        access_log=False,  # the service logs one line per call of its own (logs.py)
-        timeout_graceful_shutdown=30,
-    )
+    try:
+        uvicorn.run(
+            "cds_service.app:app",
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_config=logs.configure(settings.log_level),
+            proxy_headers=True,
+            access_log=False,  # the service logs one line per call of its own (logs.py)
+            timeout_graceful_shutdown=30,
+            **tls,
+        )
+    except SystemExit as exc:  # uvicorn's start-up failure (after what the checks above can see)
+        if exc.code not in (0, None):
+            print("als-cds: the service did not start; the log lines above say why", file=sys.stderr)
+        raise
     return 0
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     from cds_service.store import Store
 
+    _check_database_url(settings)
     store = Store(settings.database_url)
     try:
         store.migrate()
@@ -52,8 +315,6 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
-    import json
-    from datetime import UTC, datetime
 
     from cds_service import cards
     from cds_service.bundles import request_from_bundle
@@ -63,13 +324,13 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
     from cds_service.reader.strict import format_findings, strict_findings
     from cds_service.services import build_services
 
+    now = _parse_now(args.now) or datetime.now(UTC)
     try:
         document = json.loads(Path(args.file).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         print(f"als-cds: cannot read {args.file}: {exc}", file=sys.stderr)
         return 2
     services = {s.hook: s for s in build_services().values()}
-    now = datetime.fromisoformat(args.now).astimezone(UTC) if args.now else datetime.now(UTC)
     if isinstance(document, dict) and "hook" in document:
         raw_request = document
     elif isinstance(document, dict) and document.get("resourceType") == "Bundle":
@@ -159,15 +420,13 @@ def _docs(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _check_fhir(settings: Settings, args: argparse.Namespace) -> int:
-    import json
     import os
     from dataclasses import asdict
-    from datetime import UTC, datetime
 
     from cds_service.check_fhir import format_report, run
 
+    now = _parse_now(args.now)
     token = args.token or os.environ.get("ALS_CDS_CHECK_TOKEN")
-    now = datetime.fromisoformat(args.now).astimezone(UTC) if args.now else None
     report = run(args.url, args.patient, token, settings, now, strict=args.strict)
     if args.json:
         print(json.dumps(asdict(report), indent=2, default=str))
@@ -188,7 +447,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="start the service")
     serve.add_argument("--host", help="override ALS_CDS_HOST")
-    serve.add_argument("--port", type=int, help="override ALS_CDS_PORT")
+    serve.add_argument("--port", help="override ALS_CDS_PORT")
+    serve.add_argument(
+        "--ssl-certfile", help="PEM certificate: answer HTTPS (override ALS_CDS_SSL_CERTFILE; needs the key)"
+    )
+    serve.add_argument("--ssl-keyfile", help="its unencrypted PEM private key (override ALS_CDS_SSL_KEYFILE)")
     commands.add_parser("migrate", help="apply database migrations")
     evaluate = commands.add_parser(
         "evaluate", help="print the cards a hook request, or a FHIR Bundle of one patient, would get"
@@ -230,9 +493,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     docs.add_argument("--output", default="docs/rules.md", help="where to write it ('-' for stdout)")
     args = parser.parse_args(argv)
 
-    overrides = {k: v for k, v in vars(args).items() if k in ("host", "port", "profile") and v is not None}
-    settings = Settings(**overrides)
-    logging.config.dictConfig(logs.configure(settings.log_level))
+    overrides = {k: v for k, v in vars(args).items() if k in _FLAGS and v is not None}
+    args.from_flags = sorted(overrides)
     commands_by_name = {
         "serve": _serve,
         "migrate": _migrate,
@@ -240,7 +502,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "docs": _docs,
         "check-fhir": _check_fhir,
     }
-    return commands_by_name[args.command](settings, args)
+    try:
+        settings = _load_settings(overrides)
+        logging.config.dictConfig(logs.configure(settings.log_level))
+        return commands_by_name[args.command](settings, args)
+    except UsageError as exc:
+        print(f"als-cds: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -98,6 +98,18 @@ class Settings(BaseSettings):
     port: int = Field(8080, ge=1, le=65535, description="Port `als-cds serve` listens on.")
     workers: int = Field(1, ge=1, description="Uvicorn worker processes for `als-cds serve`.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    ssl_certfile: Path | None = Field(
+        None,
+        examples=["./cert.pem"],
+        description="PEM certificate (chain) for `als-cds serve` to answer HTTPS itself, e.g. for a local "
+        "trial with the public CDS Hooks sandbox; give `ssl_keyfile` with it. Unset: plain HTTP (behind "
+        "a TLS-terminating proxy in production).",
+    )
+    ssl_keyfile: Path | None = Field(
+        None,
+        examples=["./key.pem"],
+        description="The unencrypted PEM private key of `ssl_certfile`.",
+    )
 
     # -- storage ---------------------------------------------------------------------------------
     database_url: str = Field(
@@ -152,6 +164,7 @@ class Settings(BaseSettings):
     )
     mdt_encounter_codes: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
+        examples=["https://hospital.example.org/encounter-type|MND-MDT"],
         description="Extra `system|code` encounter type codes (comma-separated) that count as an MND "
         "multidisciplinary clinic visit, for sites with local clinic codes.",
     )
@@ -220,12 +233,16 @@ class Settings(BaseSettings):
     )
     trusted_clients: dict[str, TrustedClient] = Field(
         default_factory=dict,
+        examples=[
+            '{"https://ehr.example.org": {"jwks_url": "https://ehr.example.org/.well-known/jwks.json"}}'
+        ],
         description='CDS clients whose JWTs are accepted, as JSON: `iss` → {"jwks_url": URL} or '
         '{"jwks": {"keys": [...]}}, optionally "jku": [allowed jku URLs] and "tenant": "...". '
         "With auth_required, at least one is needed or the service refuses to start.",
     )
     public_base_url: str | None = Field(
         None,
+        examples=["https://cds.example.org"],
         description="The service's public base URL (e.g. `https://cds.example.org`), from which the "
         "expected JWT `aud` is built behind a proxy. Unset: built from the request URL.",
     )
@@ -247,6 +264,11 @@ class Settings(BaseSettings):
     jwks_cache_seconds: int = Field(
         3600, ge=60, le=86_400, description="How long a fetched JWK Set is used before it is fetched again."
     )
+
+    @field_validator("ssl_certfile", "ssl_keyfile", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("site_timezone")
     @classmethod
