@@ -8,9 +8,11 @@ import respx
 
 from cds_service.check_fhir import check_fhir_server, format_report
 from cds_service.cli import main
+from cds_service.prefetch import render_template
+from cds_service.services import build_services
 from cds_service.settings import Settings
 from tests.api.test_invocation import mock_fhir_server
-from tests.support import NOW, patient_resources
+from tests.support import NOW, patient_resources, searchset
 
 SERVER = "https://fhir.example.org/r4"
 PATIENT = "als-riluzole-lft-overdue"
@@ -139,3 +141,102 @@ async def test_strict_on_a_clean_server_passes() -> None:
         settings = Settings(_env_file=None)
         report = await check_fhir_server(SERVER, PATIENT, None, settings, now=NOW, strict=True)
     assert report.strict == [] and report.ok
+
+
+# -- per service: each service's own queries, run once when shared, the cards from patient-view's ------
+
+
+def rendered(service_id: str) -> dict[str, str]:
+    service = build_services()[service_id]
+    templates = service.prefetch(Settings(_env_file=None), NOW.date())
+    return {
+        key: render_template(t, service.hook, {"patientId": PATIENT}) or t for key, t in templates.items()
+    }
+
+
+def observation_codes(service_id: str) -> str:
+    return str(httpx.URL("/x?" + rendered(service_id)["observations"].split("?", 1)[1]).params["code"])
+
+
+def failing_observations(router: respx.MockRouter, service_id: str) -> None:
+    """The server refuses the Observation search of one service (by its code list) and no other."""
+    resources = patient_resources(PATIENT)
+    refused = observation_codes(service_id)
+
+    def search(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("code") == refused:
+            return httpx.Response(500)
+        return httpx.Response(200, json=searchset(r for r in resources if r["resourceType"] == "Observation"))
+
+    router.get(url__startswith=f"{SERVER}/Observation?").mock(side_effect=search)
+
+
+async def test_each_service_is_checked_with_its_own_queries_and_a_shared_query_runs_once() -> None:
+    assert observation_codes("als-patient-view") != observation_codes("als-order-select")  # the premise
+    with respx.mock(assert_all_called=False) as router:
+        serve(router, capability())
+        report = await check_fhir_server(SERVER, PATIENT, None, Settings(_env_file=None), now=NOW)
+        requested = [
+            str(call.request.url) for call in router.calls if "/metadata" not in str(call.request.url)
+        ]
+    assert [s.id for s in report.services] == ["als-patient-view", "als-order-select", "als-order-sign"]
+    for service in report.services:
+        assert {q.key: q.query for q in report.queries_of(service.id)} == rendered(service.id)
+        assert [q.key for q in report.queries_of(service.id)] == list(rendered(service.id))
+    observations = [q for q in report.queries if q.key == "observations"]
+    assert [q.services for q in observations] == [
+        ["als-patient-view"],
+        ["als-order-select", "als-order-sign"],
+    ]
+    [patient] = [q for q in report.queries if q.key == "patient"]
+    assert patient.services == ["als-patient-view", "als-order-select", "als-order-sign"]
+    assert len(requested) == len(set(requested)) == len(report.queries)  # each distinct query once
+    text = format_report(report)
+    for service in report.services:
+        assert f"Prefetch queries of {service.id} ({service.hook}): {len(rendered(service.id))}" in text
+    assert "(the same query as for als-patient-view)" in text
+    assert "Cards on patient-view, from its own queries: 4" in text
+
+
+async def test_a_failure_in_an_order_query_is_reported_there_and_leaves_patient_views_cards() -> None:
+    with respx.mock(assert_all_called=False) as router:
+        failing_observations(router, "als-order-select")
+        serve(router, capability())
+        report = await check_fhir_server(SERVER, PATIENT, None, Settings(_env_file=None), now=NOW)
+    [failed] = [q for q in report.queries if q.outcome == "failed"]
+    assert failed.key == "observations" and failed.services == ["als-order-select", "als-order-sign"]
+    assert not report.ok
+    assert report.cards_error is None
+    assert "riluzole-lft-due" in [c["source"]["topic"]["code"] for c in report.cards]
+    text = format_report(report)
+    patient_view, order_services = text.split("Prefetch queries of als-order-select", 1)
+    assert "FAILED" not in patient_view
+    assert "FAILED  observations: FHIR server error (HTTP 500)" in order_services
+
+
+async def test_a_failure_in_patient_views_queries_says_why_there_are_no_cards() -> None:
+    with respx.mock(assert_all_called=False) as router:
+        failing_observations(router, "als-patient-view")
+        serve(router, capability())
+        report = await check_fhir_server(SERVER, PATIENT, "tok", Settings(_env_file=None), now=NOW)
+    assert report.cards == []
+    assert report.cards_error == (
+        "the service would answer 412 on patient-view: observations (FHIR server error (HTTP 500))"
+    )
+    text = format_report(report)
+    assert "Cards on patient-view: not computed: the service would answer 412" in text
+    assert "fhirServer" not in text  # the server was given: never "the request has no fhirServer"
+
+
+async def test_a_patient_that_is_not_on_the_server_is_not_found_not_empty() -> None:
+    with respx.mock(assert_all_called=False) as router:
+        router.get(f"{SERVER}/Patient/someone-else").mock(return_value=httpx.Response(404))
+        serve(router, capability())
+        report = await check_fhir_server(SERVER, "someone-else", None, Settings(_env_file=None), now=NOW)
+    [patient] = [q for q in report.queries if q.key == "patient"]
+    assert patient.outcome == "failed"
+    assert "not found (HTTP 404)" in patient.reason and "--patient" in patient.hint
+    assert not report.ok and report.cards_error is not None and "patient (not found" in report.cards_error
+    text = format_report(report)
+    assert "FAILED  patient: not found (HTTP 404): the server has no Patient with this id" in text
+    assert "empty   patient" not in text
