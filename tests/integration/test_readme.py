@@ -110,3 +110,17 @@ def test_readme_quickstart_in_a_fresh_virtualenv_returns_the_documented_cards(tm
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
         log.close()
+
+
+def test_the_readme_lists_the_prefetch_keys_discovery_asks_for(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from cds_service.app import create_app
+
+    section = README.split("## Prefetch and the FHIR server", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(als-[a-z-]+)` \| (`.+`) \|$", section, re.M)
+    documented = {service: re.findall(r"`([^`]+)`", keys) for service, keys in rows}
+    settings = Settings(_env_file=None, database_url=f"sqlite:///{tmp_path / 'db'}", auth_required=False)
+    with TestClient(create_app(settings)) as client:
+        discovery = client.get("/cds-services").json()
+    assert documented == {s["id"]: list(s["prefetch"]) for s in discovery["services"]}
