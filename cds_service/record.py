@@ -124,7 +124,7 @@ class Dosage:
 # Facts
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ConditionFact:
     id: str | None
     concept: Concept
@@ -151,7 +151,7 @@ class Component:
     value_string: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObservationFact:
     id: str | None
     concept: Concept
@@ -203,7 +203,7 @@ class ObservationFact:
         return bool(self.flags & CRITICAL_FLAGS)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MedicationFact:
     """A MedicationRequest, with its medication resolved to a concept (reference or inline)."""
 
@@ -230,13 +230,13 @@ class MedicationFact:
         return self.validity_start or self.authored_on
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MedicationMatch:
     fact: MedicationFact
     match: Match
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DraftOrder:
     """One order in `context.draftOrders`, selected or not (order-select `selections`).
 
@@ -258,7 +258,7 @@ class DraftOrder:
         return f"{self.resource_type}/{self.id}" if self.id else None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class UnreadOrder:
     """A draft order that could not be read at all: it was not checked, and a card must say so."""
 
@@ -268,7 +268,7 @@ class UnreadOrder:
     why: str  # general terms only, never the sender's values
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GenericFact:
     """Procedures, allergies, encounters, devices, documents, consents.
 
@@ -303,7 +303,7 @@ def first_match(valueset: ValueSet, concepts: Iterable[Concept]) -> Match | None
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PatientFact:
     id: str | None
     gender: str | None
@@ -562,7 +562,7 @@ class PatientRecord:
 # What the rules read
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Interest:
     """Which resources the active rules can use: per type, value sets, or `None` for all."""
 

@@ -195,7 +195,9 @@ def _entries(bundle: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     entries = bundle.get("entry")
     if isinstance(entries, Mapping):
         entries = [entries]
-    return [e for e in entries if isinstance(e, Mapping)] if isinstance(entries, list) else []
+    if not isinstance(entries, list):
+        return []
+    return [e for e in entries if type(e) is dict or isinstance(e, Mapping)]
 
 
 def dedupe(resources: Iterable[Any], report: ReadReport | None = None) -> list[Mapping[str, Any]]:

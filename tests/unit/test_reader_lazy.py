@@ -77,7 +77,22 @@ def test_a_large_body_keeps_each_prefetch_resource_in_its_bytes() -> None:
     entries = request.prefetch["observations"]["entry"]
     assert len(entries) == 300
     assert all(isinstance(e["resource"], LazyResource) for e in entries)
-    assert entries[0]["search"] == {"mode": "match"}  # entry fields other than the resource: decoded
+    gc.collect()
+    assert not any(gc.is_tracked(e) for e in entries)  # nothing for a full collection to walk
+
+
+def test_a_large_body_keeps_what_a_reader_asks_of_an_entry_besides_its_resource() -> None:
+    resources = [alt(f"a{i}", 30 + i) for i in range(300)]
+    request = large_request(resources)
+    body = json.loads(json.dumps({"entry": [{"resource": r} for r in resources]}))  # as sent
+    body["entry"][0]["search"] = {"mode": "outcome"}
+    body["entry"][1]["fullUrl"] = "https://ehr.example.org/fhir/Observation/a1"
+    raw = dict(request.prefetch)
+    raw["observations"] = wire._resource(msgspec.Raw(json.dumps({"resourceType": "Bundle", **body}).encode()))
+    entries = raw["observations"]["entry"]
+    assert entries[0]["search"] == {"mode": "outcome"}  # an outcome is not data: kept to say so
+    assert entries[1]["fullUrl"] == "https://ehr.example.org/fhir/Observation/a1"
+    assert "search" not in entries[2] or entries[2]["search"] != {"mode": "match"}
 
 
 def test_a_typical_body_is_decoded_whole() -> None:
