@@ -117,7 +117,11 @@ def create_app(
             authenticator=security.Authenticator(auth, store=store, clock=now, http=jwks_http),
         )
         if auth.required:
-            log.info("authentication is on", extra={"trusted_issuers": sorted(auth.clients)})
+            pinned = sorted({jku for client in auth.clients.values() for jku in client.jku_keys})
+            log.info(
+                "authentication is on",
+                extra={"trusted_issuers": sorted(auth.clients), "pinned_jku": pinned},
+            )
         else:
             log.warning("authentication is OFF: do not expose this service", extra={"auth_required": False})
         if freeze_gc:

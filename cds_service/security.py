@@ -12,11 +12,13 @@ logged as `auth_failure`):
     extensions (`unsupported_header`);
  3. `iss` (read before the signature is checked, only to choose the keys) is a trusted client
     (`unknown_issuer`);
- 4. the key: a `jku` header must be on that issuer's `jku` allowlist, and is then where the keys
-    come from, otherwise it is never fetched (`jku_not_allowed`); else the issuer's static `jwks`
-    or its `jwks_url` (`no_key_source` when it only trusts `jku` and the token has none); the key
-    is the one with the header's `kid` (`unknown_kid`, `jwks_unavailable`) and must suit `alg`
-    (`key_mismatch`: key type, curve, the key's own `alg`);
+ 4. the key: a `jku` header pinned by that issuer's `jku_keys` is verified with the local key set
+    it is pinned to, and never fetched; otherwise it must be on the issuer's `jku` allowlist, and
+    is then where the keys come from, and else it is never fetched (`jku_not_allowed`); a token
+    without `jku` uses the issuer's static `jwks` or its `jwks_url` (`no_key_source` when it only
+    trusts `jku` and the token has none); the key is the one with the header's `kid`
+    (`unknown_kid`, `jwks_unavailable`) and must suit `alg` (`key_mismatch`: key type, curve, the
+    key's own `alg`);
  5. the signature, with PyJWT and exactly that one algorithm (`bad_signature`);
  6. claims: `aud` is the URL of the endpoint invoked, a string or an array holding it
     (`wrong_audience`); `exp` not passed, `iat` not in the future and not older than the maximum
@@ -359,6 +361,8 @@ class TokenVerifier:
         self._jwks = jwks
         self._clock = clock
         self._static: dict[str, dict[str, dict[str, Any]]] = {}
+        #: issuer → pinned jku URL → its keys by kid
+        self._pinned: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
         for issuer, client in config.clients.items():
             if client.jwks is not None:
                 try:
@@ -366,6 +370,15 @@ class TokenVerifier:
                 except JwksError as exc:
                     raise ConfigurationError(
                         f"ALS_CDS_TRUSTED_CLIENTS: the jwks of {issuer!r} has {exc.reason}"
+                    ) from None
+            for jku, key_set in client.jku_keys.items():
+                try:
+                    self._pinned.setdefault(issuer, {})[jku] = parse_key_set(key_set)
+                except JwksError as exc:
+                    raise ConfigurationError(
+                        f"ALS_CDS_TRUSTED_CLIENTS: the key set pinned for jku {jku!r} (jku_keys) of "
+                        f"{issuer!r} has {exc.reason}: give the client's public JWK Set, e.g. an EC "
+                        f"P-384 key with kty, crv, kid, x and y"
                     ) from None
 
     async def verify(self, token: str, audience: str) -> VerifiedToken:
@@ -444,7 +457,15 @@ class TokenVerifier:
     ) -> dict[str, Any]:
         jku = header.get("jku")
         if jku is not None:
-            if not isinstance(jku, str) or jku not in client.jku:
+            if not isinstance(jku, str):
+                raise AuthFailure("jku_not_allowed", jku=_loggable(jku))
+            pinned = self._pinned.get(issuer, {}).get(jku)
+            if pinned is not None:  # the keys were agreed out of band: never fetched
+                key = pinned.get(kid)
+                if key is None:
+                    raise AuthFailure("unknown_kid", jku=_loggable(jku))
+                return key
+            if jku not in client.jku:
                 raise AuthFailure("jku_not_allowed", jku=_loggable(jku))
             return await self._jwks.key(jku, kid)
         if issuer in self._static:

@@ -7,9 +7,10 @@ override them; the README lists each one.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -37,18 +38,89 @@ def _key_set_url(value: str, what: str) -> str:
     raise ValueError(f"{what} must be an https URL (http only for localhost), got {value!r}")
 
 
+#: Largest JWK Set file accepted for a pinned `jku` (the same bound as a key set fetched from a URL).
+MAX_KEY_SET_FILE_BYTES = 64 * 1024
+
+_PIN_EXAMPLE = (
+    '{"https://sandbox.cds-hooks.org/.well-known/jwks.json": "/etc/als-cds/sandbox-jwks.json"} '
+    'or {"https://sandbox.cds-hooks.org/.well-known/jwks.json": {"keys": [{"kty": "EC", ...}]}}'
+)
+
+
+def _check_key_set_shape(value: Any, what: str) -> dict[str, Any]:
+    """A JWK Set of public EC or RSA keys, each with a `kid`: its shape only (`security.py` parses
+    the keys themselves when the service starts)."""
+    keys = value.get("keys") if isinstance(value, dict) else None
+    if not isinstance(keys, list) or not keys or not all(isinstance(k, dict) for k in keys):
+        raise ValueError(f'{what} must be a JWK Set: {{"keys": [ {{...}}, ... ]}} with at least one key')
+    for key in keys:
+        if key.get("kty") not in ("EC", "RSA"):
+            raise ValueError(f"{what} keys must be EC or RSA public keys, got kty {key.get('kty')!r}")
+        if not isinstance(key.get("kid"), str) or not key["kid"]:
+            raise ValueError(f"every key in {what} needs a kid (the JWT header names its key by kid)")
+        if "d" in key:
+            raise ValueError(f"{what} key {key['kid']!r} is a private key: configure the public key only")
+    return value
+
+
+def _read_key_set_file(location: str, what: str) -> Any:
+    """The JSON document in a local file named by an absolute path or a `file://` URL."""
+    parts = urlsplit(location)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+            raise ValueError(f"{what}: {location!r} is not a local file URL; e.g. {_PIN_EXAMPLE}")
+        path = Path(unquote(parts.path))
+    elif parts.scheme in ("http", "https"):
+        raise ValueError(
+            f"{what} must be a local key set (inline, or a file), not the URL {location!r}: a pinned jku "
+            f"is never fetched (list it in jku to have it fetched); e.g. {_PIN_EXAMPLE}"
+        )
+    else:
+        path = Path(location)
+    if not path.is_absolute():
+        raise ValueError(
+            f"{what}: the file must be named by an absolute path, got {location!r}; e.g. {_PIN_EXAMPLE}"
+        )
+    try:
+        if not path.is_file():
+            raise ValueError(f"{what}: {str(path)!r} is not a file; e.g. {_PIN_EXAMPLE}")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_KEY_SET_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(
+            f"{what}: cannot read {str(path)!r} ({exc.strerror or type(exc).__name__})"
+        ) from None
+    if len(data) > MAX_KEY_SET_FILE_BYTES:
+        raise ValueError(
+            f"{what}: {str(path)!r} is larger than {MAX_KEY_SET_FILE_BYTES // 1024} kB; a JWK Set is a few kB"
+        )
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        raise ValueError(
+            f'{what}: {str(path)!r} is not JSON; it must hold a JWK Set, {{"keys": [...]}}'
+        ) from None
+
+
 class TrustedClient(BaseModel):
     """How to verify the JWTs of one CDS client (EHR), named by its `iss`.
 
     Keys come from `jwks_url` (fetched and cached) or a static `jwks`, or, for a token whose header
-    carries `jku`, from that URL when it is listed in `jku`. At least one of the three is needed.
+    carries `jku`, from that URL when it is listed in `jku`, or from the local key set `jku_keys`
+    pins it to (then it is never fetched). At least one of the four is needed.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     jwks_url: str | None = Field(None, description="URL of the client's JWK Set.")
     jwks: dict[str, Any] | None = Field(None, description="The client's JWK Set itself (static keys).")
-    jku: tuple[str, ...] = Field((), description="`jku` header values honoured for this issuer.")
+    jku: tuple[str, ...] = Field((), description="`jku` header values honoured for this issuer (fetched).")
+    jku_keys: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="`jku` header values honoured for this issuer, each pinned to a local JWK Set: the set "
+        "itself, or the absolute path (or file:// URL) of a JSON file holding it, read at start-up. A "
+        "token with a pinned jku is verified with those keys only; the URL is never fetched.",
+    )
     tenant: str | None = Field(None, min_length=1, description="Required `tenant` claim, if any.")
 
     @field_validator("jwks_url")
@@ -64,27 +136,39 @@ class TrustedClient(BaseModel):
     @field_validator("jwks")
     @classmethod
     def _check_jwks(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        """The shape only; `security.py` parses the keys themselves when the service starts."""
-        if value is None:
-            return None
-        keys = value.get("keys")
-        if not isinstance(keys, list) or not keys or not all(isinstance(k, dict) for k in keys):
-            raise ValueError('jwks must be a JWK Set: {"keys": [ {...}, ... ]} with at least one key')
-        for key in keys:
-            if key.get("kty") not in ("EC", "RSA"):
-                raise ValueError(f"jwks keys must be EC or RSA public keys, got kty {key.get('kty')!r}")
-            if not isinstance(key.get("kid"), str) or not key["kid"]:
-                raise ValueError("every key in jwks needs a kid (the JWT header names its key by kid)")
-            if "d" in key:
-                raise ValueError(f"jwks key {key['kid']!r} is a private key: configure the public key only")
-        return value
+        return None if value is None else _check_key_set_shape(value, "jwks")
+
+    @field_validator("jku_keys", mode="before")
+    @classmethod
+    def _load_jku_keys(cls, value: Any) -> Any:
+        """Each pinned key set, inline or read from its file, checked like `jwks`."""
+        if not isinstance(value, dict):
+            raise ValueError(f"jku_keys must be a JSON object, jku URL -> key set; e.g. {_PIN_EXAMPLE}")
+        pinned: dict[str, dict[str, Any]] = {}
+        for url, keys in value.items():
+            if not isinstance(url, str):
+                raise ValueError(f"jku_keys: each key must be a jku URL; e.g. {_PIN_EXAMPLE}")
+            _key_set_url(url, "each jku_keys URL")
+            what = f"jku_keys[{url!r}]"
+            if isinstance(keys, str):
+                keys = _read_key_set_file(keys.strip(), what)
+            elif not isinstance(keys, dict):
+                raise ValueError(
+                    f"{what} must be a JWK Set or the absolute path of a JSON file holding one, "
+                    f"got {type(keys).__name__}; e.g. {_PIN_EXAMPLE}"
+                )
+            pinned[url] = _check_key_set_shape(keys, what)
+        return pinned
 
     @model_validator(mode="after")
     def _one_key_source(self) -> TrustedClient:
         if self.jwks_url is not None and self.jwks is not None:
             raise ValueError("give jwks_url or jwks, not both")
-        if self.jwks_url is None and self.jwks is None and not self.jku:
-            raise ValueError("give jwks_url, jwks or a jku allowlist: the client's keys must come from one")
+        if self.jwks_url is None and self.jwks is None and not self.jku and not self.jku_keys:
+            raise ValueError(
+                "give jwks_url, jwks or a jku allowlist (jku, fetched; or jku_keys, pinned to local keys): "
+                "the client's keys must come from one"
+            )
         return self
 
 
@@ -237,7 +321,8 @@ class Settings(BaseSettings):
             '{"https://ehr.example.org": {"jwks_url": "https://ehr.example.org/.well-known/jwks.json"}}'
         ],
         description='CDS clients whose JWTs are accepted, as JSON: `iss` → {"jwks_url": URL} or '
-        '{"jwks": {"keys": [...]}}, optionally "jku": [allowed jku URLs] and "tenant": "...". '
+        '{"jwks": {"keys": [...]}}, optionally "jku": [allowed jku URLs], "jku_keys": {jku URL: '
+        'local JWK Set or file path} and "tenant": "...". '
         "With auth_required, at least one is needed or the service refuses to start.",
     )
     public_base_url: str | None = Field(

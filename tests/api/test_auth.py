@@ -213,6 +213,30 @@ def test_an_epic_style_token_with_an_allowlisted_jku_is_accepted(
     assert route.call_count == 1
 
 
+def test_a_jku_pinned_to_a_key_set_file_is_accepted_offline(
+    make_client: Callable[..., TestClient],
+    mock_http: respx.MockRouter,
+    auth_log: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    """Where outbound calls are forbidden: the jku the EHR sends is pinned to a file of its public
+    keys, so the URL is never fetched, on the service endpoint and on feedback alike."""
+    keys_file = tmp_path / "epic-jwks.json"
+    keys_file.write_text(json.dumps(EPIC_KEY_SET), encoding="utf-8")
+    route = mock_http.get(EPIC_JKU).mock(side_effect=httpx.ConnectError("no outbound calls here"))
+    client = make_client(trusted_clients={EPIC: {"jku_keys": {EPIC_JKU: str(keys_file)}}})
+    for path, body in ((SERVICE, REQUEST), (FEEDBACK, FEEDBACK_BODY)):
+        signed = token(path, key=RSA_KEY, alg="RS384", kid=EPIC_KID, headers={"jku": EPIC_JKU}, iss=EPIC)
+        assert client.post(path, json=body, headers=bearer(signed)).status_code == 200
+    assert_refused(
+        client.post(SERVICE, json=REQUEST, headers=bearer(token(iss=EPIC, headers={"jku": EVIL_JKU})))
+    )
+    assert failures(auth_log) == ["jku_not_allowed"]
+    assert route.call_count == 0
+    [started] = [r for r in auth_log.records if r.getMessage() == "authentication is on"]
+    assert started.pinned_jku == [EPIC_JKU]  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize(
     "aud",
     [[BASE + SERVICE], ["https://elsewhere.example.org/x", BASE + SERVICE], BASE + SERVICE + "/"],

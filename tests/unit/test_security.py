@@ -522,6 +522,126 @@ async def test_failures_carry_loggable_details_but_never_the_token(http: httpx.A
 
 
 # ------------------------------------------------------------------------------------------------
+# A jku pinned to a local key set (jku_keys): verified offline, never fetched
+
+PINNED_JKU = "https://ehr.example.org/keys/2026"
+T = int(NOW.timestamp())
+
+
+def pinned(key_set: Any = KEY_SET, **client: Any) -> dict[str, TrustedClient]:
+    return {ISS: TrustedClient(jku_keys={PINNED_JKU: key_set}, **client)}
+
+
+@pytest.mark.parametrize(("key", "alg", "kid"), [(EC_KEY, "ES384", "ec-1"), (RSA_KEY, "RS384", "rsa-1")])
+async def test_a_pinned_jku_is_verified_with_its_local_keys_and_never_fetched(
+    http: httpx.AsyncClient, mock_http: respx.MockRouter, key: Any, alg: str, kid: str
+) -> None:
+    route = mock_http.get(PINNED_JKU).respond(json={"keys": [public_jwk(OTHER_EC_KEY, kid, alg)]})
+    verify = verifier(http, clients=pinned())
+    token = mint(key, alg, kid, headers={"jku": PINNED_JKU}, jti="p-1")
+    assert (await verify.verify(token, SERVICE_URL)).jti == "p-1"
+    assert route.call_count == 0 and len(mock_http.calls) == 0
+
+
+async def test_a_pinned_jku_wins_over_the_same_url_in_the_fetched_allowlist(
+    http: httpx.AsyncClient, mock_http: respx.MockRouter
+) -> None:
+    """A pin added to an issuer that already lists the URL in `jku`: the URL is never fetched again,
+    and a key only the URL would serve is not used."""
+    route = mock_http.get(PINNED_JKU).respond(json={"keys": [public_jwk(OTHER_EC_KEY, "ec-2", "ES384")]})
+    verify = verifier(http, clients=pinned(jku=(PINNED_JKU,)))
+    await verify.verify(mint(headers={"jku": PINNED_JKU}), SERVICE_URL)
+    assert await reason(verify, mint(OTHER_EC_KEY, kid="ec-2", headers={"jku": PINNED_JKU})) == "unknown_kid"
+    assert route.call_count == 0
+
+
+async def test_a_pinned_jku_from_a_file_is_read_at_start_up(
+    http: httpx.AsyncClient, mock_http: respx.MockRouter, tmp_path: Path
+) -> None:
+    keys_file = tmp_path / "ehr-jwks.json"
+    keys_file.write_text(json.dumps(KEY_SET), encoding="utf-8")
+    for location in (str(keys_file), keys_file.as_uri()):
+        verify = verifier(http, clients={ISS: TrustedClient(jku_keys={PINNED_JKU: location})})
+        keys_file.write_text("changed after start-up: not read again", encoding="utf-8")
+        await verify.verify(mint(headers={"jku": PINNED_JKU}), SERVICE_URL)
+        keys_file.write_text(json.dumps(KEY_SET), encoding="utf-8")
+    assert len(mock_http.calls) == 0
+
+
+async def test_the_sandbox_jku_pinned_to_its_published_key_set_is_never_fetched(
+    http: httpx.AsyncClient, mock_http: respx.MockRouter
+) -> None:
+    """The offline sandbox configuration: its key is found by kid in the pinned set and the
+    signature is checked against it (here one made with another key, so it fails), with no fetch."""
+    route = mock_http.get(SANDBOX_JKU).respond(json=SANDBOX_JWKS)
+    trusted = {SANDBOX_ISS: TrustedClient(jku_keys={SANDBOX_JKU: SANDBOX_JWKS})}
+    token = mint(OTHER_EC_KEY, kid=SANDBOX_KID, headers={"jku": SANDBOX_JKU}, iss=SANDBOX_ISS)
+    assert await reason(verifier(http, clients=trusted), token) == "bad_signature"
+    assert route.call_count == 0
+
+
+async def test_a_pinned_jku_is_refused_where_it_is_not_pinned(
+    http: httpx.AsyncClient, mock_http: respx.MockRouter
+) -> None:
+    """A pin belongs to one issuer and one URL; any other jku is refused and never fetched."""
+    other_iss = "https://other-ehr.example.org"
+    trusted = {**pinned(), other_iss: TrustedClient(jwks=KEY_SET)}
+    verify = verifier(http, clients=trusted)
+    assert await reason(verify, mint(headers={"jku": PINNED_JKU}, iss=other_iss)) == "jku_not_allowed"
+    assert await reason(verify, mint(headers={"jku": PINNED_JKU + "/"})) == "jku_not_allowed"
+    assert await reason(verify, mint(headers={"jku": KEYS_URL})) == "jku_not_allowed"
+    assert await reason(verify, mint()) == "no_key_source"  # pinned only: a token must name its jku
+    assert len(mock_http.calls) == 0
+
+
+@pytest.mark.parametrize(
+    ("token", "expected"),
+    [
+        (lambda: mint(headers={"jku": PINNED_JKU}, kid="nope"), "unknown_kid"),
+        (lambda: mint(OTHER_EC_KEY, headers={"jku": PINNED_JKU}), "bad_signature"),
+        (lambda: mint(RSA_KEY, "RS256", "rsa-1", headers={"jku": PINNED_JKU}), "alg_not_allowed"),
+        (lambda: mint(headers={"jku": PINNED_JKU}, kid="rsa-1"), "key_mismatch"),
+        (lambda: mint(headers={"jku": PINNED_JKU, "typ": None}), "bad_typ"),
+        (lambda: mint(headers={"jku": PINNED_JKU}, aud=DISCOVERY_URL), "wrong_audience"),
+        (lambda: mint(headers={"jku": PINNED_JKU}, exp=T - 61, iat=T - 600), "expired"),
+        (lambda: mint(headers={"jku": PINNED_JKU}, jti=None), "missing_claim"),
+        (lambda: mint(headers={"jku": PINNED_JKU}, tenant="t-2"), "wrong_tenant"),
+        (lambda: mint(headers={"jku": 42}), "jku_not_allowed"),
+    ],
+    ids=[
+        "unknown-kid", "bad-signature", "alg-not-allowed", "key-mismatch", "typ-missing",
+        "wrong-audience", "expired", "jti-missing", "wrong-tenant", "jku-not-a-string",
+    ],
+)  # fmt: skip
+async def test_every_other_check_still_applies_to_a_pinned_jku(
+    http: httpx.AsyncClient, mock_http: respx.MockRouter, token: Any, expected: str
+) -> None:
+    verify = verifier(http, clients=pinned(tenant="t-1"))
+    assert await reason(verify, token()) == expected
+    assert len(mock_http.calls) == 0
+
+
+async def test_the_log_of_a_pinned_jku_refusal_names_the_jku_not_the_token(http: httpx.AsyncClient) -> None:
+    token = mint(headers={"jku": PINNED_JKU}, kid="nope", jti="jti-9")
+    with pytest.raises(AuthFailure) as failure:
+        await verifier(http, clients=pinned()).verify(token, SERVICE_URL)
+    assert failure.value.details == {
+        "alg": "ES384",
+        "kid": "nope",
+        "iss": ISS,
+        "jti": "jti-9",
+        "jku": PINNED_JKU,
+    }
+    assert token not in repr(failure.value.details)
+
+
+def test_a_pinned_key_set_without_a_usable_key_stops_the_start(http: httpx.AsyncClient) -> None:
+    small_rsa = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    with pytest.raises(ConfigurationError, match=r"pinned for jku .*jku_keys.* no usable signing key"):
+        verifier(http, clients=pinned({"keys": [public_jwk(small_rsa, "short", "RS384")]}))
+
+
+# ------------------------------------------------------------------------------------------------
 # Key sets from URLs: caching, rotation, rate limit, failures
 
 
@@ -821,6 +941,83 @@ def test_trusted_clients_are_read_from_json_in_the_environment(monkeypatch: pyte
 def test_invalid_trusted_clients_fail_with_a_clear_message(value: Any, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         Settings(_env_file=None, trusted_clients=value)
+
+
+def test_pinned_jku_keys_are_read_from_json_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The two offline forms of the sandbox entry: the key set inline, or a file beside the service."""
+    keys_file = tmp_path / "sandbox-jwks.json"
+    keys_file.write_text(json.dumps(SANDBOX_JWKS), encoding="utf-8")
+    for pin in (SANDBOX_JWKS, str(keys_file), keys_file.as_uri()):
+        monkeypatch.setenv(
+            "ALS_CDS_TRUSTED_CLIENTS", json.dumps({SANDBOX_ISS: {"jku_keys": {SANDBOX_JKU: pin}}})
+        )
+        client = Settings(_env_file=None).trusted_clients[SANDBOX_ISS]
+        assert client.jku_keys == {SANDBOX_JKU: SANDBOX_JWKS}
+        assert client.jku == () and client.jwks is None and client.jwks_url is None
+
+
+def _pin_problems(tmp_path: Path) -> dict[str, tuple[Any, str]]:
+    """Wrong `jku_keys` values, each with what its message must say."""
+    (tmp_path / "not-json.json").write_text("{keys", encoding="utf-8")
+    (tmp_path / "huge.json").write_text(" " * 70_000, encoding="utf-8")
+    (tmp_path / "private.json").write_text(
+        json.dumps({"keys": [{**public_jwk(EC_KEY, "x"), "d": "secret"}]}), encoding="utf-8"
+    )
+    return {
+        "not-an-object": ([SANDBOX_JWKS], "jku_keys must be a JSON object"),
+        "fetched-url": ("https://sandbox.cds-hooks.org/.well-known/jwks.json", "never fetched"),
+        "relative-path": ("sandbox-jwks.json", "absolute path"),
+        "missing-file": (str(tmp_path / "absent.json"), "is not a file"),
+        "a-folder": (str(tmp_path), "is not a file"),
+        "remote-file-url": ("file://host.example.org/jwks.json", "not a local file URL"),
+        "not-json": (str(tmp_path / "not-json.json"), "is not JSON"),
+        "too-large": (str(tmp_path / "huge.json"), "larger than 64 kB"),
+        "private-key-in-a-file": (str(tmp_path / "private.json"), "is a private key"),
+        "private-key-inline": ({"keys": [{**public_jwk(EC_KEY, "x"), "d": "secret"}]}, "is a private key"),
+        "symmetric-key": ({"keys": [{"kty": "oct", "kid": "k", "k": "c2VjcmV0"}]}, "EC or RSA"),
+        "no-keys": ({"keys": []}, "at least one key"),
+        "a-number": (42, "JWK Set or the absolute path"),
+    }
+
+
+PIN_PROBLEM_IDS = [
+    "not-an-object", "fetched-url", "relative-path", "missing-file", "a-folder", "remote-file-url",
+    "not-json", "too-large", "private-key-in-a-file", "private-key-inline", "symmetric-key", "no-keys",
+    "a-number",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("problem", PIN_PROBLEM_IDS)
+def test_a_wrong_pinned_key_set_fails_with_a_message_naming_it_and_an_example(
+    tmp_path: Path, problem: str
+) -> None:
+    value, message = _pin_problems(tmp_path)[problem]
+    jku_keys = value if problem == "not-an-object" else {SANDBOX_JKU: value}
+    with pytest.raises(ValidationError, match=message) as error:
+        Settings(_env_file=None, trusted_clients={SANDBOX_ISS: {"jku_keys": jku_keys}})
+    [detail] = error.value.errors()
+    assert detail["loc"] == ("trusted_clients", SANDBOX_ISS, "jku_keys")
+    if problem not in (
+        "too-large",
+        "not-json",
+        "private-key-in-a-file",
+        "private-key-inline",
+        "symmetric-key",
+    ):
+        assert "e.g." in detail["msg"] or "at least one key" in detail["msg"], detail["msg"]
+    assert "secret" not in detail["msg"]  # the message never quotes a private key back
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://ehr.example.org/jwks.json", "ftp://ehr.example.org/jwks.json", "https://ehr.example.org/j#k"],
+)
+def test_a_pinned_jku_url_must_be_https(url: str) -> None:
+    with pytest.raises(ValidationError, match="each jku_keys URL must be an https URL"):
+        TrustedClient(jku_keys={url: KEY_SET})
+    assert TrustedClient(jku_keys={"http://localhost:9000/jwks": KEY_SET}).jku_keys
 
 
 def test_a_trusted_clients_value_that_is_not_json_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
