@@ -1,8 +1,8 @@
 """The rule catalogue and the evaluator.
 
 Each clinical area has its own module; this package lists their rules in `CATALOGUE` and runs
-them. Evaluation is where the ALS gate is applied: a patient without an ALS/MND diagnosis gets
-no card from any rule.
+them. Evaluation is where the gate is applied (`als.py`): a patient without an MND diagnosis gets
+no card from any rule, and a rule about the ALS form only none without an ALS diagnosis.
 """
 
 from __future__ import annotations
@@ -43,10 +43,11 @@ def evaluate(rules: Sequence[Rule], record: PatientRecord, config: RuleConfig) -
     A rule that raises is logged by its id and exception type (never the message, which could
     quote patient data) and contributes no card.
     """
-    gate = als.has_als(record)
+    gate = als.has_mnd(record)
+    als_form = gate and als.has_als(record)
     findings: list[Finding] = []
     for rule in rules:
-        if rule.gated and not gate:
+        if (rule.gated and not gate) or (rule.scope == "als" and not als_form):
             continue
         try:
             findings.extend(rule.evaluate(record, config))

@@ -75,6 +75,9 @@ class Rule:
     evaluate: Callable[[PatientRecord, RuleConfig], list[Finding]]
     trigger: str  # one sentence: when it fires (for the generated rule catalogue)
     facts: tuple[RuleFact, ...] = ()
-    #: Runs only for a patient with ALS/MND (`rules.als.has_als`). The one exception is a rule about
-    #: the gate itself: a diagnosis that could not be read may have been the ALS one.
+    #: Runs only for a patient with MND (`rules.als.has_mnd`). The one exception is a rule about the
+    #: gate itself: a diagnosis that could not be read may have been the MND one.
     gated: bool = True
+    #: 'mnd': every form of MND (NICE NG42 care, and the safety of drugs already given);
+    #: 'als': the ALS form only (`rules.als.has_als`), e.g. offering riluzole (NICE TA20).
+    scope: Literal["mnd", "als"] = "mnd"

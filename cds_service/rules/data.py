@@ -12,7 +12,7 @@ have been the ALS/MND one, and without a readable ALS diagnosis no rule runs.
 from __future__ import annotations
 
 from cds_service.record import Interest, PatientRecord
-from cds_service.rules.als import has_als
+from cds_service.rules.als import has_mnd
 from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
 
 
@@ -54,9 +54,9 @@ ORDER_UNREADABLE = Rule(
 
 
 def diagnosis_unreadable(record: PatientRecord, config: RuleConfig) -> list[Finding]:
-    """No readable ALS/MND diagnosis, and a diagnosis whose code could not be read."""
+    """No readable MND diagnosis, and a diagnosis whose code could not be read."""
     unread = record.unread.get("Condition", 0)
-    if not unread or has_als(record):
+    if not unread or has_mnd(record):
         return []
     return [
         Finding(
@@ -64,7 +64,7 @@ def diagnosis_unreadable(record: PatientRecord, config: RuleConfig) -> list[Find
             fields={"count": str(unread)},
             evidence=(
                 f"{unread} Condition record(s) whose code could not be read: what they diagnose is unknown.",
-                "No readable ALS/MND diagnosis in the data received.",
+                "No readable motor neurone disease (MND) diagnosis in the data received.",
             ),
         )
     ]

@@ -133,7 +133,7 @@ def test_an_als_diagnosis_whose_status_cannot_be_read_gates_in_and_every_card_sa
     found = cards(api, request)
     assert card(found, "riluzole-lft-due")
     for each in found:
-        assert "the ALS/MND diagnosis record's clinical status (taken as active)" in each["detail"]
+        assert "the MND diagnosis record's clinical status (taken as active)" in each["detail"]
 
 
 def test_a_readable_als_diagnosis_beside_an_unreadable_condition_gets_no_unreadable_card(
