@@ -7,6 +7,8 @@ One hook call, in order:
 
 Service and feedback calls are authenticated first (`security.py`: the EHR's JWT), before the
 body is read; discovery, /healthz and /readyz are open, and CORS preflights never reach a route.
+Every call, whatever its outcome, gets one access log line (`access_log.py`), written once the
+answer has gone; routes add their fields to it with `access_log.note`.
 
 This module wires; it holds no clinical knowledge. Every error the client can cause is answered
 with a 4xx and a FHIR OperationOutcome that says what was wrong and where (forward compatible with
@@ -18,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -34,8 +35,8 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cds_service import access_log, security, wire
 from cds_service import cards as card_rendering
-from cds_service import security, wire
 from cds_service.engine import Engine, RequestError, issue, validation_issues
 from cds_service.fhir_client import FhirClient, new_http_client
 from cds_service.hooks import CDSRequest, CDSResponse, DiscoveryResponse, FeedbackRequest
@@ -154,6 +155,8 @@ def create_app(
         allow_headers=["Authorization", "Content-Type"],
         max_age=600,
     )
+    # Outermost, so that every answer gets its line: CORS refusals, 413s, 401s and 500s too.
+    app.add_middleware(access_log.AccessLog, cors_origins=origins, routes=app.router.routes)
     _install_error_handlers(app)
     _add_routes(app)
     _document_request_body(app)
@@ -196,10 +199,17 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # The message of an unexpected exception may quote data: log only its type.
-        log.error("unhandled error", extra={"error_type": type(exc).__name__}, exc_info=False)
-        return operation_outcome(500, [issue("internal error", code="exception")])
+        request_id = access_log.request_id(request)
+        log.error(
+            "unhandled error",
+            extra={"error_type": type(exc).__name__, "request_id": request_id},
+            exc_info=False,
+        )
+        # Answered outside the access log middleware, which cannot add its header here.
+        headers = {"X-Request-Id": request_id} if request_id else None
+        return operation_outcome(500, [issue("internal error", code="exception")], headers)
 
 
 def _state(request: Request) -> AppState:
@@ -220,11 +230,21 @@ class _EhrAuthenticatedRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         path_format = self.path_format  # e.g. /cds-services/{service_id}/feedback
+        event = "feedback" if path_format.endswith("/feedback") else "hook call"
 
         async def authenticated(request: Request) -> Response:
+            state = _state(request)
+            service_id = request.path_params.get("service_id")
+            # The access line names the service only when it is one of ours (the path is the caller's).
+            access_log.note(
+                request, event=event, service=service_id if service_id in state.services else None
+            )
             endpoint = path_format.format(**request.path_params)
-            refusal = await _state(request).authenticator.authenticate(request, endpoint)
-            return refusal if refusal is not None else await handler(request)
+            refusal = await state.authenticator.authenticate(request, endpoint)
+            if refusal is not None:
+                return refusal
+            access_log.note(request, issuer=_ehr_issuer(request))
+            return await handler(request)
 
         return authenticated
 
@@ -268,10 +288,8 @@ def _add_routes(app: FastAPI) -> None:
         },
     )
     async def invoke(service_id: str, request: Request) -> Response:
-        started = time.perf_counter()
         state = _state(request)
         service = _service(state, service_id)
-        issuer = _ehr_issuer(request)
         raw = await request.body()
         # A large body is decoded in a worker thread, entry by entry, so this worker keeps serving
         # other calls meanwhile (wire.py); a small one costs less than the hand-off.
@@ -279,19 +297,13 @@ def _add_routes(app: FastAPI) -> None:
             body = await asyncio.to_thread(wire.read_request, raw)
         else:
             body = wire.read_request(raw)
-        try:
-            outcome = await state.engine.run(service, body)
-        except RequestError as exc:
-            _log_call(service, body, started, status=exc.status, issuer=issuer)
-            raise
+        access_log.note(request, hook=body.hook, hook_instance=body.hookInstance)
+        outcome = await state.engine.run(service, body)
         await _record_issued(state, service, body, outcome.cards, outcome.now)
-        _log_call(
-            service,
-            body,
-            started,
-            status=200,
-            issuer=issuer,
-            cards=outcome.cards,
+        access_log.note(
+            request,
+            cards=len(outcome.cards),
+            rule_ids=[c.source.topic.code for c in outcome.cards],
             ingest=outcome.record.report.summary(),
         )
         # Sent as bytes: the cards were validated when they were built, and FastAPI's own check of
@@ -305,16 +317,12 @@ def _add_routes(app: FastAPI) -> None:
         state = _state(request)
         service = _service(state, service_id)
         result = await run_in_threadpool(state.store.save_feedback, service.id, body.feedback, state.clock())
-        log.info(
-            "feedback",
-            extra={
-                "service": service.id,
-                "issuer": _ehr_issuer(request),
-                "items": len(body.feedback),
-                "stored": result.stored,
-                "duplicates": result.duplicates,
-                "unknown_cards": result.unknown_cards,
-            },
+        access_log.note(
+            request,
+            items=len(body.feedback),
+            stored=result.stored,
+            duplicates=result.duplicates,
+            unknown_cards=result.unknown_cards,
         )
         return {
             "stored": result.stored,
@@ -364,32 +372,6 @@ def _ehr_issuer(request: Request) -> str | None:
     """The `iss` of the EHR's verified JWT (None with authentication off): which EHR called."""
     verified = getattr(request.state, "ehr_client", None)
     return verified.issuer if verified is not None else None
-
-
-def _log_call(
-    service: ServiceDefinition,
-    body: CDSRequest,
-    started: float,
-    *,
-    status: int,
-    issuer: str | None,
-    **fields: Any,
-) -> None:
-    cards = fields.pop("cards", None) or []
-    log.info(
-        "hook call",
-        extra={
-            "service": service.id,
-            "hook": body.hook,
-            "hook_instance": body.hookInstance,
-            "status": status,
-            "issuer": issuer,
-            "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-            "cards": len(cards),
-            "rule_ids": [c.source.topic.code for c in cards],
-            **fields,
-        },
-    )
 
 
 app = create_app(freeze_gc=True)

@@ -56,6 +56,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from cds_service import access_log
 from cds_service.settings import Settings, TrustedClient
 from cds_service.store import Store
 
@@ -626,6 +627,7 @@ class Authenticator:
                 extra={
                     "auth_failure": failure.reason,
                     "endpoint": endpoint_path[:_LOG_VALUE_CHARS],
+                    "request_id": access_log.request_id(request),  # the call's access line
                     **failure.details,
                 },
             )

@@ -25,6 +25,16 @@ SUPPORTED_JWT_ALGORITHMS: tuple[str, ...] = ("ES384", "RS384", "ES256", "RS256")
 #: Hosts for which a plain-http key set URL is tolerated (a local EHR simulator in development).
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
+#: Browser origins allowed by default: the public CDS Hooks sandbox, the sandbox run from its source
+#: (`http://localhost:8080`), and its static build served locally on port 8090 as its README does
+#: (`python3 -m http.server 8090 --bind 127.0.0.1`), by address or by name.
+DEFAULT_CORS_ORIGINS: tuple[str, ...] = (
+    "https://sandbox.cds-hooks.org",
+    "http://localhost:8080",
+    "http://127.0.0.1:8090",
+    "http://localhost:8090",
+)
+
 #: Longest issuer accepted in the configuration, in UTF-8 bytes (it is a key of the replay cache).
 MAX_ISSUER_BYTES = 512
 
@@ -304,9 +314,10 @@ class Settings(BaseSettings):
 
     # -- browsers --------------------------------------------------------------------------------
     cors_origins: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["https://sandbox.cds-hooks.org", "http://localhost:8080"],
+        default_factory=lambda: list(DEFAULT_CORS_ORIGINS),
         description="Origins allowed by CORS, comma-separated (`*` for any). Preflight OPTIONS "
-        "requests never need a token.",
+        "requests never need a token. The default allows the public CDS Hooks sandbox and a sandbox "
+        "run locally: from its source (`http://localhost:8080`) or its build served on port 8090.",
     )
 
     # -- authentication of EHR calls (CDS Hooks 2.0 client JWT; see README, Authentication) ----------

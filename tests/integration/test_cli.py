@@ -175,6 +175,20 @@ def _one_line(result: subprocess.CompletedProcess[str]) -> str:
             id="unknown-member-in-a-trusted-client",
         ),
         pytest.param(
+            ["serve"],
+            {
+                "ALS_CDS_TRUSTED_CLIENTS": json.dumps(
+                    {
+                        "https://ehr.example.org": {
+                            "jwks": {"keys": [{"kty": "EC", "kid": "k1", "crv": "P-256"}]}
+                        }
+                    }
+                )
+            },
+            ["ALS_CDS_TRUSTED_CLIENTS", "'https://ehr.example.org'", "(README, Authentication)"],
+            id="trusted-client-key-that-does-not-load",
+        ),
+        pytest.param(
             ["docs", "--output", "-"],
             {"ALS_CDS_TRUSTED_CLIENTS": "{'https://ehr.example.org': {}}"},
             ["ALS_CDS_TRUSTED_CLIENTS", "not valid JSON", "e.g. ALS_CDS_TRUSTED_CLIENTS='{"],
