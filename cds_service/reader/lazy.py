@@ -17,6 +17,7 @@ more slowly.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -70,9 +71,18 @@ class LazyResource(msgspec.Struct, gc=False):
     def decode(self) -> dict[str, Any]:
         """The whole resource as a fresh dict (not kept: the caller holds it while it reads)."""
         try:
-            return _DECODER.decode(self.raw)
-        except msgspec.DecodeError as exc:
+            return _DECODER.decode(self.raw)  # type: ignore[no-any-return]
+        except msgspec.DecodeError:
+            pass
+        # msgspec's scan of the body accepts a number out of range (1e999), its decoding does not:
+        # Python's json reads it (as infinity), so the defect costs that field, not the resource.
+        try:
+            decoded = json.loads(bytes(self.raw))
+        except (ValueError, RecursionError) as exc:
             raise UnreadableResource("the resource's JSON could not be decoded") from exc
+        if not isinstance(decoded, dict):
+            raise UnreadableResource("the resource is not a JSON object")
+        return decoded
 
     def __getitem__(self, key: str) -> Any:
         if key == "resourceType" and isinstance(self.resource_type, str):

@@ -24,6 +24,7 @@ import pytest
 import respx
 from fastapi.testclient import TestClient
 
+from cds_service import wire
 from cds_service.app import create_app
 from cds_service.bundles import request_from_bundle
 from cds_service.hooks import MAX_FEEDBACK_ITEMS, CDSResponse
@@ -53,9 +54,17 @@ def _settings(url: str, **overrides: Any) -> Settings:
     )
 
 
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[TestClient]:
-    """The app on SQLite; unexpected exceptions become the 500 an EHR would see, not a test error."""
+@pytest.fixture(params=["read whole", "read entry by entry"])
+def api(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[TestClient]:
+    """The app on SQLite; unexpected exceptions become the 500 an EHR would see, not a test error.
+
+    Each case twice: decoded in one pass (a typical body) and entry by entry, each resource kept
+    in its bytes until read (a body over 64 kB, `wire.py`): a hostile shape must cost no more there.
+    """
+    if request.param == "read entry by entry":
+        monkeypatch.setattr(wire, "INLINE_BODY_BYTES", 0)
     app = create_app(_settings(f"sqlite:///{tmp_path / 'als-cds.db'}"), clock=lambda: NOW)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client
