@@ -13,13 +13,29 @@ NICE NG42 (2016, updated 2019):
 trihexyphenidyl and benzatropine. Hyoscine *butylbromide* does not cross the blood-brain barrier much
 and never counts: the value set excludes its names, and so do the rules below, even when a request
 also carries a code (see `_exclusion`).
+
+An antimuscarinic is a saliva treatment only when nothing says otherwise: a request whose coded
+reason (`reasonCode`, or a `reasonReference` to a Condition) is something other than drooling
+(amitriptyline for depression, trihexyphenidyl for parkinsonism) is neither "an antimuscarinic
+tried for saliva" nor a treatment to swap (see `indication`). A current order is never deleted: the
+switch card offers to stop it (an update to status `stopped` with a reason), and for the drugs whose
+labels ask for gradual withdrawal (amitriptyline, trihexyphenidyl; benzatropine by analogy) it offers
+no stop at all, only the advice to withdraw gradually. Deleting is for draft orders only.
+
+The glycopyrronium draft follows the guideline profile (`RuleConfig.profile`), because oral
+glycopyrronium products are not interchangeable microgram for microgram: 'nice' drafts glycopyrronium
+bromide 1 mg/5 mL oral solution by name (no dm+d code could be verified), never Sialanar (320
+micrograms/mL glycopyrronium = 400 micrograms/mL glycopyrronium bromide); 'us' drafts glycopyrrolate
+1 mg/5 mL oral solution (RxNorm 999961). Both name the salt, the strength and the route.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import cache
+from typing import Any, Literal
 
 from cds_service import terminology
 from cds_service.record import (
@@ -45,6 +61,8 @@ BOTULINUM_TOXIN = terminology.load("botulinum-toxin")
 BOTULINUM_INJECTION = terminology.load("botulinum-toxin-injection")
 THICK_SALIVA = terminology.load("thick-saliva")
 CARBOCISTEINE = terminology.load("carbocisteine")
+#: Antimuscarinics whose labels ask for gradual withdrawal rather than an abrupt stop.
+GRADUAL_WITHDRAWAL = terminology.load("antimuscarinic-gradual-withdrawal")
 
 #: Every antimuscarinic that counts as a sialorrhoea treatment (NG42 1.8.12 names no drug).
 ANTIMUSCARINICS: tuple[ValueSet, ...] = (CNS_ANTIMUSCARINICS, GLYCOPYRRONIUM)
@@ -124,11 +142,254 @@ def _labels(items: Iterable[str]) -> str:
     return ", ".join(unique)
 
 
-def _reason_is_saliva(fact: MedicationFact | None) -> bool:
-    """Whether the request's reasonCode names drooling / excess salivation (a coded reason only)."""
-    if fact is None:
-        return False
-    return any(SIALORRHOEA.match(concept) is not None for concept in fact.reasons)
+# --------------------------------------------------------------------------------------------
+# What a request is for: its coded reason (reasonCode, reasonReference)
+
+
+@dataclass(frozen=True)
+class Indication:
+    """What an antimuscarinic request says it is for.
+
+    'saliva': a coded reason, or a referenced Condition, is drooling / excess salivation.
+    'other': the reason is coded (or references a Condition) and it is not drooling: not a saliva
+    treatment, whatever else is on the chart.
+    'unknown': a reason was given, but only as text or as a reference that cannot be resolved.
+    'none': no reason at all.
+    """
+
+    kind: Literal["saliva", "other", "unknown", "none"]
+    what: str = ""  # the reason as the record names it, for the card's evidence
+
+
+def _condition_id(reference: str) -> str | None:
+    """'Condition/123' (or '.../Condition/123', '.../Condition/123/_history/2') → '123'."""
+    parts = reference.split("/")
+    if "_history" in parts:
+        parts = parts[: parts.index("_history")]
+    if len(parts) >= 2 and parts[-2] == "Condition" and parts[-1]:
+        return parts[-1]
+    return None
+
+
+def indication(record: PatientRecord, fact: MedicationFact | None) -> Indication:
+    """The request's coded reason, checked against the drooling value set (conditions by code only).
+
+    A reference to a Condition the record holds is read through that Condition's code. The record
+    holds every readable Condition of the drooling value set (the conditions prefetch asks for every
+    clinical status), so a reference to any other Condition is a reason other than drooling, unless
+    some Condition could not be read at all: then the reason is unknown.
+    """
+    if fact is None or (not fact.reasons and not fact.reason_references):
+        return Indication("none")
+    others: list[str] = []
+    unknown: list[str] = []
+    for concept in fact.reasons:
+        if SIALORRHOEA.match(concept) is not None:
+            return Indication("saliva", concept.label)
+        (others if concept.codes else unknown).append(concept.label)
+    conditions = {c.id: c for c in record.conditions if c.id}
+    for reference in fact.reason_references:
+        target = _condition_id(reference)
+        condition = conditions.get(target) if target else None
+        if condition is not None:
+            if SIALORRHOEA.match(condition.concept) is not None:
+                return Indication("saliva", condition.concept.label)
+            others.append(condition.concept.label)
+        elif target is not None and not record.unread.get("Condition"):
+            others.append(f"a condition that is not a recorded drooling diagnosis ({reference})")
+        else:
+            unknown.append(f"{reference} (could not be resolved)")
+    if others:
+        return Indication("other", "; ".join(dict.fromkeys(others)))
+    return Indication("unknown", "; ".join(dict.fromkeys(unknown)))
+
+
+def _not_for_saliva_line(med: MedicationMatch, why: Indication) -> str:
+    return (
+        f"Not counted as a saliva treatment: {med.fact.concept.label} ({med.fact.status}), prescribed for "
+        f"{why.what}; its antimuscarinic effects add to any other antimuscarinic."
+    )
+
+
+def _saliva_candidates(
+    record: PatientRecord, valuesets: Iterable[ValueSet], statuses: frozenset[str]
+) -> tuple[list[MedicationMatch], list[tuple[MedicationMatch, Indication]]]:
+    """Antimuscarinic requests that may be for saliva, and those coded for another reason."""
+    candidates: list[MedicationMatch] = []
+    other: list[tuple[MedicationMatch, Indication]] = []
+    for med in medications_in(record, valuesets, statuses):
+        why = indication(record, med.fact)
+        if why.kind == "other":
+            other.append((med, why))
+        else:
+            candidates.append(med)
+    return candidates, other
+
+
+# --------------------------------------------------------------------------------------------
+# The glycopyrronium draft, per guideline profile
+
+
+@dataclass(frozen=True)
+class GlycopyrroniumProduct:
+    """The oral solution a card drafts: product, salt, strength, dose and route, for one profile."""
+
+    medication: dict[str, Any]  # medicationCodeableConcept
+    product: str  # for card text: salt and strength
+    dose: str  # for card text: dose, volume, route and frequency
+    dose_text: str  # dosageInstruction.text
+
+
+_ORAL_ROUTE = {"coding": [{"system": terminology.SNOMED, "code": "26643006", "display": "Oral route"}]}
+_UCUM = "http://unitsofmeasure.org"
+
+#: Scottish Palliative Care Guidelines (sialorrhoea): glycopyrronium bromide, oral dose (as oral
+#: solution) 200 micrograms every 8 hours, titrated to 1 mg every 8 hours; the dose is of the
+#: bromide salt. In the US, glycopyrrolate is the name of the same salt (USAN), so the number is the
+#: same; RxNorm 999961 is glycopyrrolate 0.2 MG/ML (1 mg/5 mL) Oral Solution.
+GLYCOPYRRONIUM_DRAFTS: dict[str, GlycopyrroniumProduct] = {
+    "nice": GlycopyrroniumProduct(
+        medication={"text": "Glycopyrronium bromide 1 mg/5 mL oral solution"},
+        product="glycopyrronium bromide 1 mg/5 mL oral solution",
+        dose="200 micrograms of glycopyrronium bromide (1 mL) by mouth every 8 hours",
+        dose_text=(
+            "200 micrograms of glycopyrronium bromide (1 mL of the 1 mg/5 mL oral solution) by mouth every "
+            "8 hours; titrate to response and tolerability up to 1 mg every 8 hours (Scottish Palliative "
+            "Care Guidelines, off-label). May be given via an enteral feeding tube. Not Sialanar (320 "
+            "micrograms/mL glycopyrronium = 400 micrograms/mL glycopyrronium bromide): oral glycopyrronium "
+            "products are not interchangeable microgram for microgram."
+        ),
+    ),
+    "us": GlycopyrroniumProduct(
+        medication={
+            "coding": [
+                {
+                    "system": terminology.RXNORM,
+                    "code": "999961",
+                    "display": "glycopyrrolate 0.2 MG/ML Oral Solution",
+                }
+            ],
+            "text": "Glycopyrrolate (glycopyrronium bromide) 1 mg/5 mL oral solution",
+        },
+        product="glycopyrrolate (glycopyrronium bromide) 1 mg/5 mL oral solution (RxNorm 999961)",
+        dose="200 micrograms of glycopyrrolate (1 mL) by mouth every 8 hours",
+        dose_text=(
+            "200 micrograms of glycopyrrolate (1 mL of the 1 mg/5 mL oral solution) by mouth every 8 hours; "
+            "titrate to response and tolerability up to 1 mg every 8 hours (Scottish Palliative Care "
+            "Guidelines; off-label in adults: the oral solution's label is for ages 3 to 16). May be given "
+            "via an enteral feeding tube."
+        ),
+    ),
+}
+
+#: Why the draft is ordered, as the draft's reasonCode says it.
+_DRAFT_REASON = "Sialorrhoea in MND with impaired cognition: glycopyrrolate first line (NICE NG42 1.8.13)"
+#: Why the current antimuscarinic is stopped, as the stop's statusReason says it.
+_STOP_REASON = (
+    "Switched to glycopyrronium: centrally acting antimuscarinic with impaired cognition (NICE NG42 1.8.13)"
+)
+
+
+def glycopyrronium_draft(record: PatientRecord, config: RuleConfig) -> dict[str, Any]:
+    """The draft MedicationRequest for the profile: product with salt and strength, dose, route."""
+    product = GLYCOPYRRONIUM_DRAFTS[config.profile]
+    return {
+        "resourceType": "MedicationRequest",
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": patient_reference(record)},
+        "medicationCodeableConcept": product.medication,
+        "reasonCode": [{"text": _DRAFT_REASON}],
+        "dosageInstruction": [
+            {
+                "text": product.dose_text,
+                "timing": {"repeat": {"frequency": 1, "period": 8, "periodUnit": "h"}},
+                "route": _ORAL_ROUTE,
+                "doseAndRate": [
+                    {"doseQuantity": {"value": 200, "unit": "microgram", "system": _UCUM, "code": "ug"}}
+                ],
+            }
+        ],
+    }
+
+
+def glycopyrronium_fields(config: RuleConfig) -> dict[str, str]:
+    product = GLYCOPYRRONIUM_DRAFTS[config.profile]
+    return {"glycopyrronium_product": product.product, "glycopyrronium_dose": product.dose}
+
+
+def _concept_json(concept: Concept) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    codings = [
+        {k: v for k, v in (("system", c.system), ("code", c.code), ("display", c.display)) if v}
+        for c in concept.codes
+    ]
+    if codings:
+        found["coding"] = codings
+    found["text"] = concept.label
+    return found
+
+
+def _stop_order(record: PatientRecord, fact: MedicationFact) -> dict[str, Any]:
+    """The current order, stopped with a reason: what the record read of it, status 'stopped'.
+
+    Only the fields the service read go back (id, intent, subject, medication); the EHR applies the
+    status change to its own order.
+    """
+    return {
+        "resourceType": "MedicationRequest",
+        "id": fact.id,
+        "status": "stopped",
+        "statusReason": {"text": _STOP_REASON},
+        "intent": fact.intent if fact.intent in _INTENTS else "order",
+        "subject": {"reference": patient_reference(record)},
+        "medicationCodeableConcept": _concept_json(fact.concept),
+    }
+
+
+_INTENTS = frozenset(
+    {
+        "proposal",
+        "plan",
+        "order",
+        "original-order",
+        "reflex-order",
+        "filler-order",
+        "instance-order",
+        "option",
+    }
+)
+
+
+#: The facts behind every glycopyrronium draft (sialorrhoea-treatment and both switch cards).
+_DRAFT_FACTS = (
+    RuleFact(
+        "Glycopyrronium starting dose in the draft order",
+        "glycopyrronium bromide (oral solution) 200 micrograms every 8 hours, titrated to response and "
+        "tolerability up to 1 mg every 8 hours, by mouth or via an enteral feeding tube",
+        "scottish-palliative-care",
+        "Scottish Palliative Care Guidelines, sialorrhoea (off-label): the dose is of the bromide salt. The "
+        "draft stays a draft: the prescriber confirms the dose.",
+    ),
+    RuleFact(
+        "Draft product, profile 'nice'",
+        "glycopyrronium bromide 1 mg/5 mL oral solution (200 micrograms = 1 mL), route oral (SNOMED CT "
+        "26643006); never Sialanar",
+        "sialanar-smpc",
+        "Sialanar is 320 micrograms/mL glycopyrronium = 400 micrograms/mL glycopyrronium bromide (SmPC 2), "
+        "and oral glycopyrronium products are not interchangeable microgram for microgram. UNVERIFIED: no "
+        "dm+d code for the 1 mg/5 mL solution could be checked, so the draft names the product in text only "
+        "and carries no code (never a US RxNorm code under this profile).",
+    ),
+    RuleFact(
+        "Draft product, profile 'us'",
+        "glycopyrrolate 1 mg/5 mL (0.2 mg/mL) oral solution, RxNorm 999961, route oral (SNOMED CT 26643006)",
+        "fda-glycopyrrolate-oral-solution",
+        "Glycopyrrolate is the US name of glycopyrronium bromide, so the guideline dose is the same number "
+        "of the same salt. The oral solution's label is for chronic severe drooling at ages 3 to 16 "
+        "(weight-based): adult use is off-label.",
+    ),
+)
 
 
 def sialorrhoea_treatment(record: PatientRecord, config: RuleConfig) -> list[Finding]:
@@ -140,24 +401,36 @@ def sialorrhoea_treatment(record: PatientRecord, config: RuleConfig) -> list[Fin
     if botulinum or injections:
         return []  # the specialist botulinum toxin pathway (NG42 1.8.14) is already under way
 
-    tried = medications_in(record, ANTIMUSCARINICS, MEDICATION_HISTORY_STATUSES)
+    # An antimuscarinic prescribed for another coded reason (amitriptyline for depression) was not
+    # a trial for saliva: it neither counts as tried nor stands for the switch card.
+    tried, not_for_saliva = _saliva_candidates(record, ANTIMUSCARINICS, MEDICATION_HISTORY_STATUSES)
     cognition = record.active_conditions(COGNITIVE_IMPAIRMENT)
     evidence = [condition_line(drooling[0], SIALORRHOEA, "Saliva problem recorded")]
     evidence.append("No botulinum toxin order or injection on record.")
     evidence += [medication_line(m, "Antimuscarinic tried") for m in tried]
+    evidence += [
+        _not_for_saliva_line(m, why)
+        for m, why in not_for_saliva
+        if m.fact.status in MEDICATION_CURRENT_STATUSES
+    ]
 
     variant: str | None
+    bindings: dict[str, Any] = {"patient_reference": patient_reference(record)}
     if cognition:
         # With impaired cognition the first-line treatment is glycopyrrolate (1.8.13): botulinum
         # toxin comes after glycopyrrolate, not after a centrally acting antimuscarinic.
         evidence.append(condition_line(cognition[0], COGNITIVE_IMPAIRMENT, "Cognition"))
         if any(m.match.valueset == GLYCOPYRRONIUM.id for m in tried):
             variant = "refer-botulinum"
-        elif medications_in(record, (CNS_ANTIMUSCARINICS,), MEDICATION_CURRENT_STATUSES):
+        elif any(
+            m.fact.status in MEDICATION_CURRENT_STATUSES and m.match.valueset == CNS_ANTIMUSCARINICS.id
+            for m in tried
+        ):
             return []  # antimuscarinic-cognitive-impairment offers the switch to glycopyrronium
         else:
             variant = "cognitive-impairment"
             evidence.append("No glycopyrronium (current or past) on record.")
+            bindings["glycopyrronium_draft"] = glycopyrronium_draft(record, config)
     else:
         evidence.append("No impaired cognition, dementia or FTD recorded.")
         if tried:
@@ -172,10 +445,11 @@ def sialorrhoea_treatment(record: PatientRecord, config: RuleConfig) -> list[Fin
                 "symptom": drooling[0].concept.label,
                 "antimuscarinics": _labels(m.fact.concept.label for m in tried) or "none on record",
                 "cognition": cognition[0].concept.label if cognition else "none recorded",
+                **glycopyrronium_fields(config),
             },
             evidence=tuple(evidence),
             variant=variant,
-            bindings={"patient_reference": patient_reference(record)},
+            bindings=bindings,
         )
     ]
 
@@ -232,6 +506,14 @@ SIALORRHOEA_TREATMENT = Rule(
             "Design choice: the specialist pathway of NG42 1.8.14 is already under way; the injection "
             "site is not recorded in the procedure code.",
         ),
+        RuleFact(
+            "Antimuscarinic prescribed for another reason",
+            "not counted as tried for saliva (its coded reason is not drooling)",
+            "nice-ng42",
+            "Design choice: amitriptyline for depression was not a trial of NG42 1.8.12; the card lists it "
+            "because its antimuscarinic effects add to any new one.",
+        ),
+        *_DRAFT_FACTS,
     ),
 )
 
@@ -244,24 +526,34 @@ def antimuscarinic_cognitive_impairment(record: PatientRecord, config: RuleConfi
     cognition = record.active_conditions(COGNITIVE_IMPAIRMENT)
     if not cognition:
         return []
-    current = medications_in(record, (CNS_ANTIMUSCARINICS,), MEDICATION_CURRENT_STATUSES)
     drooling = record.active_conditions(SIALORRHOEA)
     findings = []
-    for med in current:
-        for_saliva = bool(drooling) or _reason_is_saliva(med.fact)
+    for med in medications_in(record, (CNS_ANTIMUSCARINICS,), MEDICATION_CURRENT_STATUSES):
+        why = indication(record, med.fact)
+        if why.kind == "other":
+            continue  # prescribed for something else: not a drooling treatment to swap
+        for_saliva = why.kind == "saliva" or (why.kind == "none" and bool(drooling))
+        gradual = GRADUAL_WITHDRAWAL.match(med.fact.concept) is not None
+        reference = f"MedicationRequest/{med.fact.id}" if med.fact.id else None
         evidence = [
             medication_line(med, "Centrally acting antimuscarinic"),
             condition_line(cognition[0], COGNITIVE_IMPAIRMENT, "Cognition"),
-            _indication_line(drooling, for_saliva),
+            _indication_line(drooling, why, for_saliva),
         ]
-        reference = f"MedicationRequest/{med.fact.id}" if med.fact.id else None
+        bindings = _swap_bindings(record, config)
+        if reference is None:
+            variant: str | None = "no-reference"
+        else:
+            variant = _swap_variant(for_saliva, gradual)
+            if not gradual:
+                bindings["stop_order"] = _stop_order(record, med.fact)
         findings.append(
             Finding(
                 rule_id="antimuscarinic-cognitive-impairment",
-                fields=_swap_fields(med.fact.concept.label, cognition[0]),
+                fields=_swap_fields(med.fact.concept.label, cognition[0], config),
                 evidence=tuple(evidence),
-                variant=_swap_variant(reference, for_saliva),
-                bindings=_swap_bindings(record, reference),
+                variant=variant,
+                bindings=bindings,
             )
         )
     return findings
@@ -274,49 +566,65 @@ def antimuscarinic_order_cognitive_impairment(record: PatientRecord, config: Rul
     drooling = record.active_conditions(SIALORRHOEA)
     findings = []
     for order, match in _draft_orders_in(record, CNS_ANTIMUSCARINICS):
-        for_saliva = bool(drooling) or _reason_is_saliva(order.medication)
+        why = indication(record, order.medication)
+        if why.kind == "other":
+            continue  # ordered for something else: not a drooling treatment to replace
+        for_saliva = why.kind == "saliva" or (why.kind == "none" and bool(drooling))
         evidence = [
             f"Order being written: {order.concept.label} (matched by {match.describe()}).",
             condition_line(cognition[0], COGNITIVE_IMPAIRMENT, "Cognition"),
-            _indication_line(drooling, for_saliva),
+            _indication_line(drooling, why, for_saliva),
         ]
+        bindings = _swap_bindings(record, config)
+        if order.reference is None:
+            variant: str | None = "no-reference"  # nothing the EHR could delete
+        else:
+            # A draft is not yet a treatment: removing it is safe (no stop, no withdrawal).
+            variant = None if for_saliva else "indication-not-recorded"
+            bindings["draft_reference"] = order.reference
         findings.append(
             Finding(
                 rule_id="antimuscarinic-order-cognitive-impairment",
-                fields=_swap_fields(order.concept.label, cognition[0]),
+                fields=_swap_fields(order.concept.label, cognition[0], config),
                 evidence=tuple(evidence),
-                variant=_swap_variant(order.reference, for_saliva),
-                bindings=_swap_bindings(record, order.reference, key="draft_reference"),
+                variant=variant,
+                bindings=bindings,
             )
         )
     return findings
 
 
-def _swap_fields(drug: str, cognition: ConditionFact) -> dict[str, str]:
-    return {"drug": drug, "drug_short": short(drug), "cognition": cognition.concept.label}
+def _swap_fields(drug: str, cognition: ConditionFact, config: RuleConfig) -> dict[str, str]:
+    return {
+        "drug": drug,
+        "drug_short": short(drug),
+        "cognition": cognition.concept.label,
+        **glycopyrronium_fields(config),
+    }
 
 
-def _indication_line(drooling: list[ConditionFact], for_saliva: bool) -> str:
+def _indication_line(drooling: list[ConditionFact], why: Indication, for_saliva: bool) -> str:
+    if why.kind == "saliva":
+        return f"The order's coded reason is drooling / excess salivation ({why.what})."
+    if why.kind == "unknown":
+        return f"The order's reason could not be read as a code ({why.what}): indication unknown."
     if drooling:
-        return condition_line(drooling[0], SIALORRHOEA, "Saliva problem recorded")
+        return condition_line(drooling[0], SIALORRHOEA, "Saliva problem recorded (the order gives no reason)")
+    return "No drooling or excess salivation recorded and no reason on the order: indication unknown."
+
+
+def _swap_variant(for_saliva: bool, gradual: bool) -> str | None:
+    """The card for a current order: stop it, or (labels asking for it) withdraw it gradually."""
     if for_saliva:
-        return "The order's coded reason is drooling / excess salivation."
-    return "No drooling or excess salivation recorded and no coded reason on the order: indication unknown."
+        return "withdraw-gradually" if gradual else None
+    return "indication-not-recorded-withdraw-gradually" if gradual else "indication-not-recorded"
 
 
-def _swap_variant(reference: str | None, for_saliva: bool) -> str | None:
-    if reference is None:
-        return "no-reference"  # nothing the EHR could delete: the card keeps only the new draft
-    return None if for_saliva else "indication-not-recorded"
-
-
-def _swap_bindings(
-    record: PatientRecord, reference: str | None, *, key: str = "medication_reference"
-) -> dict[str, str]:
-    bindings = {"patient_reference": patient_reference(record)}
-    if reference is not None:
-        bindings[key] = reference
-    return bindings
+def _swap_bindings(record: PatientRecord, config: RuleConfig) -> dict[str, Any]:
+    return {
+        "patient_reference": patient_reference(record),
+        "glycopyrronium_draft": glycopyrronium_draft(record, config),
+    }
 
 
 _SWAP_FACTS = (
@@ -328,16 +636,38 @@ _SWAP_FACTS = (
         "trihexyphenidyl, benzatropine; hyoscine butylbromide never counts.",
     ),
     RuleFact(
-        "Glycopyrronium starting dose in the draft order",
-        "oral solution 200 micrograms every 8 hours, titrated to response up to 1 mg every 8 hours",
-        "scottish-palliative-care",
-        "Scottish Palliative Care Guidelines, sialorrhoea (off-label); may go via an enteral tube. The "
-        "draft stays a draft: the prescriber confirms the dose.",
-    ),
-    RuleFact(
         "Glycopyrronium first line with cognitive impairment (independent corroboration)",
         "glycopyrronium first line in patients with cognitive impairment",
         "scottish-palliative-care",
+    ),
+    *_DRAFT_FACTS,
+    RuleFact(
+        "Prescribed for another reason",
+        "a request whose coded reason (reasonCode or reasonReference) is not drooling gets no switch card",
+        "nice-ng42",
+        "Design choice: NG42 1.8.13 is about sialorrhoea treatment; amitriptyline for depression or "
+        "trihexyphenidyl for parkinsonism is not a drooling treatment to swap. A reason given only as text, "
+        "or a reference that cannot be resolved, leaves the indication unknown (the hedged card).",
+    ),
+    RuleFact(
+        "A current treatment is stopped, never deleted",
+        "update to status 'stopped' with a statusReason; deleting is offered only for a draft order",
+        "nice-ng42",
+        "Design choice: deleting an active order erases the record that it was ever given.",
+    ),
+    RuleFact(
+        "Amitriptyline: withdraw gradually",
+        "no stop action; the card advises gradual withdrawal",
+        "amitriptyline-label",
+        "Label: abrupt cessation after prolonged administration may produce nausea, headache and malaise. No "
+        "taper schedule is given by the service.",
+    ),
+    RuleFact(
+        "Trihexyphenidyl (and benzatropine): withdraw gradually",
+        "no stop action; the card advises gradual withdrawal",
+        "trihexyphenidyl-smpc",
+        "SmPC 4.2: antimuscarinic treatment of parkinsonism should never be terminated suddenly. UNVERIFIED "
+        "for benzatropine: no benzatropine label statement was checked; included by analogy (same use).",
     ),
 )
 
@@ -354,7 +684,10 @@ ANTIMUSCARINIC_COGNITIVE_IMPAIRMENT = Rule(
     evaluate=antimuscarinic_cognitive_impairment,
     trigger=(
         "An active or on-hold hyoscine hydrobromide, amitriptyline, atropine, trihexyphenidyl or "
-        "benzatropine request and active impaired cognition, dementia or FTD (one card per request)."
+        "benzatropine request and active impaired cognition, dementia or FTD (one card per request), "
+        "unless the request's coded reason is something other than drooling; offers to stop it (or, for "
+        "amitriptyline, trihexyphenidyl and benzatropine, to withdraw it gradually) and a glycopyrronium "
+        "draft for the guideline profile."
     ),
     facts=_SWAP_FACTS,
 )
@@ -367,7 +700,9 @@ ANTIMUSCARINIC_ORDER_COGNITIVE_IMPAIRMENT = Rule(
     evaluate=antimuscarinic_order_cognitive_impairment,
     trigger=(
         "A draft order for hyoscine hydrobromide, amitriptyline, atropine, trihexyphenidyl or "
-        "benzatropine for a patient with active impaired cognition, dementia or FTD (one card per order)."
+        "benzatropine for a patient with active impaired cognition, dementia or FTD (one card per order), "
+        "unless its coded reason is something other than drooling; offers to replace the draft with a "
+        "glycopyrronium draft for the guideline profile."
     ),
     facts=_SWAP_FACTS,
 )

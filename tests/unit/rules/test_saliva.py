@@ -178,8 +178,10 @@ def test_drooling_with_impaired_cognition_suggests_glycopyrrolate_first(cognitio
     draft = action["resource"]
     assert action["type"] == "create" and draft["status"] == "draft"
     assert draft["subject"] == {"reference": f"Patient/{PID}"}
-    assert draft["medicationCodeableConcept"]["coding"][0]["code"] == "999961"
+    # Profile 'nice' (the default): the UK product by name, salt and strength; no US RxNorm code.
+    assert draft["medicationCodeableConcept"] == {"text": "Glycopyrronium bromide 1 mg/5 mL oral solution"}
     dosage = draft["dosageInstruction"][0]
+    assert dosage["route"]["coding"][0]["code"] == "26643006"
     assert dosage["doseAndRate"][0]["doseQuantity"] == {
         "value": 200,
         "unit": "microgram",
@@ -321,27 +323,48 @@ CNS_ANTIMUSCARINICS = [
 ]
 
 
+#: Labels ask for gradual withdrawal of these (amitriptyline; trihexyphenidyl; benzatropine by analogy).
+WITHDRAW_GRADUALLY = ("amitriptyline", "trihexyphenidyl", "benztropine", "benzhexol", "benzatropine")
+
+
+def _gradual(medication: dict[str, Any]) -> bool:
+    names = " ".join(
+        [medication.get("text", "")] + [c.get("display", "") for c in medication.get("coding", [])]
+    )
+    codes = {c["code"] for c in medication.get("coding", [])}
+    return any(w in names.lower() for w in WITHDRAW_GRADUALLY) or bool(codes & {"704", "856834"})
+
+
 @pytest.mark.parametrize("medication", CNS_ANTIMUSCARINICS)
 def test_centrally_acting_antimuscarinic_with_dementia_gets_the_glycopyrronium_warning(
     medication: dict[str, Any],
 ) -> None:
     request = medication_request(medication, rid="am-1", authored=days_ago(30))
     [finding] = run(ANTIMUSCARINIC_COGNITIVE_IMPAIRMENT, als(), dementia(), drooling(), request)
-    assert finding.variant is None
-    assert finding.bindings["medication_reference"] == "MedicationRequest/am-1"
     body = render(finding)
     assert body["indicator"] == "warning"
     [suggestion] = body["suggestions"]
     assert suggestion["isRecommended"] is True
-    delete, create = suggestion["actions"]
-    assert delete == {
-        "type": "delete",
-        "description": delete["description"],
-        "resourceId": "MedicationRequest/am-1",
-    }
+    # A current treatment is never deleted: it is stopped, or (labels asking for it) withdrawn gradually.
+    assert "delete" not in [a["type"] for a in suggestion["actions"]]
+    create = suggestion["actions"][-1]
     assert create["type"] == "create" and create["resource"]["status"] == "draft"
-    assert create["resource"]["medicationCodeableConcept"]["coding"][0]["code"] == "999961"
+    assert create["resource"]["medicationCodeableConcept"]["text"].startswith(
+        "Glycopyrronium bromide 1 mg/5 mL"
+    )
     assert create["resource"]["subject"] == {"reference": f"Patient/{PID}"}
+    if _gradual(medication):
+        assert finding.variant == "withdraw-gradually"
+        assert len(suggestion["actions"]) == 1
+        assert "gradually, not abruptly" in body["detail"]
+    else:
+        assert finding.variant is None
+        stop = suggestion["actions"][0]
+        assert stop["type"] == "update"
+        assert stop["resource"]["id"] == "am-1"
+        assert stop["resource"]["status"] == "stopped"
+        assert stop["resource"]["statusReason"]["text"].startswith("Switched to glycopyrronium")
+        assert stop["resource"]["subject"] == {"reference": f"Patient/{PID}"}
 
 
 @pytest.mark.parametrize(
@@ -397,7 +420,7 @@ def test_only_current_antimuscarinics_are_flagged(status: str, fires: bool) -> N
 
 def test_without_recorded_drooling_the_swap_is_offered_but_not_recommended() -> None:
     [finding] = run(ANTIMUSCARINIC_COGNITIVE_IMPAIRMENT, als(), dementia(), medication_request(AMITRIPTYLINE))
-    assert finding.variant == "indication-not-recorded"
+    assert finding.variant == "indication-not-recorded-withdraw-gradually"
     assert any("indication unknown" in line for line in finding.evidence)
     body = render(finding)
     assert "if it is for saliva" in body["summary"]
@@ -430,10 +453,12 @@ def test_each_current_antimuscarinic_gets_its_own_card() -> None:
         medication_request(AMITRIPTYLINE, rid="b"),
     )
     findings = run(ANTIMUSCARINIC_COGNITIVE_IMPAIRMENT, *resources)
-    assert sorted(f.bindings["medication_reference"] for f in findings) == [
-        "MedicationRequest/a",
-        "MedicationRequest/b",
+    # Hyoscine is stopped by the card; amitriptyline is withdrawn gradually (no stop action).
+    assert sorted((f.variant or "", f.fields["drug"]) for f in findings) == [
+        ("", "72 HR scopolamine 0.0139 MG/HR Transdermal System"),
+        ("withdraw-gradually", "amitriptyline hydrochloride 10 MG Oral Tablet"),
     ]
+    assert [f.bindings["stop_order"]["id"] for f in findings if "stop_order" in f.bindings] == ["a"]
 
 
 def test_a_very_long_drug_name_keeps_the_summary_under_140_characters() -> None:
@@ -455,9 +480,12 @@ def test_ordering_amitriptyline_with_dementia_offers_to_replace_the_draft() -> N
     )
     assert finding.bindings["draft_reference"] == "MedicationRequest/draft-1"
     body = render(finding)
+    # Deleting is right for a draft: it is not yet a treatment the patient takes.
     delete, create = body["suggestions"][0]["actions"]
     assert delete["type"] == "delete" and delete["resourceId"] == "MedicationRequest/draft-1"
-    assert create["resource"]["medicationCodeableConcept"]["coding"][0]["code"] == "999961"
+    assert create["resource"]["medicationCodeableConcept"] == {
+        "text": "Glycopyrronium bromide 1 mg/5 mL oral solution"
+    }
 
 
 def test_order_without_recorded_drooling_uses_the_hedged_variant() -> None:
