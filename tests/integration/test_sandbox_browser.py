@@ -1,4 +1,5 @@
-"""The real CDS Hooks Sandbox, in headless Chromium, against this service and the real FHIR server.
+"""The real CDS Hooks Sandbox, in headless Chromium, against this service (authentication ON) and
+the real FHIR server.
 
 Why: the other tests post requests we wrote ourselves. The sandbox is the client integration
 engineers try a service with first, and its requests are not ours: it runs our prefetch templates
@@ -6,8 +7,10 @@ itself against the FHIR server, sends its own draft orders (not strictly valid R
 fhir_fixtures/requests/README.md) and renders the cards. Only a browser shows whether a user of
 the sandbox sees our cards. What is driven, like a user:
 
-* Patient View: an ALS patient's chart, loaded in the FHIR server, gets the service's cards
-  rendered in the page (elements whose class contains `decision-card`).
+* Patient View: two ALS patients' charts, loaded in the FHIR server, get the service's cards
+  rendered in the page (elements whose class contains `decision-card`). One suggestion is accepted
+  and one card overridden with a reason, as a clinician would, and both come back through the
+  sandbox's feedback calls as rows in the service's database, linked to the rules that fired.
 * Rx View (`order-select`) and Rx Sign (`order-sign`): for a patient with ALS and cirrhosis, typing
   "riluzole" in the medication box, picking "Riluzole 50 MG Oral Tablet" (RxNorm 199206, from the
   RxNorm list bundled in the sandbox) and, in Rx Sign, pressing "Sign Order", must give the critical
@@ -25,12 +28,22 @@ The pieces, all on 127.0.0.1:
 * the FHIR server: Medplum's FHIR engine (`fhir-server/`, as in test_fhir_server_e2e.py), started
   `--open` (the sandbox refuses a server that asks for a token) with CORS for the page's origin
   only, and the two patients' charts in tenants of their own;
-* the service: `python -m cds_service.cli serve` of this checkout, authentication off (the sandbox
-  signs its calls with a published key that a test has no reason to trust) and CORS for the page;
+* the service: `python -m cds_service.cli serve` of this checkout with authentication ON, as in
+  production: it trusts the sandbox's issuer with the sandbox's `jku` pinned to the public key set
+  published in the sandbox build (`.well-known/jwks.json`), so that the sandbox's own JWTs (ES384,
+  signed in the page with the sandbox's published private key, `aud` the exact URL called) are
+  verified offline, never fetched. `ALS_CDS_PUBLIC_BASE_URL` is the URL the page calls. CORS: the
+  sandbox is served on 127.0.0.1:8090, the port its README uses, so the service runs on its
+  default origins; when 8090 is taken, on a free port named in ALS_CDS_CORS_ORIGINS;
 * the browser: Debian's `chromium` driven by Playwright for Python (no browser download). The
   sandbox also calls a public discovery URL: every non-loopback host is blocked twice, by the
   resolver flag and by a Playwright route that aborts any request to another host. Each test gets a
   fresh browser context, because the sandbox keeps its choices in localStorage.
+
+Misconfiguration must show in the service's log, since the sandbox shows "All clear" whatever
+went wrong: a service whose CORS origins leave the page out, one whose public base URL is not the
+URL the page calls (every JWT's `aud` is then wrong), and one given the sandbox's keys as `jwks`
+without pinning its `jku` are started too, and their logs must say so (`cds_service/access_log.py`).
 
 Without the sandbox folder, Playwright or chromium the tests skip with a message, except under CI
 (CI=true) or with ALS_CDS_REQUIRE_SANDBOX=1, where they fail; the FHIR server follows conftest.py.
@@ -59,10 +72,20 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 import pytest
 
+from cds_service.store import Store
 from tests.integration.conftest import FhirTestServer, start_fhir_server
 
 try:
-    from playwright.sync_api import Browser, Page, Response, Route, expect, sync_playwright
+    from playwright.sync_api import (
+        Browser,
+        BrowserContext,
+        Locator,
+        Page,
+        Response,
+        Route,
+        expect,
+        sync_playwright,
+    )
 except ImportError:  # `prerequisites` says so: a skip, or a failure under CI
     sync_playwright = None
 
@@ -80,9 +103,16 @@ LOOPBACK = "127.0.0.1"
 CHROMIUM_ARGS = [f"--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE {LOOPBACK}"]
 TIMEOUT_MS = 15_000  # any one wait in the page; a page load with cards takes 2-3 s
 SERVICE_START_SECONDS = 60.0
+SANDBOX_PORT = 8090  # where the sandbox's README serves its build: a default CORS origin
+
+SANDBOX_ISS = "https://sandbox.cds-hooks.org"
+SANDBOX_JKU = "https://sandbox.cds-hooks.org/.well-known/jwks.json"  # in every sandbox JWT's header
 
 PATIENT_VIEW_PATIENT = "als-riluzole-lft-overdue"  # ALS, on riluzole: several patient-view cards
 HEPATIC_PATIENT = "riluzole-hepatic-contraindication"  # ALS (G12.21) and cirrhosis (SNOMED 19943007)
+# The clinician's actions on the first patient's cards: a suggestion taken, a card overridden.
+ACCEPTED_RULE = "riluzole-lft-due"  # suggestion: order liver function tests
+OVERRIDDEN_RULE = "mdt-review-overdue"  # overridden: seen by the MND team elsewhere
 RILUZOLE_TYPED = "riluzole"
 RILUZOLE_CHOICE = "Riluzole 50 MG Oral Tablet"
 RILUZOLE_RXNORM = "199206"
@@ -112,13 +142,19 @@ class Prerequisites:
     sandbox_dir: Path
     chromium: str
 
+    @property
+    def jwks(self) -> Path:
+        """The public JWK Set the sandbox signs its JWTs for, as published in its build."""
+        return self.sandbox_dir / ".well-known" / "jwks.json"
+
 
 @pytest.fixture(scope="module")
 def prerequisites() -> Prerequisites:
     """The cheap checks first, so that a machine without a browser skips before any server starts."""
-    if not (SANDBOX_DIR / "index.html").is_file() or not (SANDBOX_DIR / "app.bundle.js").is_file():
+    needed = ("index.html", "app.bundle.js", ".well-known/jwks.json")
+    if not all((SANDBOX_DIR / name).is_file() for name in needed):
         _unavailable(
-            f"the CDS Hooks Sandbox build is not at {SANDBOX_DIR} (index.html and app.bundle.js); "
+            f"the CDS Hooks Sandbox build is not at {SANDBOX_DIR} ({', '.join(needed)}); "
             "set ALS_CDS_TEST_SANDBOX_DIR to its folder"
         )
     if sync_playwright is None:
@@ -144,9 +180,13 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def sandbox_origin(prerequisites: Prerequisites) -> Iterator[str]:
-    """The sandbox's static build on a free loopback port; its origin is what CORS must allow."""
+    """The sandbox's static build on 127.0.0.1:8090 as its README serves it (or, if that port is
+    taken, on a free one); its origin is what CORS must allow."""
     handler = functools.partial(_QuietHandler, directory=str(prerequisites.sandbox_dir))
-    server = ThreadingHTTPServer((LOOPBACK, 0), handler)
+    try:
+        server = ThreadingHTTPServer((LOOPBACK, SANDBOX_PORT), handler)
+    except OSError:
+        server = ThreadingHTTPServer((LOOPBACK, 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="sandbox-static", daemon=True)
     thread.start()
@@ -189,65 +229,105 @@ class Service:
     process: subprocess.Popen[bytes]
     url: str
     log_path: Path
+    database: Path
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
-    def hook_call(self, hook_instance: str) -> dict[str, Any] | None:
-        """The service's log event for one hook call: status, cards, rule ids and the ingest report
-        (what it parsed, repaired or skipped as invalid), which says why a card is missing."""
+    def events(self) -> list[dict[str, Any]]:
+        found = []
         for line in self.log().splitlines():
             try:
                 event = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(event, dict) and event.get("hook_instance") == hook_instance:
+            if isinstance(event, dict):
+                found.append(event)
+        return found
+
+    def hook_call(self, hook_instance: str) -> dict[str, Any] | None:
+        """The access line of one hook call: status, issuer, cards, rule ids and the ingest report
+        (what it parsed, repaired or skipped as invalid), which says why a card is missing."""
+        for event in self.events():
+            if event.get("event") == "hook call" and event.get("hook_instance") == hook_instance:
                 return event
         return None
 
+    def feedback_rows(self) -> list[dict[str, Any]]:
+        """The feedback the service stored, read from its database as an analyst would."""
+        store = Store(f"sqlite:///{self.database}")
+        try:
+            return store.feedback_rows()
+        finally:
+            store.close()
 
-@pytest.fixture(scope="module")
-def service(sandbox_origin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """`python -m cds_service.cli serve` of this checkout: auth off, CORS for the sandbox's page."""
-    workdir = tmp_path_factory.mktemp("sandbox-service")
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+def start_service(workdir: Path, **settings: str) -> Service:
+    """`python -m cds_service.cli serve` of this checkout on a free port, with these ALS_CDS_*
+    settings (in which `{url}` stands for the URL it is served on); ready when it returns."""
     port = _free_port()
+    url = f"http://{LOOPBACK}:{port}"
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("ALS_CDS_")},
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         "ALS_CDS_HOST": LOOPBACK,
         "ALS_CDS_PORT": str(port),
         "ALS_CDS_WORKERS": "1",
         "ALS_CDS_DATABASE_URL": f"sqlite:///{workdir / 'als-cds.db'}",
-        "ALS_CDS_AUTH_REQUIRED": "false",
-        "ALS_CDS_CORS_ORIGINS": sandbox_origin,
         "ALS_CDS_LOG_LEVEL": "info",
+        **{f"ALS_CDS_{name.upper()}": value.replace("{url}", url) for name, value in settings.items()},
     }
     log_path = workdir / "service.log"
     with log_path.open("wb") as sink:  # the child keeps its own handle
         process = subprocess.Popen(
             [sys.executable, "-m", "cds_service.cli", "serve"], cwd=workdir, env=env, stdout=sink, stderr=sink
         )
-    served = Service(process, f"http://{LOOPBACK}:{port}", log_path)
+    served = Service(process, url, log_path, workdir / "als-cds.db")
+    deadline = time.monotonic() + SERVICE_START_SECONDS
+    while True:
+        try:
+            if httpx.get(f"{served.url}/readyz", timeout=2).status_code == 200:
+                return served
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            served.stop()
+            pytest.fail(f"the service did not become ready; its log ends:\n{served.log()[-3000:]}")
+        time.sleep(0.1)
+
+
+def sandbox_trusted(prerequisites: Prerequisites) -> str:
+    """ALS_CDS_TRUSTED_CLIENTS for the sandbox, offline: its jku pinned to its published key set."""
+    return json.dumps({SANDBOX_ISS: {"jku_keys": {SANDBOX_JKU: str(prerequisites.jwks)}}})
+
+
+@pytest.fixture(scope="module")
+def service(
+    prerequisites: Prerequisites, sandbox_origin: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    """The service with authentication on, trusting the sandbox offline; CORS by its defaults when
+    the sandbox has its README's origin."""
+    settings = {
+        "auth_required": "true",
+        "trusted_clients": sandbox_trusted(prerequisites),
+        "public_base_url": "{url}",
+    }
+    if sandbox_origin != f"http://{LOOPBACK}:{SANDBOX_PORT}":
+        settings["cors_origins"] = sandbox_origin
+    served = start_service(tmp_path_factory.mktemp("sandbox-service"), **settings)
     try:
-        deadline = time.monotonic() + SERVICE_START_SECONDS
-        while True:
-            try:
-                if httpx.get(f"{served.url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the service did not become ready; its log ends:\n{served.log()[-3000:]}")
-            time.sleep(0.1)
         yield served
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        served.stop()
 
 
 @pytest.fixture(scope="module")
@@ -332,36 +412,79 @@ class Sandbox:
         else:
             expect(self.page.get_by_text(NO_CARDS_TEXT)).to_be_visible()
 
+    def card(self, card: dict[str, Any]) -> Locator:
+        """The rendered card of one card of the service's answer, found by its summary."""
+        return self.page.locator(CARD).filter(has_text=card["summary"])
+
+    def open_patient_view(self, patient: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Open Patient View for a patient; the body the sandbox posted and the cards, once shown."""
+        with self.page.expect_response(self.is_call("als-patient-view")) as called:
+            self.page.goto(self.url(patient))
+        body = _captured_body(called.value)
+        status, answer = _answer(called.value)
+        assert body["hook"] == "patient-view"
+        assert body["context"]["patientId"] == patient
+        assert status == 200, f"the service answered {status}: {answer}" + _why(self, body, status, answer)
+        cards = answer["cards"]
+        assert cards, f"{patient} should get patient-view cards" + _why(self, body, status, answer)
+        self.settle_cards(len(cards))
+        return body, cards
+
+
+def _wait_for(found: Callable[[], Any], what: str, seconds: float = 10.0) -> Any:
+    """What `found` returns once it is truthy: the service writes its log line once the answer is
+    sent, so a moment after the page has it."""
+    deadline = time.monotonic() + seconds
+    while not (value := found()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not found within {seconds} s: {what}")
+        time.sleep(0.05)
+    return value
+
 
 @pytest.fixture
-def sandbox(
-    browser: Browser, sandbox_origin: str, open_fhir: FhirTestServer, service: Service
-) -> Iterator[Sandbox]:
-    """A fresh context (empty localStorage) whose requests can reach 127.0.0.1 only."""
+def open_sandbox(
+    browser: Browser, sandbox_origin: str, open_fhir: FhirTestServer
+) -> Iterator[Callable[[Service], Sandbox]]:
+    """Fresh contexts (empty localStorage) on the sandbox, for a service, whose requests can reach
+    127.0.0.1 only."""
     open_fhir.clear_requests()
-    context = browser.new_context(viewport={"width": 1400, "height": 1000}, service_workers="block")
-    context.set_default_timeout(TIMEOUT_MS)
-    context.set_default_navigation_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    view = Sandbox(page, sandbox_origin, open_fhir, service)
+    contexts: list[BrowserContext] = []
 
-    def only_loopback(route: Route) -> None:
-        if urlsplit(route.request.url).hostname == LOOPBACK:
-            route.continue_()
-        else:
-            view.blocked.append(route.request.url)
-            route.abort("blockedbyclient")
+    def open_for(service: Service) -> Sandbox:
+        context = browser.new_context(viewport={"width": 1400, "height": 1000}, service_workers="block")
+        contexts.append(context)
+        context.set_default_timeout(TIMEOUT_MS)
+        context.set_default_navigation_timeout(TIMEOUT_MS)
+        page = context.new_page()
+        view = Sandbox(page, sandbox_origin, open_fhir, service)
 
-    def record_call(response: Response) -> None:
-        if response.request.method == "POST" and response.url.startswith(f"{service.url}/cds-services/"):
-            view.service_calls.append(response)
+        def only_loopback(route: Route) -> None:
+            if urlsplit(route.request.url).hostname == LOOPBACK:
+                route.continue_()
+            else:
+                view.blocked.append(route.request.url)
+                route.abort("blockedbyclient")
 
-    context.route("**/*", only_loopback)
-    page.on("response", record_call)
+        def record_call(response: Response) -> None:
+            if response.request.method == "POST" and response.url.startswith(f"{service.url}/cds-services/"):
+                view.service_calls.append(response)
+
+        context.route("**/*", only_loopback)
+        page.on("response", record_call)
+        return view
+
     try:
-        yield view
+        yield open_for
     finally:
-        context.close()
+        for context in contexts:
+            context.close()
+
+
+@pytest.fixture
+def sandbox(open_sandbox: Callable[[Service], Sandbox], service: Service) -> Sandbox:
+    """The sandbox on the service as it should be configured."""
+    return open_sandbox(service)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -455,6 +578,9 @@ def _assert_hepatic_card(sandbox: Sandbox, body: dict[str, Any], response: Respo
     rendered = sandbox.page.locator(CRITICAL_CARD).filter(has_text=card["summary"])
     expect(rendered).to_have_count(1)
     expect(rendered).to_be_visible()
+    # Authentication was on: the service verified the sandbox's own JWT, with the pinned keys.
+    line = _wait_for(lambda: sandbox.service.hook_call(body["hookInstance"]), "the call's access line")
+    assert (line["status"], line["issuer"]) == (200, SANDBOX_ISS), line
 
 
 # ------------------------------------------------------------------------------------------------
@@ -477,29 +603,65 @@ def test_the_fhir_server_is_open_to_the_sandbox_page(open_fhir: FhirTestServer, 
     assert "access-control-allow-origin" not in elsewhere.headers  # CORS for the page only
 
 
-def test_patient_view_renders_the_services_cards(sandbox: Sandbox) -> None:
-    page = sandbox.page
-    with page.expect_response(sandbox.is_call("als-patient-view")) as called:
-        page.goto(sandbox.url(PATIENT_VIEW_PATIENT))
-    body = _captured_body(called.value)
-    status, answer = _answer(called.value)
-    assert body["hook"] == "patient-view"
-    assert body["context"]["patientId"] == PATIENT_VIEW_PATIENT
-    assert status == 200, answer
-    cards = answer["cards"]
-    missing = "an ALS patient on riluzole should get patient-view cards"
-    assert cards, missing + _why(sandbox, body, status, answer)
-
-    sandbox.settle_cards(len(cards))
-    rendered = page.locator(CARD).all_inner_texts()
+@pytest.mark.parametrize("patient", [PATIENT_VIEW_PATIENT, HEPATIC_PATIENT])
+def test_patient_view_renders_the_services_cards(sandbox: Sandbox, patient: str) -> None:
+    body, cards = sandbox.open_patient_view(patient)
+    rendered = sandbox.page.locator(CARD).all_inner_texts()
     # The sandbox sorts by indicator, most severe first, as the service already does.
     assert all(card["summary"] in text for card, text in zip(cards, rendered, strict=True)), rendered
     # The sandbox ran our prefetch templates itself, against the open FHIR server, for this patient.
     served = sandbox.fhir.requests()
     searched = {r["path"].split("/")[0] for r in served}
     assert searched >= {"Patient", "Condition", "MedicationRequest", "Observation"}, searched
-    assert all(r["auth"] == "not-required" and r["tenant"] == PATIENT_VIEW_PATIENT for r in served)
+    assert all(r["auth"] == "not-required" and r["tenant"] == patient for r in served)
     assert all(r["status"] == 200 for r in served), served
+    # Authentication was on: the service verified the sandbox's own JWT, with the pinned keys.
+    line = _wait_for(lambda: sandbox.service.hook_call(body["hookInstance"]), "the call's access line")
+    assert (line["status"], line["issuer"], line["cards"]) == (200, SANDBOX_ISS, len(cards)), line
+    assert "JWK Set fetch failed" not in sandbox.service.log()  # nothing was fetched, nothing failed
+
+
+def test_a_suggestion_taken_and_a_card_overridden_become_feedback_rows(sandbox: Sandbox) -> None:
+    """As a clinician would: take the suggestion of one card, override another with a reason. The
+    sandbox posts each as feedback, signed for the feedback URL; the service stores them, linked
+    to the rules whose cards they were."""
+    page = sandbox.page
+    _, cards = sandbox.open_patient_view(PATIENT_VIEW_PATIENT)
+    by_rule = {card["source"]["topic"]["code"]: card for card in cards}
+    taken, overridden = by_rule[ACCEPTED_RULE], by_rule[OVERRIDDEN_RULE]
+    suggestion, reason = taken["suggestions"][0], overridden["overrideReasons"][0]
+    feedback_url = f"{sandbox.service.url}/cds-services/als-patient-view/feedback"
+
+    def is_feedback(response: Response) -> bool:
+        return response.request.method == "POST" and response.url == feedback_url
+
+    with page.expect_response(is_feedback) as accepted:
+        sandbox.card(taken).get_by_role("button", name=suggestion["label"]).click()
+    with page.expect_response(is_feedback) as dismissed:
+        sandbox.card(overridden).get_by_role("button", name="select dismiss reason").click()
+        page.get_by_role("menuitem", name=f"Override: {reason['display']}").click()
+    stored = {"stored": 1, "duplicates": 0, "unknownCards": 0}
+    for response in (accepted.value, dismissed.value):
+        assert (response.status, response.json()) == (200, stored), response.text()
+    expect(sandbox.card(overridden)).to_have_count(0)  # the sandbox removes a dismissed card
+
+    rows = {row["card_uuid"]: row for row in sandbox.service.feedback_rows()}
+    accepted_row, overridden_row = rows[taken["uuid"]], rows[overridden["uuid"]]
+    assert (accepted_row["outcome"], accepted_row["rule_id"], accepted_row["unknown_card"]) == (
+        "accepted", ACCEPTED_RULE, False,
+    )  # fmt: skip
+    assert accepted_row["accepted_suggestion_ids"] == [suggestion["uuid"]]
+    assert accepted_row["unknown_suggestion_ids"] == []
+    assert (overridden_row["outcome"], overridden_row["rule_id"], overridden_row["unknown_card"]) == (
+        "overridden", OVERRIDDEN_RULE, False,
+    )  # fmt: skip
+    assert overridden_row["override_reason_code"] == reason["code"]
+    assert all(row["service_id"] == "als-patient-view" for row in (accepted_row, overridden_row))
+    lines = _wait_for(
+        lambda: [e for e in sandbox.service.events() if e.get("event") == "feedback"][-2:] or None,
+        "the feedback calls' access lines",
+    )
+    assert [(e["status"], e["issuer"], e["stored"]) for e in lines] == [(200, SANDBOX_ISS, 1)] * 2
 
 
 def test_rx_view_riluzole_with_liver_disease_shows_a_critical_card(sandbox: Sandbox, tmp_path: Path) -> None:
@@ -545,3 +707,82 @@ def test_rx_sign_riluzole_with_liver_disease_shows_a_critical_card(sandbox: Sand
     _keep(body, RX_SIGN_FIXTURE, tmp_path)
 
     _assert_hepatic_card(sandbox, body, called.value)
+
+
+# ------------------------------------------------------------------------------------------------
+# Misconfigured: the page shows no card, the service's log says why
+
+MISCONFIGURATIONS = [
+    "cors-origin-not-allowed",
+    "public-base-url-wrong",
+    "sandbox-keys-without-the-jku-pinned",
+]
+
+
+def _misconfigured(problem: str, prerequisites: Prerequisites, sandbox_origin: str) -> dict[str, str]:
+    """The service's settings, right but for one thing."""
+    settings = {
+        "auth_required": "true",
+        "trusted_clients": sandbox_trusted(prerequisites),
+        "public_base_url": "{url}",
+        "cors_origins": sandbox_origin,
+    }
+    if problem == "cors-origin-not-allowed":  # the browser hides every answer, discovery's too
+        settings["cors_origins"] = "https://sandbox.cds-hooks.org"
+    elif problem == "public-base-url-wrong":  # every JWT names another URL in `aud`
+        settings["public_base_url"] = "https://cds.example.org"
+    else:  # the sandbox's keys given as `jwks`: its tokens name a jku, which must be pinned instead
+        keys = json.loads(prerequisites.jwks.read_text(encoding="utf-8"))
+        settings["trusted_clients"] = json.dumps({SANDBOX_ISS: {"jwks": keys}})
+    return settings
+
+
+@pytest.mark.parametrize("problem", MISCONFIGURATIONS)
+def test_a_misconfigured_service_shows_no_card_but_its_log_says_why(
+    problem: str,
+    prerequisites: Prerequisites,
+    sandbox_origin: str,
+    open_sandbox: Callable[[Service], Sandbox],
+    tmp_path: Path,
+) -> None:
+    service = start_service(tmp_path, **_misconfigured(problem, prerequisites, sandbox_origin))
+    try:
+        sandbox = open_sandbox(service)
+        sandbox.page.goto(sandbox.url(PATIENT_VIEW_PATIENT))
+        expect(sandbox.page.get_by_text(f"ID: {PATIENT_VIEW_PATIENT}").first).to_be_visible()
+        sandbox.page.wait_for_load_state("networkidle")
+        if problem == "cors-origin-not-allowed":
+            # Discovery is answered, but the page may not read the answer: no service, no call.
+            refused = _wait_for(
+                lambda: [e for e in service.events() if e.get("cors") == "refused"],
+                "a call from a refused origin in the log",
+            )
+            assert all(
+                (e["origin"], e["level"], e["path"]) == (sandbox_origin, "warning", "/cds-services")
+                for e in refused
+            ), refused
+            assert not [e for e in service.events() if e.get("event") == "hook call"]  # never called
+        else:
+            reason = "wrong_audience" if problem == "public-base-url-wrong" else "jku_not_allowed"
+            failure = _wait_for(
+                lambda: next((e for e in service.events() if e.get("auth_failure")), None),
+                "an authentication failure in the log",
+            )
+            call = _wait_for(
+                lambda: next((e for e in service.events() if e.get("event") == "hook call"), None),
+                "the refused call's access line",
+            )
+            assert (failure["auth_failure"], failure["iss"], failure["level"]) == (
+                reason,
+                SANDBOX_ISS,
+                "warning",
+            )
+            if reason == "jku_not_allowed":
+                assert failure["jku"] == SANDBOX_JKU
+            assert (call["status"], call["request_id"]) == (401, failure["request_id"]), call
+            assert [r.status for r in sandbox.service_calls] == [401] * len(sandbox.service_calls)
+        # What the user sees is what a patient with nothing to flag gets: only the log tells.
+        expect(sandbox.page.locator(CARD)).to_have_count(0)
+        expect(sandbox.page.get_by_text(NO_CARDS_TEXT)).to_be_visible()
+    finally:
+        service.stop()
