@@ -10,6 +10,13 @@ Quinine differs by jurisdiction. MHRA (UK): not routine for nocturnal leg cramps
 trial without benefit, dose-dependent QT prolongation, raised phenobarbital/carbamazepine levels.
 FDA (US): Qualaquin is approved only for malaria and "should not be used for night time leg cramps"
 (serious haematological reactions). `RuleConfig.profile` chooses the card text ('nice' or 'us').
+
+Tizanidine and dantrolene can injure the liver (tizanidine label: check aminotransferases at baseline
+and 1 month after the maximum dose; dantrolene boxed warning: hepatitis, liver function studies at
+baseline and during treatment, higher risk with other drugs), and the riluzole label warns that other
+hepatotoxic drugs may add to its own liver risk. So when riluzole is current, every card that names
+them says so and offers a baseline liver test, and a draft order for either gets its own card
+(`antispastic-order-riluzole`).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from cds_service.record import (
     PatientRecord,
 )
 from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
-from cds_service.rules.evidence import condition_line, medication_line
+from cds_service.rules.evidence import condition_line, medication_line, order_line
 from cds_service.terminology import ValueSet
 
 CRAMP = terminology.load("cramp")
@@ -35,6 +42,10 @@ BACLOFEN = terminology.load("antispastic-baclofen")
 TIZANIDINE = terminology.load("antispastic-tizanidine")
 DANTROLENE = terminology.load("antispastic-dantrolene")
 GABAPENTIN = terminology.load("antispastic-gabapentin")
+RILUZOLE = terminology.load("riluzole")
+
+#: The antispastics whose labels warn of liver injury (tizanidine; dantrolene, boxed warning).
+HEPATOTOXIC_ANTISPASTICS: Mapping[str, ValueSet] = {"tizanidine": TIZANIDINE, "dantrolene": DANTROLENE}
 
 #: NG42 1.8.3, by ingredient (counted per ingredient, not per request).
 ANTISPASTICS: Mapping[str, ValueSet] = {
@@ -68,6 +79,52 @@ def _labels(items: Iterable[str]) -> str:
     return ", ".join(dict.fromkeys(items))
 
 
+def current_riluzole(record: PatientRecord) -> list[MedicationMatch]:
+    """Riluzole the patient is on now (active or on hold)."""
+    return record.medication_requests(RILUZOLE, MEDICATION_CURRENT_STATUSES)
+
+
+def _riluzole_line(riluzole: list[MedicationMatch]) -> str:
+    return medication_line(
+        riluzole[0], "On riluzole (its label: other hepatotoxic drugs may add to its liver risk)"
+    )
+
+
+def _with_riluzole(variant: str | None) -> str:
+    """The card variant that adds the hepatotoxicity advice for a patient on riluzole."""
+    return f"{variant}-riluzole" if variant else "riluzole"
+
+
+#: Why cards that name tizanidine or dantrolene say more when riluzole is current (issue 10, finding 10).
+_HEPATOTOXICITY_FACTS = (
+    RuleFact(
+        "Riluzole with other hepatotoxic drugs",
+        "other hepatotoxic drugs may increase the risk of hepatotoxicity",
+        "riluzole-label",
+        "Riluzole is current: active or on-hold request.",
+    ),
+    RuleFact(
+        "Tizanidine: liver injury",
+        "aminotransferases at baseline and 1 month after the maximum dose is reached",
+        "tizanidine-label",
+    ),
+    RuleFact(
+        "Dantrolene: hepatotoxicity (boxed warning)",
+        "liver function studies at baseline and at appropriate intervals; stop if abnormal; higher risk "
+        "in females, over 35 and with other drugs; stop if no benefit after 45 days",
+        "dantrolene-label",
+    ),
+    RuleFact(
+        "With riluzole, which antispastic first",
+        "baclofen or gabapentin before tizanidine or dantrolene",
+        "nice-ng42",
+        "Design choice: NG42 1.8.3 lists baclofen, tizanidine, dantrolene and gabapentin in no order (1.8.2 "
+        "puts the last three after baclofen for cramps); the two with label liver warnings come last while "
+        "riluzole, itself hepatotoxic, is taken.",
+    ),
+)
+
+
 # --------------------------------------------------------------------------------------------
 # cramps-treatment
 
@@ -93,6 +150,12 @@ def cramps_treatment(record: PatientRecord, config: RuleConfig) -> list[Finding]
     evidence = [condition_line(cramps[0], CRAMP, "Cramps recorded")]
     evidence.append("No current quinine, baclofen, tizanidine, dantrolene or gabapentin on record.")
     evidence += [medication_line(med, "Tried before") for _, med in tried]
+    riluzole = current_riluzole(record)
+    if riluzole:
+        # Every cramp card names tizanidine and dantrolene among the options: say what they do
+        # to the liver of a patient on riluzole.
+        variant = _with_riluzole(variant)
+        evidence.append(_riluzole_line(riluzole))
     return [
         Finding(
             rule_id="cramps-treatment",
@@ -114,14 +177,15 @@ CRAMPS_TREATMENT = Rule(
     reads=Interest(
         {
             "Condition": (CRAMP,),
-            "MedicationRequest": (QUININE, BACLOFEN, TIZANIDINE, DANTROLENE, GABAPENTIN),
+            "MedicationRequest": (QUININE, BACLOFEN, TIZANIDINE, DANTROLENE, GABAPENTIN, RILUZOLE),
         }
     ),
     evaluate=cramps_treatment,
     trigger=(
         "Active muscle cramps and no current quinine, baclofen, tizanidine, dantrolene or gabapentin; "
         "suggests the next step of the NG42 ladder after what was tried (profile 'us': baclofen first, "
-        "no quinine)."
+        "no quinine); on riluzole, says that tizanidine and dantrolene are hepatotoxic and offers a "
+        "baseline ALT."
     ),
     facts=(
         RuleFact(
@@ -148,6 +212,7 @@ CRAMPS_TREATMENT = Rule(
             "fda-qualaquin-2010",
             "Profile 'us' starts at baclofen; the further options are NG42's (no US guideline checked).",
         ),
+        *_HEPATOTOXICITY_FACTS,
     ),
 )
 
@@ -165,15 +230,22 @@ def spasticity_treatment(record: PatientRecord, config: RuleConfig) -> list[Find
     if 0 < len(drugs) < SPECIALIST_REFERRAL_AT:
         return []
     evidence = [condition_line(spasticity[0], SPASTICITY, "Spasticity recorded")]
+    riluzole = current_riluzole(record)
     if current:
         variant: str | None = "refer-specialist"
         evidence += [medication_line(med, "Current antispastic") for _, med in current]
         evidence.append(f"{len(drugs)} different antispastics at once ({', '.join(drugs)}).")
+        if riluzole and set(drugs) & set(HEPATOTOXIC_ANTISPASTICS):
+            evidence.append(_riluzole_line(riluzole))
     else:
         variant = None
         evidence.append("No current baclofen, tizanidine, dantrolene or gabapentin on record.")
         past = requests_by_drug(record, ANTISPASTICS, MEDICATION_HISTORY_STATUSES)
         evidence += [medication_line(med, "Tried before") for _, med in past]
+        if riluzole:
+            # The card names tizanidine and dantrolene: on riluzole, say what they do to the liver.
+            variant = _with_riluzole(variant)
+            evidence.append(_riluzole_line(riluzole))
     return [
         Finding(
             rule_id="spasticity-treatment",
@@ -195,13 +267,15 @@ SPASTICITY_TREATMENT = Rule(
     reads=Interest(
         {
             "Condition": (SPASTICITY,),
-            "MedicationRequest": (BACLOFEN, TIZANIDINE, DANTROLENE, GABAPENTIN),
+            "MedicationRequest": (BACLOFEN, TIZANIDINE, DANTROLENE, GABAPENTIN, RILUZOLE),
         }
     ),
     evaluate=spasticity_treatment,
     trigger=(
         "Active spasticity with no current baclofen, tizanidine, dantrolene or gabapentin (suggests "
-        "one), or with two or more of them at once (suggests a specialist spasticity service)."
+        "one; on riluzole, baclofen or gabapentin first, with the liver warnings of tizanidine and "
+        "dantrolene and a baseline ALT), or with two or more of them at once (suggests a specialist "
+        "spasticity service)."
     ),
     facts=(
         RuleFact(
@@ -218,7 +292,56 @@ SPASTICITY_TREATMENT = Rule(
             "not effective, not tolerated or contraindicated; it gives no number. Design choice: needing "
             "two different antispastics at once stands for 'not effective alone'.",
         ),
+        *_HEPATOTOXICITY_FACTS,
     ),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# antispastic-order-riluzole
+
+
+def antispastic_order_riluzole(record: PatientRecord, config: RuleConfig) -> list[Finding]:
+    riluzole = current_riluzole(record)
+    # Riluzole ordered alongside counts whether or not it is among the selected orders.
+    drafted = [(order, match) for order in record.draft_orders if (match := RILUZOLE.match(order.concept))]
+    if not riluzole and not drafted:
+        return []
+    findings = []
+    for name, valueset in HEPATOTOXIC_ANTISPASTICS.items():
+        for order, match in record.draft_orders_in(valueset):
+            evidence = [order_line(order, match)]
+            if riluzole:
+                evidence.append(_riluzole_line(riluzole))
+            else:
+                riluzole_order, riluzole_match = drafted[0]
+                evidence.append(
+                    order_line(riluzole_order, riluzole_match) + " Riluzole is being ordered too."
+                )
+            findings.append(
+                Finding(
+                    rule_id="antispastic-order-riluzole",
+                    fields={"drug": order.concept.label, "drug_short": short(order.concept.label)},
+                    evidence=tuple(evidence),
+                    variant="dantrolene" if name == "dantrolene" else None,
+                    bindings={"patient_reference": f"Patient/{record.patient_id}"},
+                )
+            )
+    return findings
+
+
+ANTISPASTIC_ORDER_RILUZOLE = Rule(
+    id="antispastic-order-riluzole",
+    title="Tizanidine or dantrolene ordered for a patient on riluzole: liver monitoring",
+    hooks=frozenset({"order-select", "order-sign"}),
+    reads=Interest({"MedicationRequest": (RILUZOLE,)}),
+    evaluate=antispastic_order_riluzole,
+    trigger=(
+        "A draft tizanidine or dantrolene order (one card per order) for a patient on riluzole, or with "
+        "riluzole among the drafts: both antispastics are hepatotoxic; offers a baseline ALT (tizanidine: "
+        "information; dantrolene, boxed warning: warning)."
+    ),
+    facts=_HEPATOTOXICITY_FACTS,
 )
 
 
@@ -236,6 +359,9 @@ def quinine_order(record: PatientRecord, config: RuleConfig) -> list[Finding]:
         evidence = [f"Order being written: {order.concept.label} (matched by {match.describe()})."]
         if cramps:
             evidence.append(condition_line(cramps[0], CRAMP, "Cramps recorded"))
+        riluzole = current_riluzole(record)
+        if riluzole and config.profile == "us":
+            evidence.append(_riluzole_line(riluzole))  # the US card names tizanidine and dantrolene
         variant: str | None = None
         bindings = {"patient_reference": f"Patient/{record.patient_id}"}
         if config.profile == "us":
@@ -258,7 +384,7 @@ QUININE_ORDER = Rule(
     id="quinine-order",
     title="Quinine ordered: MHRA cautions (UK) or FDA warning against use for cramps (US)",
     hooks=frozenset({"order-select", "order-sign"}),
-    reads=Interest({"Condition": (CRAMP,)}),
+    reads=Interest({"Condition": (CRAMP,), "MedicationRequest": (RILUZOLE,)}),
     evaluate=quinine_order,
     trigger=(
         "A draft quinine order (one card per order): profile 'nice' an information card with the MHRA "
@@ -299,8 +425,9 @@ QUININE_ORDER = Rule(
             "nice-ng42",
             "NG42 1.8.2.",
         ),
+        *_HEPATOTOXICITY_FACTS,
     ),
 )
 
 
-RULES: tuple[Rule, ...] = (CRAMPS_TREATMENT, SPASTICITY_TREATMENT, QUININE_ORDER)
+RULES: tuple[Rule, ...] = (CRAMPS_TREATMENT, SPASTICITY_TREATMENT, QUININE_ORDER, ANTISPASTIC_ORDER_RILUZOLE)

@@ -102,11 +102,12 @@ def render(finding: Finding) -> dict[str, Any]:
     return body
 
 
-def test_module_lists_its_three_rules_with_the_right_hooks() -> None:
+def test_module_lists_its_four_rules_with_the_right_hooks() -> None:
     assert {rule.id: rule.hooks for rule in RULES} == {
         "cramps-treatment": frozenset({"patient-view"}),
         "spasticity-treatment": frozenset({"patient-view"}),
         "quinine-order": frozenset({"order-select", "order-sign"}),
+        "antispastic-order-riluzole": frozenset({"order-select", "order-sign"}),
     }
 
 
@@ -392,7 +393,8 @@ def test_each_quinine_draft_gets_its_own_card() -> None:
 @pytest.mark.parametrize(
     ("fixture", "expected"),
     [
-        ("muscle-cramps-untreated", {("cramps-treatment", None)}),
+        # On riluzole: the card adds the liver warnings of tizanidine and dantrolene.
+        ("muscle-cramps-untreated", {("cramps-treatment", "riluzole")}),
         ("muscle-spasticity-two-antispastics-quinine-draft", {("spasticity-treatment", "refer-specialist")}),
         (
             "muscle-quinine-stopped-spasticity-untreated",
