@@ -1,10 +1,14 @@
 """Breathing: respiratory assessment, non-invasive ventilation, hypercapnia (NICE NG42 1.14, QS126).
 
-NICE NG42 asks for respiratory function tests every 2 to 3 months (1.14.10; QS126 statement 2), a
-discussion of NIV and possible referral when FVC or VC falls below 50 % predicted or SNIP below
-40 cmH2O (1.14.15, table 2), a blood gas when SpO2 at rest on room air is less than or equal to 94 %
-(92 % with known lung disease) (1.14.11), and urgent referral to a respiratory ventilation service,
-to be seen within 1 week, when PaCO2 is above 6 kPa (1.14.13).
+NICE NG42 asks for respiratory function tests every 2 to 3 months (1.14.10; QS126 statement 2):
+SpO2, then FVC or VC and/or SNIP or MIP (1.14.8). An SpO2 alone is not that assessment; with severe
+bulbar impairment or severe cognitive problems SpO2 is measured and the other tests are not done if
+the interfaces are unsuitable (1.14.9), a clinician's judgement that no code records, so the card
+says so instead of staying silent. NG42 also asks for a discussion of NIV and possible referral when
+FVC or VC falls below 50 % predicted or SNIP below 40 cmH2O (1.14.15, table 2), a blood gas when SpO2
+at rest on room air is less than or equal to 94 % (92 % with known lung disease) (1.14.11), and
+urgent referral to a respiratory ventilation service, to be seen within 1 week, when PaCO2 is above
+6 kPa (1.14.13).
 
 What counts as a result here:
 
@@ -218,7 +222,7 @@ def _latest_recent(readings: Iterable[Reading], record: PatientRecord, days: int
 
 
 def _assessments(record: PatientRecord) -> list[tuple[datetime, str]]:
-    """Every dated, readable respiratory assessment: (when, words), newest first."""
+    """Every dated, readable respiratory function test (FVC, VC, SNIP; not SpO2), newest first."""
     found: list[tuple[datetime, str]] = []
     for test in (FVC, VC):
         for obs in record.observations_in(test.volume):
@@ -231,7 +235,7 @@ def _assessments(record: PatientRecord) -> list[tuple[datetime, str]]:
         for obs in record.observations_in(test.percent):
             if obs.value_in(_PERCENT) is not None and obs.effective is not None:
                 found.append((obs.effective, f"{test.name} {obs.value} predicted on {day(obs.effective)}"))
-    for reading in (*snip_readings(record), *spo2_readings(record)):
+    for reading in snip_readings(record):
         found.append((reading.when, f"{reading.test} {reading.observation.value} on {day(reading.when)}"))
     for procedure in record.procedures_in(RESPIRATORY_FUNCTION):
         if procedure.when is not None and procedure.when <= record.now:
@@ -243,12 +247,7 @@ def _assessments(record: PatientRecord) -> list[tuple[datetime, str]]:
 def _unreadable_count(record: PatientRecord) -> int:
     """Results of the assessment tests that were received but could not be read (unit, value)."""
     count = 0
-    for vs, unit in (
-        (FVC_PERCENT, _PERCENT),
-        (VC_PERCENT, _PERCENT),
-        (SNIP, _CMH2O),
-        (SPO2, _PERCENT),
-    ):
+    for vs, unit in ((FVC_PERCENT, _PERCENT), (VC_PERCENT, _PERCENT), (SNIP, _CMH2O)):
         count += sum(1 for obs in record.observations_in(vs) if obs.value_in(unit) is None)
     for vs in (FVC_VOLUME, VC_VOLUME):
         count += sum(
@@ -263,25 +262,31 @@ def assessment_due(record: PatientRecord, config: RuleConfig) -> list[Finding]:
     if assessments and _recent(record, assessments[0][0], interval):
         return []
     evidence = [
-        f"No FVC, VC, SNIP or SpO2 result and no respiratory function test in the last {interval} days "
+        f"No FVC, VC or SNIP result and no respiratory function test in the last {interval} days "
         "(NICE NG42 1.14.10: every 2 to 3 months)."
     ]
+    spo2 = _latest_recent(spo2_readings(record), record, interval)
+    if spo2 is not None:
+        evidence.append(
+            f"{spo2.text}: an SpO2 alone is not the 2- to 3-monthly test; NG42 1.14.8 asks for FVC or VC "
+            "and/or SNIP or MIP as well."
+        )
     if assessments:
         when, words = assessments[0]
         last = day(when)
         evidence.append(
-            f"Latest respiratory assessment on record: {words} ({(record.now - when).days} days ago)."
+            f"Latest respiratory function test on record: {words} ({(record.now - when).days} days ago)."
         )
     else:
         last = "none in the data received"
-        evidence.append("No dated respiratory assessment in the data received.")
+        evidence.append("No dated FVC, VC or SNIP result in the data received.")
     unreadable = _unreadable_count(record)
     if unreadable:
         evidence.append(
             f"{unreadable} respiratory result(s) without a value or with a unit that could not be read were "
             "not counted."
         )
-    undated = record.unread_note((FVC_PERCENT, VC_PERCENT, FVC_VOLUME, VC_VOLUME, SNIP, SPO2), "respiratory")
+    undated = record.unread_note((FVC_PERCENT, VC_PERCENT, FVC_VOLUME, VC_VOLUME, SNIP), "respiratory")
     if undated is not None:
         evidence.append(undated)
     return [
@@ -289,6 +294,7 @@ def assessment_due(record: PatientRecord, config: RuleConfig) -> list[Finding]:
             rule_id="respiratory-assessment-due",
             fields={"interval_days": str(interval), "last_assessment": last},
             evidence=tuple(evidence),
+            variant="spo2-only" if spo2 is not None else None,
             bindings={"patient_reference": f"Patient/{record.patient_id}"},
         )
     ]
@@ -443,17 +449,29 @@ ASSESSMENT_DUE = Rule(
     ),
     evaluate=assessment_due,
     trigger=(
-        "No readable FVC, VC, SNIP or SpO2 result and no respiratory function test (SNOMED 23426006) in the "
-        "last N days (default 92; NICE NG42 1.14.10, QS126 statement 2)."
+        "No readable FVC, VC or SNIP result and no respiratory function test (SNOMED 23426006) in the "
+        "last N days (default 92; NICE NG42 1.14.8, 1.14.10, QS126 statement 2). A recent SpO2 alone does "
+        "not count: the card then says so and names NG42 1.14.9."
     ),
     facts=(
         _INTERVAL_FACT,
         RuleFact(
             "Tests that count as an assessment",
-            "FVC or VC (volume or % predicted), SNIP, SpO2, or a respiratory function measurement procedure",
+            "FVC or VC (volume or % predicted), SNIP, or a respiratory function measurement procedure; not "
+            "SpO2 alone",
             "nice-ng42",
-            "NG42 1.14.8 lists SpO2, FVC or VC, SNIP and MIP. MIP is not read (no verified code). SNIP has "
+            "NG42 1.14.8: SpO2, 'then one or both of' FVC or VC, and SNIP and/or MIP; 1.14.10: 'the "
+            "respiratory function tests every 2 to 3 months'. MIP is not read (no verified code). SNIP has "
             "no verified LOINC: only a site-mapped local code counts (value set snip).",
+        ),
+        RuleFact(
+            "Severe bulbar impairment or severe cognitive problems",
+            "SpO2 only, if the interfaces are not suitable for FVC, VC, SNIP or MIP",
+            "nice-ng42",
+            "NG42 1.14.9; with frontotemporal dementia, decisions on tests follow the person's needs "
+            "(1.14.16). Whether the interfaces suit the person is a clinician's judgement that no code "
+            "records: the card fires with the SpO2 named and offers that override reason instead of staying "
+            "silent.",
         ),
         RuleFact(
             "Frequency at diagnosis and after",

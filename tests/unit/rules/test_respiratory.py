@@ -82,6 +82,10 @@ def vc_percent(days: float, value: float) -> dict[str, Any]:
     return observation(loinc("98088-8"), days_ago(days), value, "%")
 
 
+def vc_percent_in(days: float, value: float, unit: str) -> dict[str, Any]:
+    return observation(loinc("98088-8"), days_ago(days), value, unit)
+
+
 def snip(days: float, value: float, unit: str = "cm[H2O]") -> dict[str, Any]:
     code = concept(coding("urn:als-cds:codes", "SNIP"), coding("urn:oid:1.2.3.4", "LOCAL-SNIP"))
     return observation(code, days_ago(days), value, unit)
@@ -111,7 +115,8 @@ def copd(**kw: Any) -> dict[str, Any]:
 def test_assessment_due_fires_when_nothing_is_on_record_and_says_so() -> None:
     [finding] = run(ASSESSMENT_DUE, als())
     assert finding.fields == {"interval_days": "92", "last_assessment": "none in the data received"}
-    assert any("No dated respiratory assessment" in line for line in finding.evidence)
+    assert finding.variant is None
+    assert any("No dated FVC, VC or SNIP result" in line for line in finding.evidence)
     assert finding.bindings["patient_reference"] == f"Patient/{PID}"
 
 
@@ -120,7 +125,7 @@ def test_assessment_due_fires_when_nothing_is_on_record_and_says_so() -> None:
     [(91, False), (92, False), (93, True)],
 )
 def test_assessment_interval_boundary_is_92_days(days: int, fires: bool) -> None:
-    assert bool(run(ASSESSMENT_DUE, als(), spo2(days, 97))) is fires
+    assert bool(run(ASSESSMENT_DUE, als(), fvc_percent(days, 97))) is fires
 
 
 @pytest.mark.parametrize(
@@ -133,17 +138,16 @@ def test_assessment_interval_boundary_is_92_days(days: int, fires: bool) -> None
         observation(loinc("19866-3"), days_ago(10), 3.4, "L"),
         snip(10, 70),
         snip(10, 6.9, "kPa"),
-        spo2(10, 97),
         procedure(snomed("23426006", "Measurement of respiratory function"), days_ago(10)),
     ],
-    ids=["fvc-pct", "fvc-L", "fvc-component-pct", "vc-pct", "vc-L", "snip", "snip-kPa", "spo2", "procedure"],
+    ids=["fvc-pct", "fvc-L", "fvc-component-pct", "vc-pct", "vc-L", "snip", "snip-kPa", "procedure"],
 )
 def test_any_readable_recent_test_counts_as_an_assessment(resource: dict[str, Any]) -> None:
     assert run(ASSESSMENT_DUE, als(), resource) == []
 
 
 def test_interval_is_configurable() -> None:
-    resources = (als(), spo2(70, 97))
+    resources = (als(), fvc_percent(70, 97))
     assert run(ASSESSMENT_DUE, *resources) == []
     [finding] = run(ASSESSMENT_DUE, *resources, config=RuleConfig(respiratory_interval_days=60))
     assert finding.fields["interval_days"] == "60"
@@ -152,13 +156,13 @@ def test_interval_is_configurable() -> None:
 @pytest.mark.parametrize(
     "resource",
     [
-        spo2(5, 97, unit="mm[Hg]"),  # a saturation in a pressure unit cannot be read
+        vc_percent_in(5, 97, "mm[Hg]"),  # a percentage in a pressure unit cannot be read
         fvc_percent(5, 3.1, unit="L"),  # a volume filed under the % predicted code
         observation(loinc("19868-9"), days_ago(5), 80, "%"),  # a percentage under the volume code
         snip(5, 60, "furlong"),
-        observation(loinc("59408-5"), days_ago(5)),  # no value at all
+        observation(loinc("19872-1"), days_ago(5)),  # no value at all
     ],
-    ids=["spo2-mmHg", "fvc-pct-in-L", "fvc-volume-in-%", "snip-unknown-unit", "no-value"],
+    ids=["vc-pct-mmHg", "fvc-pct-in-L", "fvc-volume-in-%", "snip-unknown-unit", "no-value"],
 )
 def test_unreadable_results_count_as_missing(resource: dict[str, Any]) -> None:
     [finding] = run(ASSESSMENT_DUE, als(), resource)
@@ -167,16 +171,16 @@ def test_unreadable_results_count_as_missing(resource: dict[str, Any]) -> None:
 
 
 def test_undated_result_does_not_count_as_recent() -> None:
-    assert run(ASSESSMENT_DUE, als(), _undated(spo2(1, 97)))
+    assert run(ASSESSMENT_DUE, als(), _undated(fvc_percent(1, 97)))
 
 
 @pytest.mark.parametrize("status", ["entered-in-error", "cancelled", "registered"])
 def test_results_without_a_final_status_do_not_count(status: str) -> None:
-    assert run(ASSESSMENT_DUE, als(), spo2(3, 97, status=status))
+    assert run(ASSESSMENT_DUE, als(), fvc_percent(3, 97, status=status))
 
 
 def test_future_dated_result_does_not_count() -> None:
-    assert run(ASSESSMENT_DUE, als(), spo2(-5, 97))
+    assert run(ASSESSMENT_DUE, als(), fvc_percent(-5, 97))
 
 
 @pytest.mark.parametrize("status", ["not-done", "preparation", "entered-in-error"])
@@ -191,9 +195,42 @@ def test_predicted_volume_alone_is_not_an_assessment() -> None:
 
 
 def test_evidence_names_the_latest_assessment_with_its_age() -> None:
-    [finding] = run(ASSESSMENT_DUE, als(), spo2(200, 96), fvc_percent(150, 74))
+    [finding] = run(ASSESSMENT_DUE, als(), spo2(200, 96), fvc_percent(150, 74), snip(300, 80))
     assert finding.fields["last_assessment"] == days_ago(150).date().isoformat()
     assert "FVC 74 % predicted" in finding.evidence[1] and "(150 days ago)" in finding.evidence[1]
+
+
+# Finding 2 of the safety review: any SpO2 silenced the card. NG42 1.14.8 / 1.14.10: SpO2, then FVC or
+# VC and/or SNIP or MIP, every 2 to 3 months; an SpO2 alone is not that assessment.
+
+
+@pytest.mark.parametrize("days", [0, 10, 92])
+def test_a_recent_spo2_alone_does_not_silence_the_card_and_the_card_says_why(days: int) -> None:
+    [finding] = run(ASSESSMENT_DUE, als(), spo2(days, 97))
+    assert finding.variant == "spo2-only"
+    assert finding.fields["last_assessment"] == "none in the data received"
+    assert any("an SpO2 alone is not the 2- to 3-monthly test" in line for line in finding.evidence)
+    body = render(finding)
+    assert body["summary"].startswith("Breathing tests due: SpO2 only")
+    assert "1.14.9" in body["detail"] and "interfaces" in body["detail"]
+    assert "interfaces-unsuitable" in [r["code"] for r in body["overrideReasons"]]
+
+
+def test_an_old_spo2_does_not_change_the_card() -> None:
+    [finding] = run(ASSESSMENT_DUE, als(), spo2(93, 97))
+    assert finding.variant is None
+
+
+def test_spo2_with_a_recent_fvc_or_snip_is_an_assessment() -> None:
+    assert run(ASSESSMENT_DUE, als(), spo2(5, 97), fvc_percent(5, 88)) == []
+    assert run(ASSESSMENT_DUE, als(), spo2(5, 97), snip(40, 80)) == []
+
+
+def test_an_old_fvc_with_a_recent_spo2_names_both() -> None:
+    [finding] = run(ASSESSMENT_DUE, als(), spo2(5, 97), fvc_percent(120, 88))
+    assert finding.variant == "spo2-only"
+    assert finding.fields["last_assessment"] == days_ago(120).date().isoformat()
+    assert any("FVC 88 % predicted" in line for line in finding.evidence)
 
 
 # -- respiratory-niv-referral -----------------------------------------------------------------
