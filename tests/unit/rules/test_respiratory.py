@@ -1,4 +1,4 @@
-"""Breathing rules (NICE NG42 1.14): assessment due, NIV discussion/referral, hypercapnia.
+"""Breathing rules (NICE NG42 1.14): assessment due, NIV discussion/referral, hypercapnia, sleep studies.
 
 Every test goes through `evaluate`, so the ALS gate is exercised. These rules read no medications,
 so the medication cases of the house checklist (product codes, names, stopped drugs) do not apply;
@@ -20,9 +20,14 @@ from cds_service.rules.respiratory import (
     ASSESSMENT_DUE,
     HYPERCAPNIA,
     NIV_REFERRAL,
+    RULES,
+    SLEEP_STUDY_RULE,
+    _criteria_text,
     assessment_due,
     hypercapnia,
     niv_referral,
+    respiratory_decline,
+    sleep_study,
 )
 from cds_service.settings import Settings
 from tests.factories import (
@@ -34,6 +39,7 @@ from tests.factories import (
     concept,
     condition,
     days_ago,
+    device,
     loinc,
     observation,
     patient,
@@ -46,8 +52,10 @@ PID = "p1"
 CATALOG = cards.load_catalogue(Settings().cards_dir)
 
 
-def run(rule: Any, *resources: dict[str, Any], config: RuleConfig | None = None) -> list[Finding]:
-    record = record_from([patient("male"), *resources], patient_id=PID)
+def run(
+    rule: Any, *resources: dict[str, Any], config: RuleConfig | None = None, sex: str = "male"
+) -> list[Finding]:
+    record = record_from([patient(sex), *resources], patient_id=PID)
     return evaluate([rule], record, config or RuleConfig())
 
 
@@ -107,6 +115,34 @@ def _undated(resource: dict[str, Any]) -> dict[str, Any]:
 
 def copd(**kw: Any) -> dict[str, Any]:
     return condition(concept(coding(SNOMED, "13645005", "Chronic obstructive lung disease")), **kw)
+
+
+ORTHOPNOEA_CODE = concept(coding(SNOMED, "62744007", "Orthopnea (finding)"), text="Orthopnoea")
+DYSPNOEA_CODE = concept(coding(SNOMED, "267036007", "Dyspnea (finding)"), text="Breathlessness")
+DISTURBED_SLEEP = concept(coding(SNOMED, "26677001", "Disturbed sleep pattern"), text="Disturbed sleep")
+NIV_CODE = snomed("428311008", "Noninvasive ventilation")
+BIPAP = snomed("702173003", "Home bilevel positive airway pressure unit")
+NIV_DEPENDENT = snomed("713655003", "Dependence on non-invasive ventilation")
+REFERRAL_CODE = snomed("306275005", "Referral to respiratory physician")
+POLYSOMNOGRAPHY = snomed("60554003", "Polysomnography")
+ABSENT = concept(coding(SNOMED, "2667000", "Absent"))
+MILD = concept(coding(SNOMED, "255604002", "Mild"))
+
+
+def orthopnoea(**kw: Any) -> dict[str, Any]:
+    return condition(ORTHOPNOEA_CODE, **kw)
+
+
+def symptom_obs(code: dict[str, Any], days: float, **kw: Any) -> dict[str, Any]:
+    return observation(code, days_ago(days), **kw)
+
+
+def niv_in_progress(days: float = 60) -> dict[str, Any]:
+    return procedure(NIV_CODE, days_ago(days), status="in-progress")
+
+
+def referral(days: float) -> dict[str, Any]:
+    return procedure(REFERRAL_CODE, days_ago(days))
 
 
 # -- respiratory-assessment-due ---------------------------------------------------------------
@@ -296,9 +332,20 @@ def test_odd_inputs_never_raise_inside_the_rules() -> None:
         snip(5, -3),
         paco2(5, 0),
     ]
-    record = record_from([patient(), als(), *odd], patient_id=PID)
-    for rule in (assessment_due, niv_referral, hypercapnia):
-        rule(record, RuleConfig())
+    odd += [
+        condition(ORTHOPNOEA_CODE, clinical=None),
+        observation(ORTHOPNOEA_CODE, days_ago(3), value_concept=concept()),
+        procedure(NIV_CODE, None, status="in-progress"),
+        device(BIPAP),
+        procedure(REFERRAL_CODE, None),
+        snip(50, 90),
+        snip(5, -20),
+    ]
+    for sex in ("male", "female", "other"):
+        record = record_from([patient(sex), als(), *odd], patient_id=PID)
+        for rule in (assessment_due, niv_referral, hypercapnia, sleep_study):
+            rule(record, RuleConfig())
+        respiratory_decline(record, RuleConfig())
 
 
 def test_vc_below_50_percent_predicted_fires() -> None:
@@ -413,10 +460,12 @@ def test_evidence_names_every_threshold_that_fired_with_values_and_dates() -> No
         assert expected in text
 
 
-def test_niv_in_progress_is_mentioned_but_does_not_silence_the_card() -> None:
-    niv = procedure(snomed("428311008", "Noninvasive ventilation"), days_ago(30), status="in-progress")
+def test_a_past_niv_episode_is_mentioned_but_does_not_silence_the_card() -> None:
+    niv = procedure(snomed("428311008", "Noninvasive ventilation"), days_ago(300))
     [finding] = run(NIV_REFERRAL, als(), niv, fvc_percent(5, 40))
-    assert any("Non-invasive ventilation in progress since" in line for line in finding.evidence)
+    assert any(
+        "Non-invasive ventilation recorded on" in line and "(completed)" in line for line in finding.evidence
+    )
 
 
 def test_undated_and_entered_in_error_results_do_not_fire() -> None:
@@ -444,7 +493,12 @@ def test_paco2_boundary_is_above_6_kpa(value: float, unit: str, fires: bool) -> 
 
 def test_hypercapnia_card_shows_the_value_in_kpa_and_the_reported_one() -> None:
     [finding] = run(HYPERCAPNIA, als(), paco2(4, 52, "mm[Hg]"))
-    assert finding.fields == {"paco2": "6.93 kPa", "date": days_ago(4).date().isoformat()}
+    assert finding.fields == {
+        "paco2": "6.93 kPa",
+        "date": days_ago(4).date().isoformat(),
+        "referral_date": "none on record",
+    }
+    assert finding.variant is None
     assert "PaCO2 52 mm[Hg] (= 6.93 kPa)" in finding.evidence[0]
     assert "4 days old" in finding.evidence[1]
 
@@ -463,6 +517,289 @@ def test_a_newer_normal_blood_gas_supersedes_a_high_one() -> None:
     assert run(HYPERCAPNIA, als(), paco2(20, 7.2), paco2(2, 5.5)) == []
 
 
+# -- NICE NG42 table 2 in full (finding 13 of the safety review) ------------------------------
+
+
+@pytest.mark.parametrize(("value", "fires"), [(79.9, True), (80, False), (50, True), (49.9, True)])
+def test_fvc_below_80_percent_with_orthopnoea_fires(value: float, fires: bool) -> None:
+    found = run(NIV_REFERRAL, als(), orthopnoea(onset=days_ago(20)), fvc_percent(5, value))
+    assert bool(found) is fires
+    if fires and value >= 50:
+        [finding] = found
+        assert finding.fields["criteria"] == "FVC < 80 % predicted with orthopnoea"
+        assert any("below 80 % predicted, with symptoms" in line for line in finding.evidence)
+        assert any("Orthopnoea (active problem since" in line for line in finding.evidence)
+
+
+def test_fvc_below_80_percent_without_symptoms_is_silent() -> None:
+    assert run(NIV_REFERRAL, als(), fvc_percent(5, 65)) == []
+    assert run(NIV_REFERRAL, als(), vc_percent(5, 65)) == []
+
+
+def test_vc_below_80_percent_with_breathlessness_says_symptoms() -> None:
+    [finding] = run(NIV_REFERRAL, als(), condition(DYSPNOEA_CODE), vc_percent(5, 70))
+    assert finding.fields["criteria"] == "VC < 80 % predicted with symptoms"
+
+
+@pytest.mark.parametrize(
+    "symptom",
+    [
+        symptom_obs(ORTHOPNOEA_CODE, 10),  # recorded, no value: present
+        symptom_obs(ORTHOPNOEA_CODE, 10, value_concept=MILD),  # graded: present
+        symptom_obs(DISTURBED_SLEEP, 10, value_concept=concept(coding(LOINC, "LA33-6", "Yes"))),
+    ],
+    ids=["recorded", "graded-mild", "answered-yes"],
+)
+def test_a_symptom_observation_of_the_interval_counts(symptom: dict[str, Any]) -> None:
+    assert run(NIV_REFERRAL, als(), symptom, fvc_percent(5, 70))
+
+
+@pytest.mark.parametrize(
+    "symptom",
+    [
+        symptom_obs(ORTHOPNOEA_CODE, 10, value_concept=ABSENT),
+        symptom_obs(ORTHOPNOEA_CODE, 10, value_concept=concept(coding(LOINC, "LA32-8", "No"))),
+        symptom_obs(ORTHOPNOEA_CODE, 10, value_concept=concept(coding(SNOMED, "373067005", "No"))),
+        symptom_obs(ORTHOPNOEA_CODE, 120),  # older than the interval
+        orthopnoea(clinical="resolved"),
+        orthopnoea(verification="refuted"),
+        condition(concept(coding("urn:oid:1.2.3.4", "SOB"), text="Orthopnoea")),  # text only: no name match
+    ],
+    ids=["absent", "no-loinc", "no-snomed", "old", "resolved", "refuted", "text-only"],
+)
+def test_a_symptom_said_absent_resolved_old_or_uncoded_does_not_count(symptom: dict[str, Any]) -> None:
+    assert run(NIV_REFERRAL, als(), symptom, fvc_percent(5, 70)) == []
+
+
+def test_a_boolean_false_symptom_observation_does_not_count() -> None:
+    obs = symptom_obs(ORTHOPNOEA_CODE, 10)
+    obs["valueBoolean"] = False
+    assert run(NIV_REFERRAL, als(), obs, fvc_percent(5, 70)) == []
+
+
+@pytest.mark.parametrize(
+    ("sex", "value", "fires"),
+    [
+        ("male", 64.9, True),
+        ("male", 65, False),
+        ("female", 64, False),
+        ("female", 54.9, True),
+        ("female", 55, False),
+        ("unknown", 64, True),  # sex not recorded: the men's cut-off, and the card says so
+    ],
+)
+def test_snip_with_symptoms_uses_the_sex_specific_cut_off(sex: str, value: float, fires: bool) -> None:
+    found = run(NIV_REFERRAL, als(), orthopnoea(), snip(5, value), sex=sex)
+    assert bool(found) is fires
+    if fires:
+        [finding] = found
+        limit = "55" if sex == "female" else "65"
+        assert finding.fields["criteria"] == f"SNIP < {limit} cmH2O with orthopnoea"
+        if sex == "unknown":
+            assert any("sex not recorded as male or female" in line for line in finding.evidence)
+
+
+def test_snip_below_65_without_symptoms_is_silent() -> None:
+    assert run(NIV_REFERRAL, als(), snip(5, 50)) == []
+
+
+@pytest.mark.parametrize(
+    ("earlier", "latest", "gap", "fires"),
+    [
+        (80, 69, 90, True),  # 11 cmH2O in 90 days
+        (80, 70, 90, False),  # exactly 10: not more than 10
+        (80, 69.5, 30, True),  # 10.5 within a month (not extrapolated, but more than 10)
+        (80, 72, 30, False),  # 8 in a month: no extrapolation to 24 per 3 months
+        (90, 68, 170, True),  # 22 in 170 days: 11.9 per 92 days
+        (90, 72, 170, False),  # 18 in 170 days: 9.7 per 92 days
+        (100, 70, 200, False),  # too far back to compare
+        (80, 65, 0, False),  # the same day: repeated attempts, not repeated tests
+    ],
+)
+def test_snip_falling_more_than_10_per_3_months(earlier: float, latest: float, gap: int, fires: bool) -> None:
+    found = run(NIV_REFERRAL, als(), snip(5 + gap, earlier), snip(5, latest))
+    assert bool(found) is fires
+    if fires:
+        [finding] = found
+        assert finding.fields["criteria"] == "SNIP falling > 10 cmH2O in 3 months"
+        assert any(f"in {gap} days" in line for line in finding.evidence)
+
+
+def test_snip_fall_in_kpa_is_converted() -> None:
+    # 7.8 kPa = 79.5 cmH2O; 6.7 kPa = 68.3 cmH2O: a fall of 11.2 cmH2O
+    assert run(NIV_REFERRAL, als(), snip(60, 7.8, "kPa"), snip(5, 6.7, "kPa"))
+
+
+def test_snip_fall_and_low_value_are_both_named() -> None:
+    [finding] = run(
+        NIV_REFERRAL,
+        als(),
+        snip(
+            60,
+            52,
+        ),
+        snip(5, 38),
+    )
+    assert finding.fields["criteria"] == "SNIP < 40 cmH2O, SNIP falling > 10 cmH2O in 3 months"
+
+
+def test_an_old_low_snip_does_not_fall_from_a_stale_result() -> None:
+    # Only the latest SNIP of the interval is compared; the old pair is history.
+    assert run(NIV_REFERRAL, als(), snip(200, 80), snip(150, 60)) == []
+
+
+def test_a_normal_spo2_does_not_fire_the_referral_card() -> None:
+    assert run(NIV_REFERRAL, als(), orthopnoea(), spo2(5, 97)) == []
+
+
+# -- already on NIV, or referred (finding 12 of the safety review) ------------------------------
+
+
+@pytest.mark.parametrize(
+    "on_niv",
+    [
+        niv_in_progress(),
+        device(BIPAP),
+        condition(NIV_DEPENDENT, onset=days_ago(100)),
+    ],
+    ids=["procedure-in-progress", "bipap-device", "dependence-problem"],
+)
+def test_the_referral_card_is_silent_for_a_person_already_using_niv(on_niv: dict[str, Any]) -> None:
+    assert run(NIV_REFERRAL, als(), on_niv, fvc_percent(5, 40), spo2(5, 90)) == []
+
+
+@pytest.mark.parametrize(
+    "not_on_niv",
+    [
+        procedure(NIV_CODE, days_ago(300)),  # completed: a past episode
+        procedure(NIV_CODE, days_ago(30), status="not-done"),
+        device(BIPAP, status="inactive"),
+        device(snomed("702172008", "Home continuous positive airway pressure unit")),  # CPAP is not NIV
+        condition(NIV_DEPENDENT, clinical="resolved"),
+    ],
+    ids=["completed", "not-done", "inactive-device", "cpap", "resolved-dependence"],
+)
+def test_niv_that_is_not_in_use_does_not_silence_the_card(not_on_niv: dict[str, Any]) -> None:
+    assert run(NIV_REFERRAL, als(), not_on_niv, fvc_percent(5, 40))
+
+
+def test_hypercapnia_on_niv_says_so_instead_of_asking_for_a_referral() -> None:
+    [finding] = run(HYPERCAPNIA, als(), niv_in_progress(90), paco2(3, 6.8))
+    assert finding.variant == "on-niv"
+    assert any("Non-invasive ventilation in progress since" in line for line in finding.evidence)
+    body = render(finding)
+    assert body["indicator"] == "warning" and "suggestions" not in body
+    assert "while on NIV" in body["summary"]
+
+
+def test_hypercapnia_on_a_bipap_device_says_so() -> None:
+    [finding] = run(HYPERCAPNIA, als(), device(BIPAP), paco2(3, 6.8))
+    assert finding.variant == "on-niv"
+
+
+def test_referral_after_the_blood_gas_is_named_and_not_asked_again() -> None:
+    [finding] = run(HYPERCAPNIA, als(), paco2(10, 6.8), referral(8))
+    assert finding.variant == "referred"
+    assert finding.fields["referral_date"] == days_ago(8).date().isoformat()
+    body = render(finding)
+    assert body["indicator"] == "warning" and "suggestions" not in body
+    assert "within 1 week" in body["summary"]
+
+
+def test_referral_before_the_blood_gas_does_not_count() -> None:
+    [finding] = run(HYPERCAPNIA, als(), paco2(10, 6.8), referral(12))
+    assert finding.variant is None
+    assert render(finding)["indicator"] == "critical"
+
+
+def test_niv_referral_card_names_a_referral_made_after_the_results() -> None:
+    [finding] = run(NIV_REFERRAL, als(), fvc_percent(20, 45), referral(10))
+    assert finding.variant == "referred"
+    body = render(finding)
+    assert body["indicator"] == "info" and "suggestions" not in body
+    [gas] = run(NIV_REFERRAL, als(), spo2(20, 91), referral(10))
+    assert gas.variant == "referred-blood-gas"
+    body = render(gas)
+    assert [s["label"] for s in body["suggestions"]] == ["Order an arterial or capillary blood gas"]
+
+
+def test_niv_referral_card_ignores_a_referral_before_the_results() -> None:
+    [finding] = run(NIV_REFERRAL, als(), fvc_percent(20, 45), referral(30))
+    assert finding.variant is None
+
+
+# -- respiratory-sleep-study (NG42 1.14.12, 1.14.14) ---------------------------------------------
+
+
+def test_sleep_symptoms_with_normal_spo2_suggest_a_sleep_study() -> None:
+    [finding] = run(SLEEP_STUDY_RULE, als(), condition(DISTURBED_SLEEP), spo2(5, 96))
+    assert finding.variant is None and finding.fields["spo2_limit"] == "94"
+    assert any("above 94 %" in line and "1.14.12" in line for line in finding.evidence)
+    body = render(finding)
+    assert body["indicator"] == "info"
+    assert body["suggestions"][0]["actions"][0]["resource"]["subject"] == {"reference": f"Patient/{PID}"}
+
+
+def test_lung_disease_moves_the_spo2_threshold_to_92() -> None:
+    [finding] = run(SLEEP_STUDY_RULE, als(), copd(), orthopnoea(), spo2(5, 93))
+    assert finding.fields["spo2_limit"] == "92"
+
+
+def test_non_sleep_symptoms_alone_do_not_suggest_a_sleep_study_from_spo2() -> None:
+    assert run(SLEEP_STUDY_RULE, als(), condition(DYSPNOEA_CODE), spo2(5, 96)) == []
+
+
+def test_paco2_at_most_6_with_any_symptom_refers_for_a_sleep_study() -> None:
+    [finding] = run(SLEEP_STUDY_RULE, als(), condition(DYSPNOEA_CODE), paco2(5, 5.9), spo2(6, 96))
+    assert finding.variant == "blood-gas"
+    assert render(finding)["indicator"] == "warning"
+
+
+@pytest.mark.parametrize(
+    "silencer",
+    [
+        procedure(POLYSOMNOGRAPHY, days_ago(20)),
+        procedure(concept(coding("urn:oid:1.2.3.4", "OXI"), text="Overnight oximetry"), days_ago(20)),
+        niv_in_progress(),
+        fvc_percent(5, 45),  # the NIV-referral card asks for the ventilation service instead
+        paco2(3, 6.5),  # so does the hypercapnia card
+    ],
+    ids=["polysomnography", "overnight-oximetry-by-name", "on-niv", "table-2", "hypercapnia"],
+)
+def test_the_sleep_study_card_stays_silent_when_done_or_covered(silencer: dict[str, Any]) -> None:
+    assert run(SLEEP_STUDY_RULE, als(), orthopnoea(), spo2(6, 96), silencer) == []
+
+
+def test_an_old_sleep_study_does_not_silence_the_card() -> None:
+    assert run(SLEEP_STUDY_RULE, als(), orthopnoea(), spo2(6, 96), procedure(POLYSOMNOGRAPHY, days_ago(200)))
+
+
+def test_no_symptoms_or_no_result_no_sleep_study_card() -> None:
+    assert run(SLEEP_STUDY_RULE, als(), spo2(6, 96)) == []
+    assert run(SLEEP_STUDY_RULE, als(), orthopnoea()) == []
+    assert run(SLEEP_STUDY_RULE, als(), orthopnoea(), spo2(100, 96)) == []
+
+
+def test_sleep_study_card_names_a_referral() -> None:
+    [finding] = run(SLEEP_STUDY_RULE, als(), orthopnoea(), spo2(6, 96), referral(2))
+    assert any("Referral to respiratory physician on" in line for line in finding.evidence)
+
+
+# -- respiratory decline as an advance care planning trigger --------------------------------------
+
+
+def test_respiratory_decline_dates_the_earliest_qualifying_result_of_the_interval() -> None:
+    record = record_from(
+        [patient(), als(), fvc_percent(80, 48), fvc_percent(40, 46), fvc_percent(5, 44), paco2(60, 6.4)],
+        patient_id=PID,
+    )
+    when, words = respiratory_decline(record, RuleConfig())
+    assert when == days_ago(80)
+    assert words == "FVC < 50 % predicted, PaCO2 > 6 kPa"
+    calm = record_from([patient(), als(), fvc_percent(5, 90)], patient_id=PID)
+    assert respiratory_decline(calm, RuleConfig()) is None
+
+
 # -- the ALS gate and profiles ----------------------------------------------------------------
 
 
@@ -474,6 +811,7 @@ def test_no_breathing_card_without_an_active_als_diagnosis(condition_kwargs: dic
     resources = (als(**condition_kwargs), fvc_percent(5, 30), spo2(5, 88), paco2(2, 8.0))
     for rule in (ASSESSMENT_DUE, NIV_REFERRAL, HYPERCAPNIA):
         assert run(rule, *resources) == []
+    assert run(SLEEP_STUDY_RULE, als(**condition_kwargs), orthopnoea(), spo2(5, 97)) == []
 
 
 def test_icd10_coded_mnd_passes_the_gate() -> None:
@@ -485,6 +823,8 @@ def test_profile_does_not_change_the_breathing_rules() -> None:
     resources = (als(), fvc_percent(5, 45), spo2(5, 93), paco2(2, 7.0))
     for rule in (ASSESSMENT_DUE, NIV_REFERRAL, HYPERCAPNIA):
         assert run(rule, *resources, config=RuleConfig(profile="us")) == run(rule, *resources)
+    sleepy = (als(), orthopnoea(), spo2(5, 97))
+    assert run(SLEEP_STUDY_RULE, *sleepy, config=RuleConfig(profile="us")) == run(SLEEP_STUDY_RULE, *sleepy)
 
 
 # -- cards ------------------------------------------------------------------------------------
@@ -541,17 +881,32 @@ def test_hypercapnia_card_is_critical_and_urgent() -> None:
 
 
 def test_longest_summaries_stay_under_140_characters() -> None:
+    labels = [
+        "FVC < 80 % predicted with orthopnoea",
+        "VC < 80 % predicted with orthopnoea",
+        "SNIP < 65 cmH2O with orthopnoea",
+        "SNIP falling > 10 cmH2O in 3 months",
+        "SpO2 ≤ 94 %",
+    ]
     worst = {
         "respiratory-assessment-due": {
             "interval_days": "365",
             "last_assessment": "none in the data received",
         },
         "respiratory-niv-referral": {
-            "criteria": "FVC < 50 % predicted, VC < 50 % predicted, SNIP < 40 cmH2O, SpO2 ≤ 94 %",
+            "criteria": _criteria_text(labels),
             "interval_days": "365",
+            "referral_date": "2026-11-22",
         },
-        "respiratory-hypercapnia": {"paco2": "99.99 kPa", "date": "2026-11-22"},
+        "respiratory-hypercapnia": {
+            "paco2": "99.99 kPa",
+            "date": "2026-11-22",
+            "referral_date": "2026-11-22",
+        },
+        "respiratory-sleep-study": {"spo2_limit": "94", "interval_days": "365"},
     }
+    assert _criteria_text(labels) == "FVC < 80 % predicted with orthopnoea +4 more"
+    assert _criteria_text(labels[3:]) == "SNIP falling > 10 cmH2O in 3 months, SpO2 ≤ 94 %"
     for rule_id, fields in worst.items():
         for variant in (None, *CATALOG[rule_id].variants):
             finding = Finding(
@@ -568,7 +923,7 @@ def test_fixture_patients_get_exactly_the_expected_breathing_cards() -> None:
     assert {"respiratory-assessment-overdue", "respiratory-fvc-below-50", "respiratory-copd-stable"} <= set(
         expected
     )
-    rules = [ASSESSMENT_DUE, NIV_REFERRAL, HYPERCAPNIA]
+    rules = list(RULES)
     for name, hooks in expected.items():
         record = record_from(patient_resources(name), patient_id=name)
         found = [f.rule_id for f in evaluate(rules, record, RuleConfig())]
