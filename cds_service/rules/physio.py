@@ -1,9 +1,18 @@
-"""Physiotherapy, exercise and massage orders (NICE NG42 1.8.5-1.8.6; exercise and massage literature).
+"""Physiotherapy, exercise and massage orders (NICE NG42 1.8.5-1.8.6, 1.13; exercise and massage literature).
 
 Massage: no ALS-specific guideline on massage contraindications was found. The list used here
 (deep vein thrombosis, pressure injury, fever, osteoporosis, recent surgery, active infection) comes
 from generic massage-therapy sources of low authority that agree with one another (evidence
-reference R13).
+reference R13). It is a list for massage, so it is applied as such:
+
+* a massage order gets the full card (precautions, or defer the order);
+* a general physiotherapy order is not a massage order: its card only asks for the precautions
+  if the programme includes massage or soft-tissue work, and offers no deferral;
+* respiratory physiotherapy and cough augmentation (chest physiotherapy, airway clearance, breath
+  stacking, cough assist) are never screened as massage: NICE NG42 1.13.1-1.13.4 offers cough
+  augmentation to people who cannot cough effectively and a mechanical cough assist device "during
+  a respiratory tract infection", so an infection is a reason for them, not against them. They
+  get no exercise card either.
 
 Exercise: NG42 1.8.5 (range of movement, contractures) and 1.8.6 (resistance, active-assisted or
 passive programme suited to the person's function) give the programme type but no intensity. The
@@ -30,6 +39,7 @@ from cds_service.terminology import Concept, Match
 PHYSIOTHERAPY = terminology.load("physiotherapy")
 EXERCISE = terminology.load("exercise-therapy")
 MASSAGE = terminology.load("massage")
+RESPIRATORY_PHYSIOTHERAPY = terminology.load("respiratory-physiotherapy")
 DVT = terminology.load("dvt")
 PRESSURE_INJURY = terminology.load("pressure-injury")
 OSTEOPOROSIS = terminology.load("osteoporosis")
@@ -122,14 +132,26 @@ def contraindications(record: PatientRecord) -> list[Contraindication]:
     ]
 
 
+def respiratory_physiotherapy(order: DraftOrder) -> Match | None:
+    """The order is for respiratory physiotherapy or cough augmentation (by its code, or a category)."""
+    for concept in (order.concept, *order.categories):
+        found = RESPIRATORY_PHYSIOTHERAPY.match(concept)
+        if found is not None:
+            return found
+    return None
+
+
 def _orders(record: PatientRecord, *valuesets: terminology.ValueSet) -> list[tuple[DraftOrder, Match]]:
-    """Orders to check in any of the value sets, each once (the first value set that matches)."""
+    """ServiceRequests to check in any of the value sets, each once (the first value set that
+    matches); respiratory physiotherapy and cough augmentation orders are never among them."""
     seen: set[int] = set()
     found = []
     for valueset in valuesets:
         for order, match in record.draft_orders_in(valueset):
-            if order.resource_type == "ServiceRequest" and id(order) not in seen:
-                seen.add(id(order))
+            if order.resource_type != "ServiceRequest" or id(order) in seen:
+                continue
+            seen.add(id(order))
+            if respiratory_physiotherapy(order) is None:
                 found.append((order, match))
     return found
 
@@ -165,16 +187,18 @@ def massage_order_contraindications(record: PatientRecord, config: RuleConfig) -
         if order.reference is not None:
             bindings["draft_reference"] = order.reference
         bindings["updated_order"] = _as_json(order)
+        kind = _order_kind(match, order)
+        # A physiotherapy order is not a massage order: precautions if it includes massage, no deferral.
+        variant = None if kind == "Massage" else "physiotherapy"
+        if order.reference is None:
+            variant = "no-draft-id" if variant is None else "physiotherapy-no-draft-id"
         findings.append(
             Finding(
                 rule_id="massage-order-contraindications",
-                fields={
-                    "order_kind": _order_kind(match, order),
-                    "findings": ", ".join(labels),
-                },
+                fields={"order_kind": kind, "findings": ", ".join(labels)},
                 evidence=(order_line(order, match), *(item.line for item in found)),
                 bindings=bindings,
-                variant=None if order.reference is not None else "no-draft-id",
+                variant=variant,
             )
         )
     return findings
@@ -195,11 +219,23 @@ MASSAGE_ORDER_CONTRAINDICATIONS = Rule(
     ),
     evaluate=massage_order_contraindications,
     trigger=(
-        "A massage or physiotherapy ServiceRequest is ordered while the patient has active DVT, a pressure "
-        "injury, fever (>= 38.0 °C in 7 days or an active fever condition), osteoporosis, surgery in the "
-        "last 42 days, or an active infection."
+        "A massage ServiceRequest (or a physiotherapy one: precautions only, no deferral) is ordered while "
+        "the patient has active DVT, a pressure injury, fever (>= 38.0 °C in 7 days or an active fever "
+        "condition), osteoporosis, surgery in the last 42 days, or an active infection. Respiratory "
+        "physiotherapy and cough augmentation orders are never screened as massage."
     ),
     facts=(
+        RuleFact(
+            "Orders screened",
+            "massage orders (full card, may be deferred); general physiotherapy orders (precautions if the "
+            "programme includes massage, never deferred); not respiratory physiotherapy or cough "
+            "augmentation (value set respiratory-physiotherapy, matched by name: no checked code)",
+            "nice-ng42",
+            "NG42 1.13.1-1.13.4: cough augmentation for people who cannot cough effectively, and 'consider a "
+            "mechanical cough assist device if assisted breath stacking is not effective, and/or during a "
+            "respiratory tract infection'. The contraindication list is for massage, not for physiotherapy "
+            "in general (design choice on how the massage sources apply to a physiotherapy order).",
+        ),
         RuleFact(
             "Contraindications to massage",
             "DVT, pressure injury, fever, osteoporosis, recent surgery, active infection",
@@ -267,7 +303,10 @@ EXERCISE_PRESCRIPTION_ALS = Rule(
     hooks=frozenset({"order-select", "order-sign"}),
     reads=Interest({}),
     evaluate=exercise_prescription_als,
-    trigger="A physiotherapy or exercise programme ServiceRequest is ordered for a patient with ALS/MND.",
+    trigger=(
+        "A physiotherapy or exercise programme ServiceRequest is ordered for a patient with ALS/MND (not "
+        "respiratory physiotherapy or cough augmentation, which is not an exercise programme)."
+    ),
     facts=(
         RuleFact(
             "Programme aims and type",

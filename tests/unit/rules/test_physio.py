@@ -349,6 +349,80 @@ def test_draft_without_an_id_gets_the_card_without_suggestions() -> None:
     assert "suggestions" not in body and empty_values(body) == []
 
 
+# -- massage or respiratory physiotherapy (finding 7 of the safety review) -----------------------
+
+LRTI = snomed("50417007", "Lower respiratory tract infection")
+FEVER = snomed("386661006", "Fever")
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        concept(coding(LOCAL, "RESP-PT"), text="Chest physiotherapy - airway clearance"),
+        concept(coding(LOCAL, "MIE"), text="Mechanical insufflation-exsufflation (cough assist)"),
+        concept(coding(SNOMED, "91251008"), text="Physiotherapy: cough augmentation and breath stacking"),
+        concept(coding(SNOMED, "91251008", "Physical therapy procedure"), text="Respiratory physiotherapy"),
+        concept(coding(LOCAL, "LVR"), text="Lung volume recruitment bag training"),
+        concept(coding(LOCAL, "MAC"), text="Manual assisted cough - teach carers"),
+    ],
+    ids=[
+        "chest-physio",
+        "cough-assist",
+        "coded-physio-cough-augmentation",
+        "respiratory-physio",
+        "lvr",
+        "mac",
+    ],
+)
+def test_respiratory_physiotherapy_during_a_chest_infection_is_not_screened_as_massage(
+    code: dict[str, Any],
+) -> None:
+    order = service_request(code, rid="sr-resp")
+    assert massage(als(), condition(LRTI, onset=days_ago(3)), condition(FEVER), order=order) == []
+    assert exercise(order, resources=(condition(LRTI),)) == []
+
+
+def test_respiratory_physiotherapy_named_only_in_the_category_is_not_screened() -> None:
+    order = service_request(PHYSIO, category=[concept(text="Respiratory physiotherapy")], rid="sr-resp")
+    assert massage(als(), condition(LRTI), order=order) == []
+
+
+def test_a_general_physiotherapy_order_during_a_chest_infection_is_not_deferred() -> None:
+    [finding] = massage(als(), condition(LRTI, onset=days_ago(3)), order=service_request(PHYSIO, rid="sr-pt"))
+    assert finding.variant == "physiotherapy"
+    assert finding.fields == {"order_kind": "Physiotherapy", "findings": "infection"}
+    body = render(finding)
+    assert empty_values(body) == [] and len(body["summary"]) < 140
+    assert body["summary"] == "Physiotherapy order: if it includes massage, take care (infection)"
+    assert [a["type"] for s in body["suggestions"] for a in s["actions"]] == ["update"]
+    assert "1.13" in body["detail"] and "Do not defer respiratory physiotherapy" in body["detail"]
+    note = body["suggestions"][0]["actions"][0]["resource"]["note"][-1]["text"]
+    assert "if this programme includes massage" in note
+
+
+def test_a_general_physiotherapy_draft_without_id_has_no_suggestions() -> None:
+    order = service_request(PHYSIO)
+    del order["id"]
+    [finding] = massage(als(), condition(DVT), order=order)
+    assert finding.variant == "physiotherapy-no-draft-id"
+    assert "suggestions" not in render(finding)
+
+
+def test_a_massage_order_during_a_chest_infection_keeps_the_full_card() -> None:
+    [finding] = massage(als(), condition(LRTI), order=service_request(MASSAGE_CODED, rid="sr-m"))
+    assert finding.variant is None and finding.fields["order_kind"] == "Massage"
+    assert [s["actions"][0]["type"] for s in render(finding)["suggestions"]] == ["update", "delete"]
+
+
+def test_massage_and_chest_physiotherapy_together_only_the_massage_gets_the_card() -> None:
+    orders = (
+        service_request(MASSAGE_BY_NAME, rid="sr-massage"),
+        service_request(concept(text="Chest physiotherapy"), rid="sr-chest"),
+    )
+    [finding] = massage(als(), condition(LRTI), orders=orders)
+    assert finding.bindings["draft_reference"] == "ServiceRequest/sr-massage"
+
+
 # -- exercise-prescription-als -----------------------------------------------------------------
 
 
@@ -444,6 +518,8 @@ def test_rules_run_on_order_select_and_order_sign_not_patient_view() -> None:
             ["exercise-prescription-als", "exercise-prescription-als", "massage-order-contraindications"],
         ),
         ("physio-no-als-massage-dvt", []),
+        ("physio-chest-infection-cough-assist", []),
+        ("physio-chest-infection-massage-and-chest-physio", ["massage-order-contraindications"]),
     ],
 )
 def test_fixture_patients_get_the_order_cards_their_data_call_for(name: str, expected: list[str]) -> None:
