@@ -2,17 +2,30 @@
 
 NG42 1.5.2: the MND multidisciplinary team should "carry out regular, coordinated assessments at the
 multidisciplinary team clinic (usually every 2 to 3 months)"; 1.5.6: tailor the frequency to the
-person's symptoms and needs. NG42 1.7.1-1.7.5: offer to discuss end-of-life care and advance care
-planning (ADRT, DNACPR, lasting power of attorney) at diagnosis and at later trigger points; 1.7.4:
-earlier if communication, cognition or capacity is expected to worsen.
+person's symptoms and needs. NG42 1.7.1: offer the person the opportunity to discuss their
+preferences and concerns about care at the end of life "at trigger points such as: at diagnosis, if
+there is a significant change in respiratory function, or if interventions such as gastrostomy or
+non-invasive ventilation are needed"; 1.7.3: advance care planning, including ADRT, DNACPR and
+lasting power of attorney; 1.7.4: earlier if communication, cognition or capacity is expected to
+worsen; 1.7.5: review any existing ADRT, DNACPR and LPA "when interventions such as gastrostomy and
+non-invasive ventilation are planned".
+
+So a plan on record is not the end of it: when a trigger point comes after the latest plan (a
+gastrostomy, NIV started, or the respiratory results now meeting an NG42 criterion that began after
+the plan was made), the card returns, asking to review the plan. UK documents count as plans: a
+ReSPECT form, an advance care plan or end of life care plan document (NHS National Record Locator
+record types), and a coded ADRT or DNACPR decision.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
 
 from cds_service import terminology
 from cds_service.record import GenericFact, Interest, ObservationFact, PatientRecord
+from cds_service.rules import respiratory
 from cds_service.rules.als import ALS_DIAGNOSIS
 from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
 from cds_service.rules.evidence import day
@@ -24,6 +37,10 @@ AD_DOCUMENT = terminology.load("advance-directive-document")
 AD_OBSERVATION = terminology.load("advance-directive-observation")
 AD_CONSENT = terminology.load("consent-advance-directive")
 ANSWER_YES = terminology.load("answer-yes")
+AD_DOCUMENT_UK = terminology.load("advance-care-document-uk")
+ACP_UK = terminology.load("advance-care-planning-uk")
+GASTROSTOMY_PROCEDURE = terminology.load("gastrostomy-procedure")
+GASTROSTOMY_STATUS = terminology.load("gastrostomy-status")
 
 NONE_ON_RECORD = "none in the data received"
 
@@ -153,27 +170,49 @@ def _positive(obs: ObservationFact) -> bool:
     return ANSWER_YES.match(obs.value_concept) is not None
 
 
-def acp_evidence(record: PatientRecord) -> tuple[list[str], list[str]]:
+@dataclass(frozen=True)
+class PlanRecord:
+    """One record that advance care planning was done, with its date when known."""
+
+    when: datetime | None
+    line: str
+
+
+def acp_evidence(record: PatientRecord) -> tuple[list[PlanRecord], list[str]]:
     """(what shows advance care planning is recorded, what was seen but does not count)."""
-    found: list[str] = []
+    found: list[PlanRecord] = []
     ignored: list[str] = []
     for proc in record.procedures_in(ACP):
-        found.append(f"Advance care planning procedure on {day(proc.when)} ({proc.concept.label}).")
-    for doc in record.documents_in(AD_DOCUMENT):
-        found.append(f"Advance directive document dated {day(doc.when)} ({doc.concept.label}).")
-    for consent in [c for c in record.consents if c.match(AD_CONSENT) or c.match(AD_DOCUMENT)]:
-        found.append(f"Active advance directive consent dated {day(consent.when)} ({consent.concept.label}).")
-    for condition in record.active_conditions(ACP):
         found.append(
-            f"Recorded finding: {condition.concept.label} ({day(condition.onset or condition.recorded)})."
+            PlanRecord(
+                proc.when, f"Advance care planning procedure on {day(proc.when)} ({proc.concept.label})."
+            )
         )
-    # Every observation, dated or not: the question is whether a plan exists, not whether it is recent.
+    for doc in [*record.documents_in(AD_DOCUMENT), *record.documents_in(AD_DOCUMENT_UK)]:
+        found.append(
+            PlanRecord(
+                doc.when, f"Advance care planning document dated {day(doc.when)} ({doc.concept.label})."
+            )
+        )
+    for consent in [c for c in record.consents if c.match(AD_CONSENT) or c.match(AD_DOCUMENT)]:
+        found.append(
+            PlanRecord(
+                consent.when,
+                f"Active advance directive consent dated {day(consent.when)} ({consent.concept.label}).",
+            )
+        )
+    for condition in [*record.active_conditions(ACP), *record.active_conditions(ACP_UK)]:
+        when = condition.onset or condition.recorded
+        found.append(PlanRecord(when, f"Recorded finding: {condition.concept.label} ({day(when)})."))
+    # Every observation, dated or not: an undated plan still shows that a plan exists.
     for obs in record.observations:
-        if ACP.match(obs.concept) is not None:
-            found.append(f"Recorded finding: {obs.concept.label} ({day(obs.effective)}).")
+        if ACP.match(obs.concept) is not None or ACP_UK.match(obs.concept) is not None:
+            found.append(
+                PlanRecord(obs.effective, f"Recorded finding: {obs.concept.label} ({day(obs.effective)}).")
+            )
         elif AD_OBSERVATION.match(obs.concept) is not None:
             if _positive(obs):
-                found.append(f"{obs.concept.label}: yes ({day(obs.effective)}).")
+                found.append(PlanRecord(obs.effective, f"{obs.concept.label}: yes ({day(obs.effective)})."))
             else:
                 ignored.append(
                     f"{obs.concept.label} on {day(obs.effective)} does not answer 'yes': not counted."
@@ -181,47 +220,125 @@ def acp_evidence(record: PatientRecord) -> tuple[list[str], list[str]]:
     return found, ignored
 
 
+@dataclass(frozen=True)
+class TriggerPoint:
+    """An NG42 1.7.1 trigger point on record: when, short words for the summary, a line of evidence."""
+
+    when: datetime
+    short: str
+    line: str
+
+
+def trigger_points(record: PatientRecord, config: RuleConfig) -> list[TriggerPoint]:
+    """Dated NG42 1.7.1 / 1.7.5 trigger points: gastrostomy, NIV, a significant change in respiratory
+    function (the current results meeting an NG42 criterion, from the first result that did). Newest first."""
+    found: list[TriggerPoint] = []
+    for proc in record.procedures_in(GASTROSTOMY_PROCEDURE):
+        if proc.when is not None and proc.when <= record.now:
+            found.append(
+                TriggerPoint(
+                    proc.when, "gastrostomy", f"Gastrostomy on {day(proc.when)} ({proc.concept.label})."
+                )
+            )
+    for condition in record.active_conditions(GASTROSTOMY_STATUS):
+        when = condition.onset or condition.recorded
+        if when is not None and when <= record.now:
+            found.append(TriggerPoint(when, "gastrostomy", f"{condition.concept.label} since {day(when)}."))
+    for when, words in respiratory.niv_starts(record):
+        found.append(TriggerPoint(when, "NIV", f"NIV: {words}."))
+    decline = respiratory.respiratory_decline(record, config)
+    if decline is not None:
+        when, criteria = decline
+        found.append(
+            TriggerPoint(
+                when,
+                "respiratory decline",
+                f"Significant change in respiratory function since {day(when)}: {criteria} "
+                "(NICE NG42 1.14.11-1.14.15).",
+            )
+        )
+    found.sort(key=lambda t: t.when, reverse=True)
+    return found
+
+
 def advance_care_planning(record: PatientRecord, config: RuleConfig) -> list[Finding]:
     found, ignored = acp_evidence(record)
-    if found:
+    bindings = {"patient_reference": f"Patient/{record.patient_id}"}
+    if not found:
+        evidence = [
+            "No advance care planning in the data received: no ACP procedure (SNOMED CT 713603004), no "
+            "advance directive, ReSPECT or advance care plan document or consent, no ADRT, DNACPR, 'has "
+            "advance care plan' or 'active advance directive' finding, no DNR/POLST-type order observation "
+            "answered yes.",
+            *ignored,
+        ]
+        diagnoses = record.active_conditions(ALS_DIAGNOSIS)
+        dates = [d for c in diagnoses if (d := c.onset or c.recorded) is not None]
+        if dates:
+            evidence.append(f"ALS/MND recorded since {min(dates).date().isoformat()}.")
+        evidence.extend(t.line for t in trigger_points(record, config))
+        return [
+            Finding(
+                rule_id="advance-care-planning",
+                fields={"plan_date": NONE_ON_RECORD, "trigger": "none"},
+                evidence=tuple(evidence),
+                bindings=bindings,
+            )
+        ]
+    dated = [p.when for p in found if p.when is not None]
+    latest = max(dated) if dated else None
+    # A trigger on the day of the plan counts as discussed (dates compared, not times).
+    later = [t for t in trigger_points(record, config) if latest is None or t.when.date() > latest.date()]
+    if not later:
         return []
+    newest = later[0]
+    plan_date = day(latest) if latest is not None else "date not recorded"
+    newest_plan = max(found, key=lambda p: p.when.timestamp() if p.when is not None else float("-inf"))
     evidence = [
-        "No advance care planning in the data received: no ACP procedure (SNOMED CT 713603004), no advance "
-        "directive document or consent, no 'has advance care plan', 'active advance directive' or 'not for "
-        "resuscitation' finding, no DNR/POLST-type order observation answered yes.",
-        *ignored,
+        f"Latest advance care planning on record: {newest_plan.line}",
+        *(f"Since then: {t.line}" for t in later),
+        "NICE NG42 1.7.1: offer a discussion at these trigger points; 1.7.5: review any ADRT, DNACPR and "
+        "lasting power of attorney when gastrostomy or NIV is planned.",
     ]
-    diagnoses = record.active_conditions(ALS_DIAGNOSIS)
-    dates = [d for c in diagnoses if (d := c.onset or c.recorded) is not None]
-    if dates:
-        evidence.append(f"ALS/MND recorded since {min(dates).date().isoformat()}.")
     return [
         Finding(
             rule_id="advance-care-planning",
-            fields={},
+            fields={"plan_date": plan_date, "trigger": f"{newest.short} ({day(newest.when)})"},
             evidence=tuple(evidence),
-            bindings={"patient_reference": f"Patient/{record.patient_id}"},
+            variant="review",
+            bindings=bindings,
         )
     ]
 
 
+_GASTROSTOMY_VALUESETS = (GASTROSTOMY_PROCEDURE, GASTROSTOMY_STATUS)
+
 ADVANCE_CARE_PLANNING = Rule(
     id="advance-care-planning",
-    title="MND: no advance care planning recorded",
+    title="MND: advance care planning not recorded, or older than a trigger point",
     hooks=frozenset({"patient-view"}),
-    reads=Interest(
-        {
-            "Procedure": (ACP,),
-            "DocumentReference": (AD_DOCUMENT,),
-            "Consent": (AD_CONSENT, AD_DOCUMENT),
-            "Condition": (ACP,),
-            "Observation": (ACP, AD_OBSERVATION),
-        }
+    reads=Interest.merge(
+        [
+            Interest(
+                {
+                    "Procedure": (ACP, GASTROSTOMY_PROCEDURE),
+                    "DocumentReference": (AD_DOCUMENT, AD_DOCUMENT_UK),
+                    "Consent": (AD_CONSENT, AD_DOCUMENT),
+                    "Condition": (ACP, ACP_UK, GASTROSTOMY_STATUS),
+                    "Observation": (ACP, ACP_UK, AD_OBSERVATION),
+                }
+            ),
+            # The respiratory trigger points: NIV and the results NG42 table 2 and 1.14.11-1.14.13 read.
+            respiratory.NIV_REFERRAL.reads,
+            respiratory.HYPERCAPNIA.reads,
+        ]
     ),
     evaluate=advance_care_planning,
     trigger=(
-        "ALS/MND and no advance care planning on record: no ACP procedure, advance directive document or "
-        "consent, ACP finding, or DNR/POLST-type order observation answered yes."
+        "ALS/MND and no advance care planning on record (no ACP procedure, advance directive, ReSPECT or "
+        "advance care plan document or consent, ACP/ADRT/DNACPR finding, or DNR/POLST-type order observation "
+        "answered yes), or the latest plan predates a trigger point: a gastrostomy, NIV, or the current "
+        "respiratory results meeting an NG42 criterion (NICE NG42 1.7.1, 1.7.5)."
     ),
     facts=(
         RuleFact(
@@ -233,6 +350,28 @@ ADVANCE_CARE_PLANNING = Rule(
             "expected to worsen).",
         ),
         RuleFact(
+            "Trigger points that bring the card back",
+            "a gastrostomy (Procedure, or problem-list gastrostomy status), NIV (Procedure, or 'dependence "
+            "on non-invasive ventilation'), or respiratory decline, dated after the latest plan",
+            "nice-ng42",
+            "NG42 1.7.1 trigger points and 1.7.5 (review ADRT, DNACPR and LPA when gastrostomy and NIV are "
+            "planned). 'Planned' cannot be read (planned procedures are not in the chart this service "
+            "reads), so the card returns once the intervention is recorded. A trigger on the day of the "
+            "plan counts as discussed. A tube or ventilator recorded only as a Device has no date and is not "
+            "used.",
+        ),
+        RuleFact(
+            "Significant change in respiratory function",
+            "the latest results of the respiratory interval meet an NG42 criterion (FVC or VC < 50 % "
+            "predicted, or < 80 % with symptoms; SNIP < 40, or < 65 / 55 cmH2O with symptoms, or falling > "
+            "10 cmH2O per 3 months; SpO2 <= 94 % / 92 %; PaCO2 > 6 kPa), dated from the first result of the "
+            "interval that did",
+            "nice-ng42",
+            "NG42 1.7.1 names the trigger without a threshold; using the respiratory cards' own NG42 "
+            "criteria (table 2, 1.14.11, 1.14.13) is a design choice. The thresholds and their sources: "
+            "respiratory-niv-referral and respiratory-hypercapnia.",
+        ),
+        RuleFact(
             "Topics",
             "ADRT, DNACPR, lasting power of attorney; resuscitation, ventilation, nutrition; preferred place "
             "of care and death",
@@ -241,16 +380,26 @@ ADVANCE_CARE_PLANNING = Rule(
         ),
         RuleFact(
             "Validity of a recorded plan",
-            "any recorded plan, however old, suppresses the card",
+            "no fixed expiry; a plan older than a trigger point brings the card back as a review",
             "nice-ng42",
-            "NG42 gives no validity interval for an advance care plan; review at the 1.7.5 trigger points is "
-            "not implemented here (design choice).",
+            "NG42 gives no validity interval for an advance care plan. An undated plan counts as older than "
+            "any dated trigger point (the card says the plan's date is not recorded).",
         ),
         RuleFact(
             "Document and observation codes",
             "LOINC 42348-3, 81334-5, 86533-7, 93037-0; 81351-9, 81352-7; Consent.scope adr",
             "pacio-adi",
-            "US-centric codes: UK ADRT/LPA/ReSPECT documents have no code here and count only if coded so.",
+            "US-centric codes (PACIO ADI, C-CDA).",
+        ),
+        RuleFact(
+            "UK documents and decisions",
+            "ReSPECT form (SNOMED CT 1382601000000107), advance care plan (736366004), end of life care plan "
+            "(736373009) as DocumentReference type; ADRT (816301000000100) and not for attempted CPR "
+            "(450476008) as a Condition or Observation",
+            "nhs-nrl",
+            "Document types: NHS England National Record Locator record types (verified). ADRT and DNACPR "
+            "findings: corroborated only (two public files; NHS SNOMED CT browser not checked). A Lasting "
+            "Power of Attorney has no checked code and is not read; an ADRT sent as a Flag is not read.",
         ),
     ),
 )

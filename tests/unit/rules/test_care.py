@@ -28,6 +28,7 @@ from tests.factories import (
     concept,
     condition,
     consent,
+    device,
     document,
     encounter,
     loinc,
@@ -286,6 +287,182 @@ def test_cancelled_dnr_observation_does_not_count() -> None:
     assert run_acp(als(), obs)
 
 
+# -- plans older than a trigger point, and UK documents (finding 14 of the safety review) --------
+
+ACP_PROCEDURE = snomed("713603004", "Advance care planning")
+GASTROSTOMY = snomed("54956002", "Gastrostomy")
+GASTROSTOMY_STATUS = concept(coding(ICD10CM, "Z93.1", "Gastrostomy status"))
+NIV = snomed("428311008", "Noninvasive ventilation")
+NIV_DEPENDENT = snomed("713655003", "Dependence on non-invasive ventilation")
+RESPECT = snomed(
+    "1382601000000107", "ReSPECT (Recommended Summary Plan for Emergency Care and Treatment) form"
+)
+UK_ACP_DOCUMENT = snomed("736366004", "Advance care plan")
+EOL_PLAN = snomed("736373009", "End of life care plan")
+ADRT = snomed("816301000000100", "Has advance decision to refuse treatment (Mental Capacity Act 2005)")
+DNACPR = snomed("450476008", "Not for attempted cardiopulmonary resuscitation")
+ADRT_RETRACTED = snomed("962601000000103", "Advance decision to refuse treatment retracted")
+
+
+def fvc_percent(days: float, value: float) -> dict[str, Any]:
+    return observation(loinc("19872-1", "FVC measured/predicted"), days_ago(days), value, "%")
+
+
+def acp_done(days: float | None) -> dict[str, Any]:
+    return procedure(ACP_PROCEDURE, days_ago(days) if days is not None else None)
+
+
+@pytest.mark.parametrize(
+    ("trigger", "short"),
+    [
+        (procedure(GASTROSTOMY, days_ago(100)), "gastrostomy"),
+        (condition(GASTROSTOMY_STATUS, onset=days_ago(100)), "gastrostomy"),
+        (procedure(NIV, days_ago(100), status="in-progress"), "NIV"),
+        (procedure(NIV, days_ago(100)), "NIV"),
+        (condition(NIV_DEPENDENT, onset=days_ago(100)), "NIV"),
+    ],
+    ids=["gastrostomy", "gastrostomy-status", "niv-in-progress", "niv-completed", "niv-dependence"],
+)
+def test_a_plan_older_than_a_trigger_point_brings_the_card_back_as_a_review(
+    trigger: dict[str, Any], short: str
+) -> None:
+    [finding] = run_acp(als(), acp_done(400), trigger)
+    assert finding.variant == "review"
+    assert finding.fields == {
+        "plan_date": days_ago(400).date().isoformat(),
+        "trigger": f"{short} ({days_ago(100).date().isoformat()})",
+    }
+    assert finding.evidence[0].startswith("Latest advance care planning on record: Advance care planning")
+    assert any(line.startswith("Since then:") for line in finding.evidence)
+    body = render(finding)
+    assert empty_values(body) == [] and len(body["summary"]) < 140
+    assert body["summary"].startswith(
+        f"Advance care plan ({days_ago(400).date().isoformat()}) predates {short}"
+    )
+    assert "1.7.5" in body["detail"] and "ADRT" in body["detail"]
+    assert body["suggestions"][0]["actions"][0]["resource"]["code"]["text"] == "Advance care planning review"
+
+
+@pytest.mark.parametrize("plan_days", [99, 100])
+def test_a_plan_made_on_or_after_the_trigger_point_keeps_the_card_silent(plan_days: int) -> None:
+    assert run_acp(als(), acp_done(plan_days), procedure(GASTROSTOMY, days_ago(100))) == []
+
+
+def test_the_latest_of_several_plans_counts() -> None:
+    trigger = procedure(GASTROSTOMY, days_ago(100))
+    assert run_acp(als(), acp_done(400), acp_done(50), trigger) == []
+
+
+def test_the_newest_trigger_is_named_and_every_later_one_listed() -> None:
+    [finding] = run_acp(
+        als(),
+        acp_done(400),
+        procedure(GASTROSTOMY, days_ago(200)),
+        procedure(NIV, days_ago(60), status="in-progress"),
+        procedure(GASTROSTOMY, days_ago(500)),  # before the plan: not listed
+    )
+    assert finding.fields["trigger"] == f"NIV ({days_ago(60).date().isoformat()})"
+    assert sum(line.startswith("Since then:") for line in finding.evidence) == 2
+
+
+def test_respiratory_decline_after_the_plan_is_a_trigger_point() -> None:
+    [finding] = run_acp(als(), acp_done(400), fvc_percent(40, 47), fvc_percent(10, 45))
+    assert finding.variant == "review"
+    assert finding.fields["trigger"] == f"respiratory decline ({days_ago(40).date().isoformat()})"
+    assert any("FVC < 50 % predicted" in line for line in finding.evidence)
+
+
+def test_respiratory_decline_known_before_the_plan_does_not_bring_it_back() -> None:
+    assert run_acp(als(), acp_done(20), fvc_percent(40, 47), fvc_percent(10, 45)) == []
+
+
+def test_normal_or_stale_respiratory_results_are_no_trigger() -> None:
+    assert run_acp(als(), acp_done(400), fvc_percent(10, 85)) == []
+    assert run_acp(als(), acp_done(400), fvc_percent(200, 40)) == []
+
+
+def test_an_undated_plan_counts_as_older_than_a_dated_trigger() -> None:
+    dnr = observation(DNR_ORDER, None)
+    dnr["valueBoolean"] = True
+    [finding] = run_acp(als(), dnr, procedure(GASTROSTOMY, days_ago(30)))
+    assert finding.fields["plan_date"] == "date not recorded"
+    assert len(render(finding)["summary"]) < 140
+
+
+def test_undated_or_future_triggers_and_undated_devices_do_not_bring_the_card_back() -> None:
+    assert run_acp(als(), acp_done(400), procedure(GASTROSTOMY, None)) == []
+    assert run_acp(als(), acp_done(400), procedure(GASTROSTOMY, days_ago(-10))) == []
+    assert run_acp(als(), acp_done(400), device(snomed("470571004", "Gastrostomy tube"))) == []
+
+
+def test_not_done_interventions_are_no_trigger() -> None:
+    assert run_acp(als(), acp_done(400), procedure(GASTROSTOMY, days_ago(30), status="not-done")) == []
+
+
+def test_no_plan_at_all_lists_the_trigger_points_on_the_plain_card() -> None:
+    [finding] = run_acp(als(), procedure(GASTROSTOMY, days_ago(30)))
+    assert finding.variant is None
+    assert any(line.startswith("Gastrostomy on") for line in finding.evidence)
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        document(RESPECT, days_ago(20)),
+        document(UK_ACP_DOCUMENT, days_ago(20)),
+        document(EOL_PLAN, days_ago(20)),
+        condition(ADRT, onset=days_ago(20)),
+        condition(DNACPR, onset=days_ago(20)),
+        observation(ADRT, days_ago(20)),
+    ],
+    ids=["respect", "uk-acp-document", "eol-care-plan", "adrt-problem", "dnacpr-problem", "adrt-observation"],
+)
+def test_uk_documents_and_decisions_count_as_advance_care_planning(plan: dict[str, Any]) -> None:
+    assert run_acp(als(), plan) == []
+    # ... with their date: a later gastrostomy brings the card back as a review.
+    [finding] = run_acp(als(), plan, procedure(GASTROSTOMY, days_ago(5)))
+    assert finding.variant == "review"
+
+
+def test_a_respect_form_in_the_document_category_counts() -> None:
+    doc = document(concept(coding("urn:oid:1.2.3", "FORM-9"), text="Scanned form"), days_ago(20))
+    doc["category"] = [RESPECT]
+    assert run_acp(als(), doc) == []
+
+
+def test_a_retracted_adrt_is_not_a_plan() -> None:
+    assert run_acp(als(), condition(ADRT_RETRACTED, onset=days_ago(20)))
+
+
+def test_odd_inputs_never_raise_inside_the_acp_rule() -> None:
+    """`evaluate` hides a crash as 'no card'; call the rule directly to prove there is none."""
+    from cds_service.rules.care import advance_care_planning
+
+    odd = [
+        acp_done(None),
+        procedure(GASTROSTOMY, None, status="in-progress"),
+        condition(GASTROSTOMY_STATUS, clinical=None),
+        condition(NIV_DEPENDENT),
+        document(RESPECT, days_ago(-3)),
+        observation(ADRT, None),
+        observation(loinc("19872-1"), days_ago(3)),
+        fvc_percent(3, 0),
+    ]
+    record = record_from([patient(), als(), *odd], patient_id=PID)
+    advance_care_planning(record, RuleConfig())
+
+
+def test_review_card_summary_stays_under_140_characters_at_the_longest() -> None:
+    finding = Finding(
+        "advance-care-planning",
+        {"plan_date": "date not recorded", "trigger": "respiratory decline (2026-11-22)"},
+        (),
+        variant="review",
+        bindings={"patient_reference": "Patient/x"},
+    )
+    assert len(render(finding)["summary"]) < 140
+
+
 # -- the ALS gate and the diagnosis codings ------------------------------------------------------
 
 
@@ -375,6 +552,8 @@ def test_acp_card_renders_with_a_draft_acp_request() -> None:
         ("care-mdt-overdue-no-acp", ["advance-care-planning", "mdt-review-overdue"]),
         ("care-mdt-recent-acp-documented", []),
         ("care-acp-not-valid", ["advance-care-planning"]),
+        ("care-acp-predates-gastrostomy", ["advance-care-planning"]),
+        ("care-respect-after-niv", []),
         ("als-riluzole-lft-overdue", ["advance-care-planning", "mdt-review-overdue"]),
         ("no-als-on-riluzole", []),
     ],
