@@ -219,6 +219,9 @@ class MedicationFact:
     reasons: tuple[Concept, ...] = ()  # reasonCode
     reason_references: tuple[str, ...] = ()  # reasonReference, as 'Condition/123'
     unreadable: tuple[str, ...] = ()
+    #: The request as the sender sent it, the base of an "update" suggestion (e.g. stopping it);
+    #: the service validates what it sends. Not compared: facts are compared by what was read.
+    resource: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def dosage(self) -> Dosage | None:

@@ -156,6 +156,7 @@ def read_medication_request(
         reasons=reasons,
         reason_references=reason_refs,
         unreadable=tuple(f.unreadable),
+        resource=raw,
     )
 
 
