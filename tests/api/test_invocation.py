@@ -99,7 +99,8 @@ def test_epic_shaped_request_is_understood(client: TestClient) -> None:
 def test_order_hooks_accept_their_contexts(client: TestClient, service: str, fixture: str) -> None:
     response = client.post(f"/cds-services/{service}", json=hook_request(fixture))
     assert response.status_code == 200
-    assert rule_ids(response.json()) == ["riluzole-order-dose"]  # the draft: 100 mg every 12 hours
+    # The draft: 100 mg every 12 hours; the renewal while the yearly ALT is overdue (last: 2025-01-10).
+    assert rule_ids(response.json()) == ["riluzole-order-dose", "riluzole-order-monitoring"]
 
 
 def test_dstu2_draft_orders_get_an_empty_answer_not_an_error(client: TestClient) -> None:

@@ -25,9 +25,11 @@ from cds_service.rules.riluzole import (
     LFT_DUE,
     NEUTROPENIA,
     NOT_PRESCRIBED,
+    ORDER_CONTRAINDICATION,
     ORDER_DOSE,
     ORDER_LIVER,
     ORDER_MONITORING,
+    RECHALLENGE,
     RULES,
 )
 from cds_service.settings import Settings
@@ -63,6 +65,8 @@ NEW_RULES = (
     ORDER_LIVER,
     ORDER_DOSE,
     ORDER_MONITORING,
+    RECHALLENGE,
+    ORDER_CONTRAINDICATION,
 )
 
 TABLET = rxnorm("199206", "riluzole 50 MG Oral Tablet")
@@ -524,8 +528,9 @@ def test_alt_raised_recognises_products_and_names(medication: dict[str, Any]) ->
 
 
 def test_alt_raised_reads_the_latest_result_only() -> None:
+    # An earlier 3.75 x ULN does not fire once ALT is back to normal (an earlier 5 x ULN does: below).
     assert (
-        run(ALT_RAISED, als(), on_riluzole(), alt(300, low=7, high=40, days=30), alt(30, low=7, high=40))
+        run(ALT_RAISED, als(), on_riluzole(), alt(150, low=7, high=40, days=30), alt(30, low=7, high=40))
         == []
     )
 
@@ -557,7 +562,8 @@ def test_alt_raised_renders_every_variant_with_an_lft_suggestion(value: float, b
     [finding] = run(ALT_RAISED, *resources)
     body = render(finding)
     assert body["indicator"] == (finding.indicator or "warning")
-    action = body["suggestions"][0]["actions"][0]
+    [lft] = [s for s in body["suggestions"] if s["actions"][0]["type"] == "create"]
+    action = lft["actions"][0]
     assert action["resource"]["code"]["coding"][0]["code"] == "24325-3"
     assert action["resource"]["subject"] == {"reference": f"Patient/{PID}"}
 
@@ -765,15 +771,24 @@ def test_order_liver_baseline_transaminases_when_starting(result: dict[str, Any]
     assert bool(run(ORDER_LIVER, als(), result, drafts=[draft()])) is fires
 
 
-@pytest.mark.parametrize(("value", "fires"), [(150, False), (199, False), (200, True)])
-def test_order_liver_on_renewal_applies_the_stop_rule_not_the_baseline_limit(
-    value: float, fires: bool
-) -> None:
-    findings = run(ORDER_LIVER, als(), on_riluzole(), alt(value, low=7, high=40), drafts=[draft()])
-    assert bool(findings) is fires
-    if fires:
-        assert findings[0].fields["basis"] == "SmPC 4.4: stop at 5 × ULN"
-        assert "already active" in text(findings)
+@pytest.mark.parametrize("value", [150, 199, 200])
+def test_order_liver_on_renewal_does_not_apply_the_baseline_limit(value: float) -> None:
+    # ALT 3-5 x ULN on treatment: closer monitoring, not removal; 5 x ULN on treatment is a stop, and
+    # renewing after it is riluzole-rechallenge's card, not a hepatic contraindication.
+    assert run(ORDER_LIVER, als(), on_riluzole(), alt(value, low=7, high=40), drafts=[draft()]) == []
+    assert bool(run(RECHALLENGE, als(), on_riluzole(), alt(value, low=7, high=40), drafts=[draft()])) is (
+        value >= 200
+    )
+
+
+def test_order_liver_on_renewal_still_stops_on_an_alt_of_5_x_uln_from_before_the_course() -> None:
+    # Not measured on riluzole, so not a rechallenge; still a reason not to renew.
+    course = on_riluzole(authored=days_ago(20))
+    findings = run(ORDER_LIVER, als(), course, alt(200, low=7, high=40, days=25), drafts=[draft()])
+    [finding] = findings
+    assert finding.fields["basis"] == "SmPC 4.4: stop at 5 × ULN"
+    assert "already active" in text(findings)
+    assert run(RECHALLENGE, als(), course, alt(200, low=7, high=40, days=25), drafts=[draft()]) == []
 
 
 def test_order_liver_on_renewal_still_fires_on_hepatic_disease() -> None:
@@ -964,8 +979,9 @@ def test_order_monitoring_fires_when_a_course_starts_and_drafts_the_same_lft_ord
 
 
 @pytest.mark.parametrize("status", ["active", "on-hold"])
-def test_order_monitoring_is_silent_for_a_renewal(status: str) -> None:
-    assert run(ORDER_MONITORING, als(), on_riluzole(status=status), drafts=[draft()]) == []
+def test_order_monitoring_is_silent_for_a_renewal_whose_alt_is_in_time(status: str) -> None:
+    in_time = alt(30, low=7, high=40, days=300)  # course of 400 days: yearly
+    assert run(ORDER_MONITORING, als(), on_riluzole(status=status), in_time, drafts=[draft()]) == []
 
 
 def test_order_monitoring_after_a_stopped_course_says_so() -> None:
@@ -1015,14 +1031,18 @@ def test_every_rule_has_a_card_whose_citations_cover_its_facts(rule: Rule) -> No
         (
             "riluzole-alt-raised",
             {"times_uln": "123.4", "alt_date": "2026-11-22", "flag": "H, HH, HU"},
-            {"patient_reference": "P/x"},
+            {"patient_reference": "P/x", "stopped_order": {"resourceType": "MedicationRequest", "id": "x"}},
         ),
         (
             "riluzole-fever-check-wbc",
             {"fever_since": "date not recorded"},
             {"patient_reference": "Patient/x"},
         ),
-        ("riluzole-neutropenia", {"count": "1.49", "limit": "12.34", "count_date": "2026-11-22"}, {}),
+        (
+            "riluzole-neutropenia",
+            {"count": "1.49", "limit": "12.34", "count_date": "2026-11-22"},
+            {"stopped_order": {"resourceType": "MedicationRequest", "id": "x"}},
+        ),
         (
             "riluzole-order-liver",
             {
@@ -1038,8 +1058,18 @@ def test_every_rule_has_a_card_whose_citations_cover_its_facts(rule: Rule) -> No
         ),
         (
             "riluzole-order-monitoring",
-            {"last_alt": "none in the data received"},
+            {"last_alt": "none in the data received", "window_days": "365"},
             {"patient_reference": "Patient/x"},
+        ),
+        (
+            "riluzole-rechallenge",
+            {"times_uln": "123.4", "alt_date": "date not recorded"},
+            {"draft_reference": "MedicationRequest/x"},
+        ),
+        (
+            "riluzole-order-contraindication",
+            {"reason": "pregnancy, breast-feeding, riluzole allergy"},
+            {"draft_reference": "MedicationRequest/x"},
         ),
     ],
 )
