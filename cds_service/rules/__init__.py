@@ -12,7 +12,20 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 from cds_service.record import PatientRecord
-from cds_service.rules import als, care, data, dmt, muscle, nutrition, physio, respiratory, riluzole, saliva
+from cds_service.rules import (
+    als,
+    care,
+    communication,
+    data,
+    dmt,
+    genetics,
+    muscle,
+    nutrition,
+    physio,
+    respiratory,
+    riluzole,
+    saliva,
+)
 from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
 
 __all__ = ["CATALOGUE", "Finding", "Rule", "RuleConfig", "RuleFact", "evaluate", "rules_for_hook"]
@@ -29,6 +42,8 @@ CATALOGUE: tuple[Rule, ...] = (
     *muscle.RULES,
     *care.RULES,
     *physio.RULES,
+    *genetics.RULES,
+    *communication.RULES,
     *data.RULES,
 )
 
