@@ -35,12 +35,15 @@ from cds_service.hooks import (
     Suggestion,
 )
 from cds_service.rules.base import Finding
+from cds_service.rules.evidence import clip
 
 log = logging.getLogger(__name__)
 
 #: `source.topic.system`: the code system of our rule ids, so feedback and analytics can name rules.
 RULE_ID_SYSTEM = "urn:als-cds:rule-id"
 OVERRIDE_REASON_SYSTEM = "urn:als-cds:override-reason"
+#: A card summary's longest length: CDS Hooks 2.0 asks for "<140 characters".
+SUMMARY_MAX = 139
 
 
 class CardFileError(ValueError):
@@ -276,7 +279,9 @@ def render(finding: Finding, definition: CardDef, profile: str | None = None) ->
     fixed = _fixed_parts(definition)
     return Card(
         uuid=str(uuid.uuid4()),
-        summary=_fill(summary, finding.fields),
+        # CDS Hooks: under 140 characters. A long drug name can push a template over: shortened at
+        # a word boundary rather than refused (which would cost the whole answer).
+        summary=clip(_fill(summary, finding.fields), SUMMARY_MAX),
         detail=_detail(definition, f"{detail.strip()}\n\n{note.strip()}" if note else detail, finding),
         indicator=indicator,
         source=fixed.source,

@@ -51,7 +51,7 @@ from cds_service.record import (
     Quantity,
 )
 from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
-from cds_service.rules.evidence import day, order_line
+from cds_service.rules.evidence import clip, day, order_line
 from cds_service.terminology import Concept, units
 
 EDARAVONE = terminology.load("edaravone")
@@ -117,7 +117,7 @@ def relyvrio_withdrawn(record: PatientRecord, config: RuleConfig) -> list[Findin
     return [
         Finding(
             rule_id="relyvrio-withdrawn",
-            fields={"drug": current[0].fact.concept.label[:50]},
+            fields={"drug": clip(current[0].fact.concept.label, 50)},
             evidence=tuple(evidence),
         )
     ]
@@ -130,7 +130,7 @@ def relyvrio_order(record: PatientRecord, config: RuleConfig) -> list[Finding]:
         findings.append(
             Finding(
                 rule_id="relyvrio-order",
-                fields={"drug": order.concept.label[:50]},
+                fields={"drug": clip(order.concept.label, 50)},
                 evidence=(order_line(order, match),),
                 variant=variant,
                 bindings=bindings,
@@ -167,7 +167,7 @@ def edaravone_sulfite_allergy(record: PatientRecord, config: RuleConfig) -> list
         findings.append(
             Finding(
                 rule_id="edaravone-sulfite-allergy",
-                fields={"allergy": allergies[0].concept.label[:50]},
+                fields={"allergy": clip(allergies[0].concept.label, 50)},
                 evidence=(order_line(order, match), *allergy_lines),
                 variant=variant,
                 bindings=bindings,
@@ -300,8 +300,8 @@ def _check_regimen(order: DraftOrder) -> _RegimenCheck:
             if minutes != IV_INFUSION_MINUTES:
                 problems.append(f"infusion over {_number(minutes)} minutes instead of 60")
     if dosage is not None and dosage.text:
-        parts.append(f"'{dosage.text[:80]}'")
-    return _RegimenCheck(form, ", ".join(parts), ordered_dose[:30], problems, unreadable, dose_differs)
+        parts.append(f"'{clip(dosage.text, 80)}'")
+    return _RegimenCheck(form, ", ".join(parts), clip(ordered_dose, 30), problems, unreadable, dose_differs)
 
 
 def _corrected_order(order: DraftOrder, form: Form) -> dict[str, Any]:

@@ -12,6 +12,19 @@ from cds_service.record import ConditionFact, DraftOrder, MedicationMatch, Patie
 from cds_service.terminology import Match, ValueSet
 
 
+def clip(text: str, limit: int) -> str:
+    """`text` in at most `limit` characters, cut at a word boundary with an ellipsis, never mid-word
+    (a drug name or a lab's comment cut in half reads as a different word)."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    if space >= limit // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:-(") + "…"
+
+
 def day(when: datetime | None) -> str:
     """A date for a card: ISO, or plainly unknown."""
     return when.date().isoformat() if when is not None else "date not recorded"

@@ -208,3 +208,20 @@ def test_every_resource_a_card_file_suggests_is_valid_r4(rule_id: str) -> None:
                 if isinstance(action.resource, dict) and "resourceType" in action.resource:
                     resource = _with_references(action.resource)
                     get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+
+
+def test_a_summary_pushed_over_140_characters_by_its_fields_is_cut_at_a_word_boundary() -> None:
+    from cds_service.rules.evidence import clip
+
+    long_name = "riluzole 5 MG/ML Oral Suspension [Teglutik] " * 5
+    text = f"Riluzole order ({long_name}): hepatic disease recorded, remove the order"
+    cut = clip(text, 139)
+    assert len(cut) <= 139 and cut.endswith("…")
+    assert text.startswith(cut[:-1])
+    assert cut[:-1].split()[-1] in text.split()  # the last word is whole
+
+
+def test_clip_leaves_short_text_alone_and_collapses_whitespace() -> None:
+    from cds_service.rules.evidence import clip
+
+    assert clip("ALT  raised\n", 40) == "ALT raised"
