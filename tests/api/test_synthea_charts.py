@@ -8,6 +8,7 @@ the rules, from the raw chart and the catalogue's definitions:
   test or MDT clinic visit in the last 92 days (respiratory-assessment-due, mdt-review-overdue), no
   weight in the last 12 months (no weight-loss card), no recent temperature or blood count;
 * advance-care-planning unless the chart records any advance care planning;
+* genetic-testing-offer: Synthea records no genetic test, so every chart with ALS added gets it;
 * with riluzole added: riluzole-lft-due (no ALT in the last year); without it,
   riluzole-not-prescribed unless the chart shows a contraindication (active liver disease or
   pregnancy, or a latest ALT/AST above 3 x ULN).
@@ -180,7 +181,7 @@ def expected_patient_view_cards(chart: Path, *, riluzole: bool) -> set[str]:
     observations = [r for r in resources if r["resourceType"] == "Observation"]
     sex = next(r for r in resources if r["resourceType"] == "Patient").get("gender")
 
-    expected = {"respiratory-assessment-due", "mdt-review-overdue"}
+    expected = {"respiratory-assessment-due", "mdt-review-overdue", "genetic-testing-offer"}
     acp_codes = (
         terminology.load("advance-care-planning").codes | terminology.load("advance-directive-document").codes
     )
