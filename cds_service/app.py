@@ -35,7 +35,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cds_service import access_log, security, wire
+from cds_service import access_log, console, security, wire
 from cds_service import cards as card_rendering
 from cds_service.engine import Engine, RequestError, issue, validation_issues
 from cds_service.fhir_client import FhirClient, new_http_client
@@ -125,6 +125,8 @@ def create_app(
             )
         else:
             log.warning("authentication is OFF: do not expose this service", extra={"auth_required": False})
+        if settings.console_served:  # only ever with authentication off (settings.py)
+            log.info("the console is on at /console", extra={"console": True})
         if freeze_gc:
             # What start-up built (modules, models, value sets, card files: some 130,000 objects)
             # lives as long as the process. Frozen, every full garbage collection skips it: such a
@@ -159,6 +161,7 @@ def create_app(
     app.add_middleware(access_log.AccessLog, cors_origins=origins, routes=app.router.routes)
     _install_error_handlers(app)
     _add_routes(app)
+    console.install(app, settings)  # /console, when the settings serve it (console/__init__.py)
     _document_request_body(app)
     return app
 

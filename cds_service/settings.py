@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -361,6 +361,15 @@ class Settings(BaseSettings):
         3600, ge=60, le=86_400, description="How long a fetched JWK Set is used before it is fetched again."
     )
 
+    # -- the console (/console: fire hooks and review rules in a browser; see README, The console) ---
+    console_enabled: bool | Literal["auto"] = Field(
+        "auto",
+        description="Serve the console at /console: `auto` (the default) serves it exactly when "
+        "`auth_required` is false (the quickstart), `false` never. The console calls the hook and "
+        "feedback endpoints as an EHR would but without a JWT, so `true` with authentication on is "
+        "refused. Production: authentication on, console off (set `false`).",
+    )
+
     @field_validator("ssl_certfile", "ssl_keyfile", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -404,6 +413,31 @@ class Settings(BaseSettings):
                 raise ValueError(f"issuer {issuer!r} must be non-empty and at most {MAX_ISSUER_BYTES} bytes")
         return value
 
+    @field_validator("console_enabled", mode="before")
+    @classmethod
+    def _console_auto(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        word = value.strip().lower()
+        if word in ("", "auto"):
+            return "auto"
+        if word in ("true", "1", "yes", "on"):
+            return True
+        if word in ("false", "0", "no", "off"):
+            return False
+        raise ValueError("must be auto, true or false")
+
+    @field_validator("console_enabled")
+    @classmethod
+    def _console_needs_auth_off(cls, value: bool | str, info: ValidationInfo) -> bool | str:
+        if value is True and info.data.get("auth_required") is True:
+            raise ValueError(
+                "the console calls the hook and feedback endpoints without an EHR's JWT, so it is served "
+                "only with ALS_CDS_AUTH_REQUIRED=false; leave it at auto (on exactly when authentication "
+                "is off) or set it to false"
+            )
+        return value
+
     @field_validator("public_base_url")
     @classmethod
     def _check_public_base_url(cls, value: str | None) -> str | None:
@@ -413,6 +447,11 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
             raise ValueError(f"public_base_url must be an http(s) URL, no query or fragment: {value!r}")
         return value.strip().rstrip("/")
+
+    @property
+    def console_served(self) -> bool:
+        """Whether /console is served: never with authentication on (see `console_enabled`)."""
+        return not self.auth_required and self.console_enabled in ("auto", True)
 
     @property
     def site_tz(self) -> ZoneInfo:
