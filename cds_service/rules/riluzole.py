@@ -738,6 +738,8 @@ NOT_PRESCRIBED = Rule(
         }
     ),
     evaluate=not_prescribed,
+    # NICE TA20 recommends riluzole for the ALS form of MND; the SmPC limits it to ALS.
+    scope="als",
     trigger=(
         "ALS with no active or on-hold riluzole, no recorded contraindication (hepatic disease, ALT or AST "
         "> 3 x ULN in the last 31 days, current pregnancy or breast-feeding, riluzole allergy), no ALT of "

@@ -90,3 +90,18 @@ def test_a_resolved_diagnosis_gets_no_card() -> None:
 def test_the_catalogue_scopes_are_declared() -> None:
     assert {rule.scope for rule in CATALOGUE} <= {"mnd", "als"}
     assert [rule.id for rule in CATALOGUE if not rule.gated] == ["diagnosis-unreadable"]
+
+
+def test_the_riluzole_offer_is_for_the_als_form_only() -> None:
+    """Finding 9: riluzole-not-prescribed fired for non-ALS MND (NICE TA20: the ALS form of MND)."""
+    offer = next(rule for rule in CATALOGUE if rule.id == "riluzole-not-prescribed")
+    assert offer.scope == "als"
+    pls = [patient(gender="male"), condition(icd("G12.23"), rid="pls")]
+    als_chart = [patient(gender="male"), condition(icd("G12.21"), rid="als")]
+
+    def offered(resources: list[dict[str, Any]]) -> bool:
+        record = record_from(resources, patient_id=PID, interest=service_interest())
+        return "riluzole-not-prescribed" in [f.rule_id for f in evaluate((offer,), record, CONFIG)]
+
+    assert not offered(pls)
+    assert offered(als_chart)
