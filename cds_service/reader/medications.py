@@ -15,6 +15,7 @@ from typing import Any
 
 from cds_service.reader.fields import FieldReader
 from cds_service.reader.lazy import UnreadableResource, materialise
+from cds_service.reader.repair import repaired_json
 from cds_service.record import Dosage, MedicationFact
 from cds_service.terminology import NO_CONCEPT, Concept
 
@@ -156,7 +157,7 @@ def read_medication_request(
         reasons=reasons,
         reason_references=reason_refs,
         unreadable=tuple(f.unreadable),
-        resource=raw,
+        resource=repaired_json("MedicationRequest", raw),
     )
 
 

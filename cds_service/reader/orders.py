@@ -9,53 +9,14 @@ valid R4 where the sender's was not.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cds_service.reader.fields import FieldReader
 from cds_service.reader.medications import MedicationIndex, medication_concept, read_medication_request
 from cds_service.reader.others import read_concepts
+from cds_service.reader.repair import repaired_json
 from cds_service.record import DRAFT_ORDER_TYPES, DraftOrder, UnreadOrder
-
-#: R4 list elements that real clients send as one object (the CDS Hooks sandbox: category).
-_LIST_ELEMENTS: dict[str, tuple[str, ...]] = {
-    "MedicationRequest": (
-        "category",
-        "identifier",
-        "reasonCode",
-        "reasonReference",
-        "note",
-        "dosageInstruction",
-        "contained",
-        "supportingInformation",
-        "insurance",
-        "basedOn",
-    ),
-    "ServiceRequest": (
-        "category",
-        "identifier",
-        "reasonCode",
-        "reasonReference",
-        "note",
-        "bodySite",
-        "orderDetail",
-        "performer",
-        "contained",
-        "specimen",
-        "insurance",
-        "basedOn",
-    ),
-}
-
-
-def repaired_json(rtype: str, raw: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of the order with one-object-for-a-list elements made lists (for sending back)."""
-    fixed = copy.deepcopy(dict(raw))
-    for name in _LIST_ELEMENTS.get(rtype, ("category", "identifier", "note", "contained")):
-        if name in fixed and fixed[name] is not None and not isinstance(fixed[name], list):
-            fixed[name] = [fixed[name]]
-    return fixed
 
 
 def read_draft_orders(

@@ -31,6 +31,7 @@ micrograms/mL glycopyrronium = 400 micrograms/mL glycopyrronium bromide); 'us' d
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -331,11 +332,19 @@ def _concept_json(concept: Concept) -> dict[str, Any]:
 
 
 def _stop_order(record: PatientRecord, fact: MedicationFact) -> dict[str, Any]:
-    """The current order, stopped with a reason: what the record read of it, status 'stopped'.
+    """The current order, stopped with a reason.
 
-    Only the fields the service read go back (id, intent, subject, medication); the EHR applies the
-    status change to its own order.
+    An update replaces the whole order in the EHR, so the order goes back as the EHR sent it (its
+    dosage included), with only its status and statusReason changed. Only a fact built without
+    its JSON (in tests) falls back to the fields the service read.
     """
+    if fact.resource is not None:
+        stopped = copy.deepcopy(dict(fact.resource))
+        stopped.pop("text", None)  # the narrative described the active order
+        stopped["id"] = fact.id
+        stopped["status"] = "stopped"
+        stopped["statusReason"] = {"text": _STOP_REASON}
+        return stopped
     return {
         "resourceType": "MedicationRequest",
         "id": fact.id,
