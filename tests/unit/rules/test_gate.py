@@ -63,6 +63,8 @@ def test_every_form_of_mnd_gets_ng42_care_and_only_the_als_form_the_als_rules(
 
 def test_snomed_mnd_and_als_gate_in() -> None:
     assert fired(als()) == ["probe-als", "probe-mnd"]
+    pbp = concept(coding(SNOMED, "54304004", "Progressive bulbar palsy"))  # counted as ALS (TA20)
+    assert fired(condition(pbp)) == ["probe-als", "probe-mnd"]
     assert fired(condition(concept(coding(SNOMED, "37340000", "Motor neuron disease")))) == [
         "probe-als",
         "probe-mnd",
