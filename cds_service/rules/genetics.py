@@ -81,10 +81,20 @@ def genes_named(concepts: list[Concept]) -> list[str]:
 def als_genetic_results(record: PatientRecord) -> list[str]:
     """One short description per ALS genetic result or ALS genetic test on record (empty: none)."""
     found = [f"SOD1 result ({day(r.observation.effective)})" for r in dmt.sod1_results(record)]
+    # A chart repeats a few result codes many times (and the reader shares equal concepts): a plain
+    # result's code is looked up once per concept, not once per result.
+    plain: dict[int, tuple[Concept, list[str]]] = {}
     for obs in record.observations:
         if "effective" in obs.unreadable:
             continue  # as dmt.sod1_results: a date from the future is a data error, not a result
-        genes = [g for g in genes_named(list(_gene_concepts(obs))) if g != "SOD1"]
+        if obs.components or obs.value_string or obs.value_concept.codes or obs.value_concept.text:
+            named = genes_named(list(_gene_concepts(obs)))
+        else:  # only the code can name a gene
+            hit = plain.get(id(obs.concept))
+            if hit is None or hit[0] is not obs.concept:
+                hit = plain[id(obs.concept)] = (obs.concept, genes_named([obs.concept]))
+            named = hit[1]
+        genes = [g for g in named if g != "SOD1"]
         if genes:
             found.append(f"{', '.join(genes)} result ({day(obs.effective)})")
     for proc in record.procedures_in(GENETIC_TEST):
