@@ -23,7 +23,7 @@ import shlex
 import socket
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -137,16 +137,21 @@ def _load_settings(overrides: dict[str, Any]) -> Settings:
         raise UsageError(_settings_unreadable(exc)) from None
 
 
-def _parse_now(value: str | None) -> datetime | None:
+def _parse_now(value: str | None, site_tz: tzinfo = UTC) -> datetime | None:
+    """`--now` as an aware instant; without a zone it is the site's time (ALS_CDS_SITE_TIMEZONE),
+    as the reader reads a dateTime without a zone, never this machine's local time."""
     if value is None:
         return None
     try:
-        return datetime.fromisoformat(value).astimezone(UTC)
+        parsed = datetime.fromisoformat(value)
     except ValueError:
         raise UsageError(
             f"--now: {value!r} is not an ISO 8601 date or date-time; "
             "e.g. --now 2026-11-22T12:00:00+00:00 or --now 2026-11-22"
         ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=site_tz)
+    return parsed.astimezone(UTC)
 
 
 # -- serve ---------------------------------------------------------------------------------------
@@ -324,7 +329,7 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
     from cds_service.reader.strict import format_findings, strict_findings
     from cds_service.services import build_services
 
-    now = _parse_now(args.now) or datetime.now(UTC)
+    now = _parse_now(args.now, settings.site_tz) or datetime.now(UTC)
     try:
         document = json.loads(Path(args.file).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -425,7 +430,7 @@ def _check_fhir(settings: Settings, args: argparse.Namespace) -> int:
 
     from cds_service.check_fhir import format_report, run
 
-    now = _parse_now(args.now)
+    now = _parse_now(args.now, settings.site_tz)
     token = args.token or os.environ.get("ALS_CDS_CHECK_TOKEN")
     report = run(args.url, args.patient, token, settings, now, strict=args.strict)
     if args.json:

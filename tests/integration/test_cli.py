@@ -332,3 +332,16 @@ def test_serve_answers_https_with_the_certificate_given(tmp_path: Path) -> None:
     assert re.search(r'"event": "Started server process \[\d+\]"', text)
     assert "%d" not in text and "%s" not in text
     assert "\\u001b" not in text and "\x1b" not in text and "color_message" not in text
+
+
+def test_a_now_without_a_zone_is_the_sites_time_not_this_machines() -> None:
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from cds_service.cli import _parse_now
+
+    new_york = ZoneInfo("America/New_York")
+    assert _parse_now("2026-11-22T12:00", new_york) == datetime(2026, 11, 22, 17, 0, tzinfo=UTC)
+    assert _parse_now("2026-11-22", new_york) == datetime(2026, 11, 22, 5, 0, tzinfo=UTC)
+    assert _parse_now("2026-11-22T12:00+01:00", new_york) == datetime(2026, 11, 22, 11, 0, tzinfo=UTC)
+    assert _parse_now("2026-11-22T12:00") == datetime(2026, 11, 22, 12, 0, tzinfo=UTC)  # site default UTC
