@@ -8,12 +8,32 @@ so the page cannot drift from the rules.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from cds_service import cards as card_rendering
 from cds_service.rules import CATALOGUE, Rule
 
 _HOOK_ORDER = ("patient-view", "order-select", "order-sign")
+
+_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
+_MARKUP = re.compile(r"\*\*|__|`")
+
+
+def word_count(text: str) -> int:
+    """Words of card wording as a reader sees them: markdown marks, list bullets and link targets
+    are not words; a {placeholder} is one (it becomes a value)."""
+    plain = _MARKUP.sub("", _LINK.sub(r"\1", text))
+    return sum(1 for token in plain.split() if any(ch.isalnum() or ch == "{" for ch in token))
+
+
+def _length(summary: str, detail: str) -> str:
+    """How long the card's own wording is: what a clinician reads before the data lines."""
+    lines = sum(1 for line in detail.strip().splitlines() if line.strip())
+    return (
+        f"summary {len(summary.strip())} characters; detail {word_count(detail)} words in {lines} "
+        "paragraph or list lines (before the data behind the card and its sources are added)"
+    )
 
 
 def _cell(text: str) -> str:
@@ -83,6 +103,7 @@ def render_catalogue(cards_dir: Path) -> str:
             ),
             f"- Reads: {_reads(rule)}",
             f'- Summary: "{_cell(card.summary)}"',
+            f"- Length: {_length(card.summary, card.detail)}",
             f"- Suggestions: {', '.join(s.label for s in card.suggestions) or 'none'}",
             f"- Card version {card.version}, last reviewed {card.last_reviewed.isoformat()}: "
             f"{card.review_status}",

@@ -9,23 +9,13 @@ of each card's wording in words, and the fixture patients the tests expect to fi
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from cds_service import catalogue_doc
 from cds_service.cards import CardCatalogue, CardDef, SuggestionDef
+from cds_service.catalogue_doc import word_count
 from cds_service.rules import Rule
-
-_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
-_MARKUP = re.compile(r"\*\*|__|`")
-
-
-def word_count(text: str) -> int:
-    """Words of card wording as a reader sees them: markdown marks, list bullets and link targets
-    are not words; a {placeholder} is one (it becomes a value)."""
-    plain = _MARKUP.sub("", _LINK.sub(r"\1", text))
-    return sum(1 for token in plain.split() if any(ch.isalnum() or ch == "{" for ch in token))
 
 
 def _wording(summary: str, detail: str) -> dict[str, Any]:

@@ -345,3 +345,16 @@ def test_a_now_without_a_zone_is_the_sites_time_not_this_machines() -> None:
     assert _parse_now("2026-11-22", new_york) == datetime(2026, 11, 22, 5, 0, tzinfo=UTC)
     assert _parse_now("2026-11-22T12:00+01:00", new_york) == datetime(2026, 11, 22, 11, 0, tzinfo=UTC)
     assert _parse_now("2026-11-22T12:00") == datetime(2026, 11, 22, 12, 0, tzinfo=UTC)  # site default UTC
+
+
+def test_the_catalogue_prints_each_cards_length() -> None:
+    """Issue 10: card length per rule in the catalogue (the target: every detail under 120 words)."""
+    from cds_service.catalogue_doc import word_count
+    from cds_service.rules import CATALOGUE
+
+    page = render_catalogue(Settings(_env_file=None).cards_dir)
+    sections = page.split("\n## ")[1:]
+    assert len(sections) == len(CATALOGUE)
+    for section in sections:
+        assert "\n- Length: summary " in section and " words in " in section, section.splitlines()[0]
+    assert word_count("**Stop** riluzole: see [SmPC](https://x) {drug}") == 5
