@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fhir.resources.R4B import get_fhir_model_class
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from cds_service.hooks import (
     INDICATOR_ORDER,
@@ -108,6 +108,10 @@ class VariantDef(_Model):
 
 
 class CardDef(_Model):
+    #: Built by `_fixed_parts` on first use (a process-wide table keyed by identity would keep every
+    #: catalogue ever loaded alive).
+    _fixed: Any = PrivateAttr(default=None)
+
     rule_id: str
     title: str
     version: str
@@ -300,15 +304,11 @@ class _FixedParts:
     links: list[Link] | None
 
 
-#: The parts of a card that depend only on its card file, built once per definition: rebuilding
-#: and re-validating them was a tenth of a typical call's CPU. Keyed by identity, the definition
-#: kept alongside (a catalogue's definitions live as long as the process).
-_FIXED: dict[int, tuple[CardDef, _FixedParts]] = {}
-
-
 def _fixed_parts(definition: CardDef) -> _FixedParts:
-    hit = _FIXED.get(id(definition))
-    if hit is None or hit[0] is not definition:
+    """The parts of a card that depend only on its card file, built once per definition and kept
+    on it: rebuilding and re-validating them was a tenth of a typical call's CPU."""
+    parts = definition._fixed
+    if parts is None:
         parts = _FixedParts(
             source=Source(
                 label=definition.source.label,
@@ -322,9 +322,8 @@ def _fixed_parts(definition: CardDef) -> _FixedParts:
             or None,
             links=[Link(label=lk.label, url=lk.url, type=lk.type) for lk in definition.links] or None,  # type: ignore[arg-type]
         )
-        hit = (definition, parts)
-        _FIXED[id(definition)] = hit
-    return hit[1]
+        definition._fixed = parts
+    return parts
 
 
 def render_all(
