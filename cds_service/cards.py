@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: `source.topic.system`: the code system of our rule ids, so feedback and analytics can name rules.
 RULE_ID_SYSTEM = "urn:als-cds:rule-id"
+#: Key of `source.topic.extension` holding the card file's `version` (governance, analytics).
+RULE_VERSION_EXTENSION = "urn:als-cds:rule-version"
 OVERRIDE_REASON_SYSTEM = "urn:als-cds:override-reason"
 #: A card summary's longest length: CDS Hooks 2.0 asks for "<140 characters".
 SUMMARY_MAX = 139
@@ -313,7 +315,14 @@ def _fixed_parts(definition: CardDef) -> _FixedParts:
             source=Source(
                 label=definition.source.label,
                 url=definition.source.url,
-                topic=Coding(system=RULE_ID_SYSTEM, code=definition.rule_id, display=definition.title),
+                topic=Coding(
+                    system=RULE_ID_SYSTEM,
+                    code=definition.rule_id,
+                    display=definition.title,
+                    # The card file's version, so feedback and analytics can tell wordings apart. CDS
+                    # Hooks' Coding has no `version` (2.0 and the 3.0 ballot): an extension carries it.
+                    extension={RULE_VERSION_EXTENSION: definition.version},
+                ),
             ),
             override_reasons=[
                 OverrideReason(system=r.system, code=r.code, display=r.display)

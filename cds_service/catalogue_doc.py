@@ -9,12 +9,15 @@ so the page cannot drift from the rules.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from pathlib import Path
 
 from cds_service import cards as card_rendering
 from cds_service.rules import CATALOGUE, Rule
 
 _HOOK_ORDER = ("patient-view", "order-select", "order-sign")
+#: How the page marks a rule this site switched off (governance).
+_OFF = "**Switched off at this site**"
 
 _LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
 _MARKUP = re.compile(r"\*\*|__|`")
@@ -56,7 +59,9 @@ def _scope(rule: Rule) -> str:
     return "the ALS form of MND (`als-diagnosis`)" if rule.scope == "als" else "every form of MND"
 
 
-def render_catalogue(cards_dir: Path) -> str:
+def render_catalogue(cards_dir: Path, disabled: Collection[str] = ()) -> str:
+    """The page; rules in `disabled` (ALS_CDS_DISABLED_RULES) are marked as switched off at this site.
+    The committed page is the one of the default settings, where no rule is off."""
     catalogue = card_rendering.load_catalogue(cards_dir)
     rules = sorted(CATALOGUE, key=lambda r: (min(_HOOK_ORDER.index(h) for h in r.hooks), r.id))
     lines = [
@@ -78,8 +83,9 @@ def render_catalogue(cards_dir: Path) -> str:
         card = catalogue[rule.id]
         indicators = sorted({card.indicator, *(v.indicator for v in card.variants.values() if v.indicator)})
         hooks = ", ".join(h for h in _HOOK_ORDER if h in rule.hooks)
+        off = f"{_OFF}: " if rule.id in disabled else ""
         lines.append(
-            f"| [`{rule.id}`](#{rule.id}) | {hooks} | {', '.join(indicators)} | {_cell(rule.trigger)} |"
+            f"| [`{rule.id}`](#{rule.id}) | {hooks} | {', '.join(indicators)} | {off}{_cell(rule.trigger)} |"
         )
     for rule in rules:
         card = catalogue[rule.id]
@@ -89,6 +95,7 @@ def render_catalogue(cards_dir: Path) -> str:
             "",
             f"**{card.title}**",
             "",
+            *([f"{_OFF} (`ALS_CDS_DISABLED_RULES`): it never runs.", ""] if rule.id in disabled else []),
             f"- When it fires: {rule.trigger}",
             f"- Hooks: {', '.join(h for h in _HOOK_ORDER if h in rule.hooks)}",
             f"- For: {_scope(rule)}",

@@ -186,7 +186,7 @@ async def check_fhir_server(
         context = {"userId": "Practitioner/als-cds-check", "patientId": patient_id}
         checks: dict[tuple[str, str], QueryCheck] = {}
         returned: dict[tuple[str, str], list[Any]] = {}
-        for service in build_services().values():
+        for service in build_services(disabled=settings.disabled_rules).values():
             templates = service.prefetch(settings, now.date())
             report.services.append(ServiceCheck(service.id, service.hook, list(templates)))
             for key, template in templates.items():
@@ -227,7 +227,7 @@ async def _cards(
     """The patient-view cards into the report, from patient-view's own queries (`own`, by key);
     the reader's deviations when `strict`. Not computed when one of those queries failed: the
     service would then answer 412, and cards from part of the chart would mislead."""
-    service = build_services()[PATIENT_VIEW]
+    service = build_services(disabled=settings.disabled_rules)[PATIENT_VIEW]
     failed = [q for q in own.values() if q.outcome == "failed"]
     if failed:
         report.cards_error = f"the service would answer 412 on {service.hook}: " + "; ".join(

@@ -43,7 +43,7 @@ _FLAGS = {
 }
 
 #: Settings whose value is never quoted back in a message (a database URL carries its password).
-_SECRET_SETTINGS = frozenset({"database_url"})
+_SECRET_SETTINGS = frozenset({"database_url", "pseudonym_key", "analytics_token"})
 
 
 class UsageError(Exception):
@@ -335,7 +335,7 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"als-cds: cannot read {args.file}: {exc}", file=sys.stderr)
         return 2
-    services = {s.hook: s for s in build_services().values()}
+    services = {s.hook: s for s in build_services(disabled=settings.disabled_rules).values()}
     if isinstance(document, dict) and "hook" in document:
         raw_request = document
     elif isinstance(document, dict) and document.get("resourceType") == "Bundle":
@@ -414,7 +414,7 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
 def _docs(settings: Settings, args: argparse.Namespace) -> int:
     from cds_service.catalogue_doc import render_catalogue
 
-    text = render_catalogue(settings.cards_dir)
+    text = render_catalogue(settings.cards_dir, settings.disabled_rules)
     if args.output == "-":
         sys.stdout.write(text)
     else:

@@ -7,7 +7,8 @@ asks for exactly the data the rules use, and no more.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, replace
 from datetime import date
 from functools import cached_property
 
@@ -62,7 +63,18 @@ def usage_requirements(hook: str, prefetch: dict[str, str]) -> str:
     return text
 
 
-def build_services(catalogue: tuple[Rule, ...] = CATALOGUE) -> dict[str, ServiceDefinition]:
+def _switched_off_note(service_rules: tuple[Rule, ...], disabled: Collection[str]) -> str:
+    """The sentence discovery adds for the rules of a service this site switched off (governance)."""
+    off = [rule.title for rule in service_rules if rule.id in disabled]
+    return f" Switched off at this site: {'; '.join(off)}." if off else ""
+
+
+def build_services(
+    catalogue: tuple[Rule, ...] = CATALOGUE, *, disabled: Collection[str] = ()
+) -> dict[str, ServiceDefinition]:
+    """The three services. Rules in `disabled` (ALS_CDS_DISABLED_RULES) are left out: they never
+    run, their data leaves the prefetch, and the description names them as switched off, so that
+    whoever configures the EHR sees what this site does not check."""
     services = (
         ServiceDefinition(
             id="als-patient-view",
@@ -96,4 +108,13 @@ def build_services(catalogue: tuple[Rule, ...] = CATALOGUE) -> dict[str, Service
             rules=rules_for_hook("order-sign", catalogue),
         ),
     )
+    if disabled:
+        services = tuple(
+            replace(
+                service,
+                rules=tuple(rule for rule in service.rules if rule.id not in disabled),
+                description=service.description + _switched_off_note(service.rules, disabled),
+            )
+            for service in services
+        )
     return {service.id: service for service in services}

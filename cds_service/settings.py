@@ -13,7 +13,15 @@ from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -361,6 +369,47 @@ class Settings(BaseSettings):
         3600, ge=60, le=86_400, description="How long a fetched JWK Set is used before it is fetched again."
     )
 
+    # -- against alert fatigue, governance and analytics (issue 12; README, Alert fatigue) ---------
+    disabled_rules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        examples=["quinine-order,cramps-treatment"],
+        description="Rule ids this site switches off, comma-separated: they never run, leave the "
+        "discovery document's prefetch and are named as switched off in its description and in the "
+        "rule catalogue (`als-cds docs`). An id that is not a rule stops the service.",
+    )
+    digest_enabled: bool = Field(
+        True,
+        description="Fold the info-level 'due' reminders of one call (card files with "
+        "`[fatigue] digest = true`) into one 'ALS care review' card with one suggestion per item. "
+        "`false`: each reminder is a card of its own.",
+    )
+    order_session_minutes: int = Field(
+        60,
+        ge=1,
+        le=1440,
+        description="How long an order session lasts: a non-critical card shown on order-select is not "
+        "shown again on order-sign for the same patient with the same text, and a draft order matching "
+        "a create suggestion of ours does not bring back cards about itself, within this time.",
+    )
+    pseudonym_key: SecretStr | None = Field(
+        None,
+        description="Key of the salted (HMAC-SHA256) hashes of patient ids that snoozes and the order "
+        "session are keyed by. Unset: a random key is made once and kept in the database (shared by "
+        "all replicas). Set it (a Secret, 32+ characters) to keep the key out of the database.",
+    )
+    analytics_token: SecretStr | None = Field(
+        None,
+        description="Bearer token of `GET /analytics/rules` (aggregates only). Unset (the default): the "
+        "endpoint does not exist. At least 32 characters.",
+    )
+    retention_days: int = Field(
+        365,
+        ge=1,
+        le=3650,
+        description="Default age for `als-cds prune`: issued-card records, feedback, suppression records "
+        "and ended snoozes older than this many days are removed.",
+    )
+
     # -- the console (/console: fire hooks and review rules in a browser; see README, The console) ---
     console_enabled: bool | Literal["auto"] = Field(
         "auto",
@@ -447,6 +496,32 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
             raise ValueError(f"public_base_url must be an http(s) URL, no query or fragment: {value!r}")
         return value.strip().rstrip("/")
+
+    @field_validator("disabled_rules", mode="before")
+    @classmethod
+    def _split_rule_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [r.strip() for r in value.split(",") if r.strip()]
+        return value
+
+    @field_validator("disabled_rules")
+    @classmethod
+    def _known_rules(cls, value: list[str]) -> list[str]:
+        # Imported here: the rules package is large, and settings must load without it elsewhere.
+        from cds_service.rules import CATALOGUE
+
+        known = {rule.id for rule in CATALOGUE}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"not rule ids: {', '.join(unknown)} (docs/rules.md lists the rules)")
+        return sorted(set(value))
+
+    @field_validator("pseudonym_key", "analytics_token")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().strip()) < 32:
+            raise ValueError("must be at least 32 characters (e.g. `openssl rand -hex 32`)")
+        return value
 
     @property
     def console_served(self) -> bool:

@@ -56,6 +56,7 @@ def test_riluzole_card_renders_from_the_fixture_patient() -> None:
         "system": cards.RULE_ID_SYSTEM,
         "code": "riluzole-lft-due",
         "display": "Riluzole: ALT monitoring due",
+        "extension": {cards.RULE_VERSION_EXTENSION: CATALOG["riluzole-lft-due"].version},
     }
     assert "38 U/L on 2025-01-10" in body["detail"]  # the data that fired it
     assert "https://www.nice.org.uk/guidance/ta20" in body["detail"]  # the sources
