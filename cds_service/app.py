@@ -111,7 +111,10 @@ def create_app(
                 settings,
                 catalogue,
                 FhirClient(
-                    http, max_pages=settings.fhir_max_pages, max_in_flight=settings.fhir_max_connections
+                    http,
+                    max_pages=settings.fhir_max_pages,
+                    max_in_flight=settings.fhir_max_connections,
+                    max_response_bytes=settings.fhir_max_response_bytes,
                 ),
                 now,
             ),

@@ -368,7 +368,10 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
                 settings,
                 cards.load_catalogue(settings.cards_dir),
                 FhirClient(
-                    http, max_pages=settings.fhir_max_pages, max_in_flight=settings.fhir_max_connections
+                    http,
+                    max_pages=settings.fhir_max_pages,
+                    max_in_flight=settings.fhir_max_connections,
+                    max_response_bytes=settings.fhir_max_response_bytes,
                 ),
                 lambda: now,
                 keep_deviations=args.strict,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -25,7 +24,7 @@ from pydantic import ValidationError
 
 from cds_service import cards as card_rendering
 from cds_service import prefetch
-from cds_service.fhir_client import FhirClient
+from cds_service.fhir_client import CallBudget, FhirClient
 from cds_service.hooks import HOOK_CONTEXTS, Card, CDSRequest, OrderSelectContext, OrderSignContext
 from cds_service.reader import ReadOptions, build_record, resources_from_bundle
 from cds_service.record import PatientRecord
@@ -135,10 +134,10 @@ class Engine:
         context = validate_context(request)
         now = self.clock()
         templates = self.prefetch_templates(service, now.date())
-        started = time.monotonic()
-        budget = self.settings.fhir_budget_seconds
+        # One budget for every FHIR fetch of the call: a hard deadline and a byte allowance.
+        budget = CallBudget(self.settings.fhir_budget_seconds, self.settings.fhir_max_call_bytes)
         try:
-            data = await prefetch.resolve(request, templates, self.fhir, budget_seconds=budget)
+            data = await prefetch.resolve(request, templates, self.fhir, budget=budget)
         except prefetch.PrefetchInvalid as exc:
             raise RequestError.single(400, exc.message, where=[f"prefetch.{exc.key}"]) from exc
         if data.unavailable:
@@ -161,7 +160,7 @@ class Engine:
             resources,
             draft_orders,
             self.fhir,
-            budget_seconds=budget - (time.monotonic() - started),
+            budget=budget,
         )
         read = functools.partial(
             build_record,

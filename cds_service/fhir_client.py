@@ -9,13 +9,22 @@ rates); this module adds what FHIR needs on top of it:
 * every failure becomes a `FhirFetchError` whose message is safe to log and to return: it names
   the kind of failure and the HTTP status, never the URL (which carries the patient id) or the token.
 
-Time limits are the caller's: `prefetch.py` runs all fetches of one hook call under one budget.
+Bounds, so that no FHIR server can take more from a worker than its answers are worth:
+
+* every answer is streamed and stopped at `max_response_bytes` (a declared Content-Length over it is
+  refused unread), and all answers of one hook call together at the call's byte budget: a server
+  that answers 100 MB per key once pushed a worker past 3 GB;
+* a large answer is parsed in a worker thread, Bundle entries left in their bytes until the reader
+  reaches them (`reader/lazy.py`), so the event loop keeps serving and the deadline keeps ticking;
+* the call's deadline (`CallBudget`) covers everything: waiting for a connection slot, the
+  request, the body, the parse. What is not done by then fails as a timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,10 +32,24 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+import msgspec
 
 from cds_service.reader import resources_from_bundle
+from cds_service.reader.lazy import LazyResource
 
 FHIR_JSON = "application/fhir+json"
+
+#: Answers up to this size are parsed on the event loop (a page of a typical chart is 2 to 30 kB:
+#: well under a millisecond, less than a hand-off to a thread); larger ones in a worker thread.
+INLINE_PARSE_BYTES = 64_000
+
+#: Defaults of `max_response_bytes` and of a call's byte budget (the settings carry the same).
+DEFAULT_MAX_RESPONSE_BYTES = 5_000_000
+DEFAULT_MAX_CALL_BYTES = 10_000_000
+
+_DECODER = msgspec.json.Decoder()
+_OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_ARRAY = msgspec.json.Decoder(list[msgspec.Raw])
 
 # httpx logs every request line at INFO, and our request lines carry the patient id
 # (`Observation?patient=...`). Its loggers are held at WARNING whatever the logging configuration,
@@ -39,7 +62,8 @@ class FhirFetchError(Exception):
     """A fetch that did not yield usable FHIR data. `reason` is free of PHI and secrets.
 
     `issue_code` is the FHIR OperationOutcome issue type the failure maps to: `security` when the
-    server refused the token, `timeout` when it did not answer, `incomplete` otherwise.
+    server refused the token, `timeout` when it did not answer in time, `too-costly` when its answer
+    was larger than we read, `incomplete` otherwise.
     """
 
     def __init__(self, reason: str, *, status: int | None = None, issue_code: str | None = None) -> None:
@@ -47,6 +71,37 @@ class FhirFetchError(Exception):
         self.reason = reason
         self.status = status
         self.issue_code = issue_code or ("security" if status in (401, 403) else "incomplete")
+
+
+class CallBudget:
+    """What one hook call may spend on FHIR: a deadline on the event loop's clock, and bytes.
+
+    Shared by every fetch of the call (all keys, all pages, the Medications behind references), so
+    the budget is one hard limit for the whole call, not a limit per request.
+    """
+
+    def __init__(self, seconds: float, max_bytes: int | None = DEFAULT_MAX_CALL_BYTES) -> None:
+        self.seconds = seconds
+        self.deadline = asyncio.get_running_loop().time() + seconds
+        self.max_bytes = max_bytes
+        self.bytes_read = 0
+
+    def remaining(self) -> float:
+        return self.deadline - asyncio.get_running_loop().time()
+
+    def spend(self, size: int) -> None:
+        self.bytes_read += size
+        if self.max_bytes is not None and self.bytes_read > self.max_bytes:
+            raise FhirFetchError(
+                f"the FHIR server's answers for this call exceed {self.max_bytes} bytes "
+                "(ALS_CDS_FHIR_MAX_CALL_BYTES); not read further",
+                issue_code="too-costly",
+            )
+
+    def timed_out(self) -> FhirFetchError:
+        return FhirFetchError(
+            f"the FHIR server did not answer within the {self.seconds:g} s budget", issue_code="timeout"
+        )
 
 
 @dataclass(frozen=True)
@@ -66,7 +121,14 @@ def _origin(url: str) -> tuple[str, str, int | None] | None:
 
 
 class FhirClient:
-    def __init__(self, http: httpx.AsyncClient, *, max_pages: int, max_in_flight: int | None = None) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        max_pages: int,
+        max_in_flight: int | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> None:
         """`max_in_flight`: most requests this process has open at once (None: the pool decides).
 
         The limit is kept here rather than left to the pool: httpcore's pool rescans all its
@@ -76,24 +138,33 @@ class FhirClient:
         """
         self._http = http
         self._max_pages = max_pages
+        self._max_response_bytes = max_response_bytes
         self._slots: contextlib.AbstractAsyncContextManager[Any] = (
             asyncio.Semaphore(max_in_flight) if max_in_flight else contextlib.nullcontext()
         )
 
-    async def get(self, base_url: str, relative_url: str, token: str | None) -> FetchResult:
+    async def get(
+        self, base_url: str, relative_url: str, token: str | None, *, budget: CallBudget | None = None
+    ) -> FetchResult:
         """Run a read (`Patient/123`) or a search (`Observation?...`) and collect every page."""
         url = f"{base_url.rstrip('/')}/{relative_url.lstrip('/')}"
-        body = await self._get_json(url, token, read="?" not in relative_url)
+        body = await self._get_json(url, token, read="?" not in relative_url, budget=budget)
         if body is None:  # read of a resource that does not exist: "nothing found", not an error
             return FetchResult([], 1)
         if body.get("resourceType") == "Bundle":
-            return await self.complete_bundle(base_url, body, token, first_url=url)
+            return await self.complete_bundle(base_url, body, token, first_url=url, budget=budget)
         if body.get("resourceType") == "OperationOutcome":
             raise FhirFetchError("FHIR server answered with an OperationOutcome")
         return FetchResult([body], 1)
 
     async def complete_bundle(
-        self, base_url: str, bundle: Mapping[str, Any], token: str | None, *, first_url: str | None = None
+        self,
+        base_url: str,
+        bundle: Mapping[str, Any],
+        token: str | None,
+        *,
+        first_url: str | None = None,
+        budget: CallBudget | None = None,
     ) -> FetchResult:
         """The entries of a searchset Bundle and of all its `next` pages."""
         resources = list(resources_from_bundle(bundle))
@@ -111,7 +182,7 @@ class FhirClient:
             if pages >= self._max_pages:
                 raise FhirFetchError(f"more than {self._max_pages} pages of results")
             seen.add(absolute)
-            page = await self._get_json(absolute, token, read=False)
+            page = await self._get_json(absolute, token, read=False, budget=budget)
             if page is None or page.get("resourceType") != "Bundle":
                 raise FhirFetchError("a next page is not a Bundle")
             _raise_on_error_outcome(page)
@@ -120,36 +191,141 @@ class FhirClient:
             next_url = _next_link(page)
         return FetchResult(resources, pages)
 
-    async def _get_json(self, url: str, token: str | None, *, read: bool) -> dict[str, Any] | None:
+    async def _get_json(
+        self, url: str, token: str | None, *, read: bool, budget: CallBudget | None
+    ) -> dict[str, Any] | None:
+        """One answer, streamed under the caps and parsed, all before the call's deadline."""
         headers = {"Accept": FHIR_JSON}
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        if budget is None:
+            return await self._fetch(url, headers, read, None)
+        if budget.remaining() <= 0:
+            raise budget.timed_out()
         try:
-            async with self._slots:
-                response = await self._http.get(url, headers=headers)
+            async with asyncio.timeout_at(budget.deadline):
+                return await self._fetch(url, headers, read, budget)
+        except TimeoutError:
+            raise budget.timed_out() from None
+
+    async def _fetch(
+        self, url: str, headers: dict[str, str], read: bool, budget: CallBudget | None
+    ) -> dict[str, Any] | None:
+        try:
+            async with self._slots, self._http.stream("GET", url, headers=headers) as response:
+                if response.status_code == 404 and read:
+                    return None  # a read of a resource that does not exist: the same as a null prefetch
+                if response.status_code in (401, 403):
+                    raise FhirFetchError(
+                        f"FHIR server refused access (HTTP {response.status_code})",
+                        status=response.status_code,
+                    )
+                if not response.is_success:  # 3xx too: redirects are not followed
+                    raise FhirFetchError(
+                        f"FHIR server error (HTTP {response.status_code})", status=response.status_code
+                    )
+                content = await self._read_body(response, budget)
         except httpx.TimeoutException as exc:
             raise FhirFetchError("FHIR server timed out", issue_code="timeout") from exc
         except httpx.HTTPError as exc:
             raise FhirFetchError(f"FHIR server unreachable ({type(exc).__name__})") from exc
         except httpx.InvalidURL as exc:  # not an HTTPError; its message quotes the URL
             raise FhirFetchError("the FHIR server URL or a next link is not a valid URL") from exc
-        if response.status_code == 404 and read:
-            return None  # a read of a resource that does not exist: the same as a null prefetch
-        if response.status_code in (401, 403):
-            raise FhirFetchError(
-                f"FHIR server refused access (HTTP {response.status_code})", status=response.status_code
-            )
-        if not response.is_success:  # 3xx too: redirects are not followed, their body is not the answer
-            raise FhirFetchError(
-                f"FHIR server error (HTTP {response.status_code})", status=response.status_code
-            )
+        # Parsed after the connection went back to the pool. A large answer in a thread: the event
+        # loop (and with it every deadline of this worker) keeps running meanwhile.
+        if len(content) <= INLINE_PARSE_BYTES:
+            return parse_resource(content)
+        return await asyncio.to_thread(parse_resource, content)
+
+    async def _read_body(self, response: httpx.Response, budget: CallBudget | None) -> bytearray:
+        """The body, read chunk by chunk and stopped at the caps: never more than the cap in memory."""
+        limit = self._max_response_bytes
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise _too_large(limit)
+        # One growing buffer, parsed as it is (no joined copy: half the peak of a list of chunks).
+        content = bytearray()
+        # Decoded bytes (gzip included) are counted: a small compressed answer can be a large one.
+        async for chunk in response.aiter_bytes():
+            if len(content) + len(chunk) > limit:
+                raise _too_large(limit)
+            if budget is not None:
+                budget.spend(len(chunk))
+            content += chunk
+        return content
+
+
+def _too_large(limit: int) -> FhirFetchError:
+    return FhirFetchError(
+        f"the FHIR server's answer is larger than {limit} bytes (ALS_CDS_FHIR_MAX_RESPONSE_BYTES); "
+        "not read further",
+        issue_code="too-costly",
+    )
+
+
+def parse_resource(content: bytes | bytearray) -> dict[str, Any]:
+    """A FHIR server's answer as a resource: a Bundle's entries left in their bytes when it is large.
+
+    Raises FhirFetchError when it is not JSON, or not a JSON object with a `resourceType`.
+    """
+    try:
+        body = _DECODER.decode(content) if len(content) <= INLINE_PARSE_BYTES else _lazy_resource(content)
+    except (msgspec.DecodeError, RecursionError):
+        # msgspec refuses what JSON forbids but servers send (NaN, 1e999); Python's json reads
+        # them, so that such a defect costs a field (the reader's rule), not the whole key. Only
+        # for UTF-8 text that starts as an object: json.loads of binary garbage first guesses its
+        # encoding and builds megabytes of text (seen: 5 MB of garbage per key, +140 MB).
         try:
-            body = response.json()
+            text = content.decode("utf-8-sig")
+            if not text.lstrip().startswith("{"):
+                raise ValueError("not a JSON object")
+            body = json.loads(text)
         except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError; deep nesting
             raise FhirFetchError("FHIR server answered with something that is not JSON") from exc
-        if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
-            raise FhirFetchError("FHIR server answered with JSON that is not a FHIR resource")
-        return body
+    if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
+        raise FhirFetchError("FHIR server answered with JSON that is not a FHIR resource")
+    return body
+
+
+def _lazy_resource(content: bytes | bytearray) -> Any:
+    """Like `_DECODER.decode`, but each Bundle entry's resource stays a `LazyResource`: decoded
+    only when the reader reaches it, so a large page is never alive as dicts all at once."""
+    try:
+        fields = _OBJECT.decode(content)
+    except msgspec.ValidationError:
+        return _DECODER.decode(content)  # valid JSON but not an object: refused by the caller
+    resource: dict[str, Any] = {}
+    for name, value in fields.items():
+        if name != "entry":
+            resource[name] = _DECODER.decode(value)
+            continue
+        try:
+            items = _ARRAY.decode(value)
+        except msgspec.ValidationError:
+            resource[name] = _DECODER.decode(value)
+            continue
+        resource[name] = [_lazy_entry(item) for item in items]
+    return resource
+
+
+def _lazy_entry(raw: msgspec.Raw) -> Any:
+    try:
+        fields = _OBJECT.decode(raw)
+    except msgspec.ValidationError:
+        return _DECODER.decode(raw)
+    entry: dict[str, Any] = {}
+    for name, value in fields.items():
+        if name == "resource":
+            entry[name] = LazyResource.of(value)
+            continue
+        decoded = _DECODER.decode(value)
+        if name == "search" and decoded == {"mode": "match"}:
+            # What nearly every search entry says (and all a reader asks of `search` is whether it
+            # is an outcome): left out, the entry holds no container, so the garbage collector
+            # does not track it (as wire.py does for prefetch).
+            continue
+        entry[name] = decoded
+    return entry
 
 
 def _next_link(bundle: Mapping[str, Any]) -> str | None:
@@ -163,15 +339,18 @@ def _next_link(bundle: Mapping[str, Any]) -> str | None:
 def _raise_on_error_outcome(bundle: Mapping[str, Any]) -> None:
     """A search-outcome entry with an error means the search did not run as asked."""
     entries = bundle.get("entry")
+    # On the event loop, over every entry of a page that may hold thousands: exact type checks
+    # first (an isinstance check against the Mapping ABC costs a microsecond each).
     for entry in entries if isinstance(entries, list) else ():
-        if not isinstance(entry, Mapping):
+        if type(entry) is not dict and not isinstance(entry, Mapping):
             continue
         resource = entry.get("resource")
-        if (
-            isinstance(resource, Mapping)
-            and resource.get("resourceType") == "OperationOutcome"
-            and operation_outcome_is_error(resource)
-        ):
+        if type(resource) is LazyResource:
+            if resource.resource_type != "OperationOutcome":
+                continue
+        elif not isinstance(resource, Mapping) or resource.get("resourceType") != "OperationOutcome":
+            continue
+        if operation_outcome_is_error(resource):
             raise FhirFetchError("the search reported an error (OperationOutcome)")
 
 

@@ -34,7 +34,13 @@ from datetime import date, timedelta
 from typing import Any
 from urllib.parse import quote
 
-from cds_service.fhir_client import FetchResult, FhirClient, FhirFetchError, operation_outcome_is_error
+from cds_service.fhir_client import (
+    CallBudget,
+    FetchResult,
+    FhirClient,
+    FhirFetchError,
+    operation_outcome_is_error,
+)
 from cds_service.hooks import PREFETCH_CONTEXT_TOKENS, USER_TOKENS, CDSRequest
 from cds_service.reader import resources_from_bundle
 from cds_service.reader.lazy import LazyResource, UnreadableResource, materialise
@@ -207,15 +213,25 @@ class DataResolution:
 
 _MISSING = object()
 
+#: How long after the deadline the safety net of `_run_jobs` cuts fetches off.
+_GRACE_SECONDS = 0.2
+
 
 async def resolve(
     request: CDSRequest,
     templates: Mapping[str, str],
     fhir: FhirClient,
     *,
-    budget_seconds: float,
+    budget_seconds: float | None = None,
+    budget: CallBudget | None = None,
 ) -> DataResolution:
-    """Get the data for every template key, from prefetch where it is usable, else from FHIR."""
+    """Get the data for every template key, from prefetch where it is usable, else from FHIR.
+
+    `budget`: the call's FHIR budget (deadline and bytes), shared with `fetch_medications`; or
+    `budget_seconds` for a budget of this resolution's own.
+    """
+    if budget is None:
+        budget = CallBudget(budget_seconds if budget_seconds is not None else 4.0)
     result = DataResolution()
     server = request.fhirServer
     token = request.fhirAuthorization.access_token.get_secret_value() if request.fhirAuthorization else None
@@ -246,7 +262,7 @@ async def resolve(
                         "the prefetched Bundle has more pages, and there is no fhirServer to fetch them from",
                     )
                     continue
-                jobs[key] = functools.partial(fhir.complete_bundle, server, provided, token)
+                jobs[key] = functools.partial(fhir.complete_bundle, server, provided, token, budget=budget)
                 origins[key] = "prefetch+pages"
                 continue
             else:
@@ -264,11 +280,11 @@ async def resolve(
                 key, f"{why_fetch}, and the context cannot fill its template"
             )
             continue
-        jobs[key] = functools.partial(fhir.get, server, url, token)
+        jobs[key] = functools.partial(fhir.get, server, url, token, budget=budget)
         origins[key] = "fetched"
 
     if jobs:
-        await _run_jobs(jobs, origins, result, budget_seconds)
+        await _run_jobs(jobs, origins, result, budget)
     return result
 
 
@@ -276,16 +292,17 @@ async def _run_jobs(
     jobs: Mapping[str, Callable[[], Awaitable[FetchResult]]],
     origins: Mapping[str, str],
     result: DataResolution,
-    budget_seconds: float,
+    budget: CallBudget,
 ) -> None:
     tasks = {asyncio.ensure_future(job()): key for key, job in jobs.items()}
-    done, pending = await asyncio.wait(tasks, timeout=budget_seconds)
+    # The fetches keep the deadline themselves (FhirClient); this wait is only a safety net, a
+    # little later, for whatever might not.
+    done, pending = await asyncio.wait(tasks, timeout=max(budget.remaining(), 0) + _GRACE_SECONDS)
     for task in pending:
         task.cancel()
         key = tasks[task]
-        result.unavailable[key] = Unavailable(
-            key, f"the FHIR server did not answer within the {budget_seconds:g} s budget", "timeout"
-        )
+        timed_out = budget.timed_out()
+        result.unavailable[key] = Unavailable(key, timed_out.reason, timed_out.issue_code)
     if pending:
         await asyncio.gather(*pending, return_exceptions=True)
     for task in done:
@@ -352,7 +369,8 @@ async def fetch_medications(
     draft_orders: Mapping[str, Any] | None,
     fhir: FhirClient,
     *,
-    budget_seconds: float,
+    budget_seconds: float | None = None,
+    budget: CallBudget | None = None,
 ) -> list[Mapping[str, Any]]:
     """Medications that requests point at and nothing in the call holds, read from fhirServer.
 
@@ -382,12 +400,17 @@ async def fetch_medications(
         if med_id and med_id not in (".", ".."):
             wanted.setdefault(med_id, target or "")
     server = request.fhirServer
-    if not wanted or server is None or budget_seconds <= 0:
+    if budget is None:
+        budget = CallBudget(budget_seconds if budget_seconds is not None else 4.0)
+    if not wanted or server is None or budget.remaining() <= 0:
         return []
     token = request.fhirAuthorization.access_token.get_secret_value() if request.fhirAuthorization else None
     ids = list(wanted)[:MAX_MEDICATION_READS]
-    tasks = [asyncio.ensure_future(fhir.get(server, f"Medication/{_segment(i)}", token)) for i in ids]
-    done, pending = await asyncio.wait(tasks, timeout=budget_seconds)
+    tasks = [
+        asyncio.ensure_future(fhir.get(server, f"Medication/{_segment(i)}", token, budget=budget))
+        for i in ids
+    ]
+    done, pending = await asyncio.wait(tasks, timeout=max(budget.remaining(), 0) + _GRACE_SECONDS)
     for task in pending:
         task.cancel()
     if pending:

@@ -312,6 +312,23 @@ class Settings(BaseSettings):
         "server far away (high latency) may want more.",
     )
 
+    fhir_max_response_bytes: int = Field(
+        5_000_000,
+        ge=10_000,
+        le=100_000_000,
+        description="Largest answer read from a FHIR server (one read, search or page), counted as it "
+        "streams in (decompressed) and stopped there: the key is then unavailable (412, `too-costly`). "
+        "A page of 100 results is some 100 kB; 5 MB is the size of the largest hook call accepted.",
+    )
+    fhir_max_call_bytes: int = Field(
+        10_000_000,
+        ge=10_000,
+        le=500_000_000,
+        description="Most bytes all FHIR answers of one hook call may add up to (every key, page and "
+        "Medication read); beyond it the keys still being read are unavailable (412, `too-costly`). "
+        "Bounds what a worker holds per call whatever a FHIR server sends.",
+    )
+
     max_body_bytes: int = Field(
         5_000_000,
         ge=10_000,

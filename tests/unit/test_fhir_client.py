@@ -16,7 +16,15 @@ import httpx
 import pytest
 import respx
 
-from cds_service.fhir_client import FHIR_JSON, FetchResult, FhirClient, FhirFetchError, new_http_client
+from cds_service.fhir_client import (
+    FHIR_JSON,
+    CallBudget,
+    FetchResult,
+    FhirClient,
+    FhirFetchError,
+    new_http_client,
+)
+from cds_service.reader.lazy import LazyResource, materialise
 
 BASE = "https://ehr.example.org/fhir"
 ORIGIN = ("https", "ehr.example.org", 443)
@@ -685,3 +693,115 @@ async def test_no_more_requests_are_in_flight_than_the_limit_and_the_rest_wait_t
 
     assert [r.resources[0]["id"] for r in results] == [f"p{i}" for i in range(8)]
     assert peak == limit
+
+
+# --------------------------------------------------------------------------------------------
+# Bounds: bytes per answer, bytes and time per call
+
+
+def _stream(chunks: int, size: int, produced: list[int], pause: float = 0.0) -> Any:
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(chunks):
+            produced.append(size)
+            if pause:
+                await asyncio.sleep(pause)
+            yield b" " * size
+
+    return body()
+
+
+async def test_an_answer_declaring_more_than_the_cap_is_refused_unread(server: respx.MockRouter) -> None:
+    server.get(OBS_URL).respond(200, content=json.dumps(bundle(observation("o1"))).encode() + b" " * 20_000)
+
+    async with httpx.AsyncClient() as http:
+        fhir = FhirClient(http, max_pages=5, max_response_bytes=10_000)
+        with pytest.raises(FhirFetchError) as caught:
+            await fhir.get(BASE, f"Observation?patient={PID}", TOKEN)
+
+    assert caught.value.issue_code == "too-costly"
+    assert "10000 bytes" in caught.value.reason
+    assert PID not in caught.value.reason
+
+
+async def test_an_answer_without_a_length_is_stopped_at_the_cap_while_it_streams(
+    server: respx.MockRouter,
+) -> None:
+    produced: list[int] = []
+    server.get(OBS_URL).mock(return_value=httpx.Response(200, content=_stream(1000, 4096, produced)))
+
+    async with httpx.AsyncClient() as http:
+        fhir = FhirClient(http, max_pages=5, max_response_bytes=40_000)
+        with pytest.raises(FhirFetchError) as caught:
+            await fhir.get(BASE, f"Observation?patient={PID}", TOKEN)
+
+    assert caught.value.issue_code == "too-costly"
+    assert sum(produced) <= 40_000 + 4096  # stopped at the first chunk over the cap, not at 4 MB
+
+
+async def test_the_answers_of_one_call_share_its_byte_budget(
+    server: respx.MockRouter, fhir: FhirClient
+) -> None:
+    padding = {"meta": {"tag": [{"code": "x" * 6000}]}}
+    server.get(OBS_URL).respond(200, json=bundle(observation("o1"), next_url=f"{BASE}/page2", **padding))
+    server.get(f"{BASE}/page2").respond(200, json=bundle(observation("o2"), **padding))
+
+    budget = CallBudget(5, max_bytes=10_000)
+    with pytest.raises(FhirFetchError) as caught:
+        await fhir.get(BASE, f"Observation?patient={PID}", TOKEN, budget=budget)
+
+    assert caught.value.issue_code == "too-costly"
+    assert "10000 bytes" in caught.value.reason
+
+
+async def test_the_budget_is_a_deadline_for_the_body_too_not_only_for_the_headers(
+    server: respx.MockRouter, fhir: FhirClient
+) -> None:
+    produced: list[int] = []
+    server.get(OBS_URL).mock(return_value=httpx.Response(200, content=_stream(100, 10, produced, pause=0.1)))
+
+    budget = CallBudget(0.3)
+    with pytest.raises(FhirFetchError) as caught:
+        await fhir.get(BASE, f"Observation?patient={PID}", TOKEN, budget=budget)
+
+    assert caught.value.issue_code == "timeout"
+    assert "0.3 s budget" in caught.value.reason
+    assert len(produced) < 100  # cut off mid-body
+    assert budget.remaining() > -1.0  # at the deadline, not after the whole body
+
+
+async def test_no_request_is_made_once_the_budget_has_run_out(
+    server: respx.MockRouter, fhir: FhirClient
+) -> None:
+    route = server.get(f"{BASE}/Patient/{PID}").respond(200, json=patient())
+    budget = CallBudget(0.01)
+    await asyncio.sleep(0.02)
+
+    with pytest.raises(FhirFetchError) as caught:
+        await fhir.get(BASE, f"Patient/{PID}", TOKEN, budget=budget)
+
+    assert caught.value.issue_code == "timeout"
+    assert route.call_count == 0
+
+
+async def test_a_large_page_keeps_its_entries_in_their_bytes_and_reads_the_same(
+    server: respx.MockRouter, fhir: FhirClient
+) -> None:
+    many = [observation(f"o{i}") for i in range(1000)]  # some 130 kB: parsed in a thread
+    server.get(OBS_URL).respond(200, json=bundle(*many))
+
+    result = await fhir.get(BASE, f"Observation?patient={PID}", TOKEN)
+
+    assert all(isinstance(r, LazyResource) for r in result.resources)
+    assert [materialise(r) for r in result.resources] == many
+
+
+@pytest.mark.parametrize(
+    "content", [b"[" * 200_000 + b"]" * 200_000, b"{" + b" " * 100_000, b"\xff" * 70_000]
+)
+async def test_a_large_answer_that_is_not_json_raises_a_fetch_error(
+    server: respx.MockRouter, fhir: FhirClient, content: bytes
+) -> None:
+    server.get(OBS_URL).respond(200, content=content)
+
+    with pytest.raises(FhirFetchError, match="not JSON"):
+        await fhir.get(BASE, f"Observation?patient={PID}", TOKEN)
