@@ -18,6 +18,7 @@ CDS Hooks 3.0, which recommends exactly that), never a stack trace and never pat
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -38,7 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cds_service import access_log, console, security, wire
 from cds_service import cards as card_rendering
 from cds_service.engine import Engine, RequestError, issue, validation_issues
-from cds_service.fhir_client import FhirClient, new_http_client
+from cds_service.fhir_client import BreakerPolicy, FhirClient, new_http_client
 from cds_service.hooks import CDSRequest, CDSResponse, DiscoveryResponse, FeedbackRequest
 from cds_service.limits import RequestLimits
 from cds_service.services import ServiceDefinition, build_services
@@ -99,8 +100,17 @@ def create_app(
         store = Store(settings.database_url)
         if settings.migrate_on_start:
             await run_in_threadpool(store.migrate)
-        http = new_http_client(
-            max_connections=settings.fhir_max_connections, timeout_seconds=settings.fhir_budget_seconds
+        fhir = FhirClient(
+            # A pool per FHIR origin, each made once and reused (a bulkhead: fhir_client.py).
+            new_pool=functools.partial(
+                new_http_client,
+                max_connections=settings.fhir_max_connections,
+                timeout_seconds=settings.fhir_budget_seconds,
+            ),
+            max_pages=settings.fhir_max_pages,
+            max_in_flight=settings.fhir_max_connections,
+            max_response_bytes=settings.fhir_max_response_bytes,
+            breaker=BreakerPolicy(settings.fhir_breaker_failures, settings.fhir_breaker_open_seconds),
         )
         jwks_http = security.new_jwks_http_client()
         now = clock or _utc_now
@@ -110,12 +120,7 @@ def create_app(
             engine=Engine(
                 settings,
                 catalogue,
-                FhirClient(
-                    http,
-                    max_pages=settings.fhir_max_pages,
-                    max_in_flight=settings.fhir_max_connections,
-                    max_response_bytes=settings.fhir_max_response_bytes,
-                ),
+                fhir,
                 now,
             ),
             store=store,
@@ -144,7 +149,7 @@ def create_app(
             yield
         finally:
             await jwks_http.aclose()
-            await http.aclose()
+            await fhir.aclose()
             store.close()
 
     app = FastAPI(

@@ -18,6 +18,14 @@ Bounds, so that no FHIR server can take more from a worker than its answers are 
   reaches them (`reader/lazy.py`), so the event loop keeps serving and the deadline keeps ticking;
 * the call's deadline (`CallBudget`) covers everything: waiting for a connection slot, the
   request, the body, the parse. What is not done by then fails as a timeout.
+
+Isolation, so that one EHR's failing FHIR server cannot take the others down with it (a bulkhead):
+each FHIR origin gets its own connection pool and its own limit of requests in flight (a hanging
+server once held every slot of a shared pool, and calls for a healthy server all timed out beside
+it), and its own circuit breaker: after `failures` hook calls in a row that met a failure of the
+origin (no answer in time, no connection, 5xx, 429; counted once per call however many of its
+requests failed), the origin is not asked for `open_seconds`, and its keys fail at once
+(`transient`) instead of each waiting out the budget; then one request probes it again.
 """
 
 from __future__ import annotations
@@ -26,8 +34,9 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -57,6 +66,8 @@ _ARRAY = msgspec.json.Decoder(list[msgspec.Raw])
 for _name in ("httpx", "httpcore"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
+log = logging.getLogger("cds_service.fhir")
+
 
 class FhirFetchError(Exception):
     """A fetch that did not yield usable FHIR data. `reason` is free of PHI and secrets.
@@ -85,6 +96,7 @@ class CallBudget:
         self.deadline = asyncio.get_running_loop().time() + seconds
         self.max_bytes = max_bytes
         self.bytes_read = 0
+        self.failed_origins: set[str] = set()  # counted once per call by their circuit breakers
 
     def remaining(self) -> float:
         return self.deadline - asyncio.get_running_loop().time()
@@ -120,28 +132,143 @@ def _origin(url: str) -> tuple[str, str, int | None] | None:
     return (parts.scheme.lower(), (parts.hostname or "").lower(), port)
 
 
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """When an origin's circuit opens: `failures` in a row, and for how long it stays open."""
+
+    failures: int = 5
+    open_seconds: float = 10.0
+
+
+@dataclass(eq=False)
+class _Origin:
+    """One FHIR origin's share of this process: its pool, its slots and its circuit breaker."""
+
+    name: str  # scheme://host:port: the EHR's server, never a path (which may name a patient)
+    http: httpx.AsyncClient
+    owned: bool  # its pool is its own (closed with it), not the shared client of a test or the CLI
+    slots: contextlib.AbstractAsyncContextManager[Any]
+    in_flight: int = 0
+    failures: int = 0  # in a row
+    open_until: float = 0.0  # loop time; 0: closed
+    probing: bool = False
+    _policy: BreakerPolicy = field(default_factory=BreakerPolicy)
+
+    def check(self, now: float, *, take_probe: bool = True) -> bool:
+        """Raises if no request may go out now; True when this one is the probe of a half-open
+        circuit (`take_probe=False`: only look, as before waiting for a slot)."""
+        if not self.open_until:
+            return False
+        if now < self.open_until or self.probing:
+            left = max(self.open_until - now, 0)
+            raise FhirFetchError(
+                f"the FHIR server failed {self._policy.failures} or more times in a row; it is not "
+                f"asked again for {left:.0f} s (circuit open)",
+                issue_code="transient",
+            )
+        self.probing = take_probe
+        return take_probe
+
+    def succeeded(self) -> None:
+        if self.open_until:
+            log.info("FHIR server answers again: circuit closed", extra={"fhir_origin": self.name})
+        self.failures, self.open_until, self.probing = 0, 0.0, False
+
+    def failed(self, now: float, why: str, budget: CallBudget | None) -> None:
+        # One failure per hook call and origin: the eleven keys of one call that all time out are
+        # one failing call, and a circuit opened half-way through a call would answer the rest of
+        # its keys differently from the first ones.
+        if budget is not None and not self.probing:
+            if self.name in budget.failed_origins:
+                return
+            budget.failed_origins.add(self.name)
+        self.failures += 1
+        if self.probing or (not self.open_until and self.failures >= self._policy.failures):
+            self.open_until = now + self._policy.open_seconds
+            log.warning(
+                "FHIR server failing: circuit opened",
+                extra={
+                    "fhir_origin": self.name,
+                    "consecutive_failures": self.failures,
+                    "open_seconds": self._policy.open_seconds,
+                    "last_failure": why,
+                },
+            )
+        self.probing = False
+
+
 class FhirClient:
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: httpx.AsyncClient | None = None,
         *,
         max_pages: int,
         max_in_flight: int | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        new_pool: Callable[[], httpx.AsyncClient] | None = None,
+        breaker: BreakerPolicy | None = None,
+        max_origins: int = 64,
     ) -> None:
-        """`max_in_flight`: most requests this process has open at once (None: the pool decides).
+        """`max_in_flight`: most requests open at once *per FHIR origin* (None: the pool decides).
 
         The limit is kept here rather than left to the pool: httpcore's pool rescans all its
         connections and queued requests on every request start and finish, so its CPU cost per
         request grows with what it holds (1.3 ms at 1 in flight, 5-7 ms at 40, on the development
         machine; docs/performance.md). Waiting here keeps its queue empty and its scans short.
+
+        `new_pool` makes each origin's connection pool (the service: one per origin, kept and
+        reused); without it every origin shares `http` (the CLI, unit tests), still with slots and
+        a breaker of its own. At most `max_origins` origins are kept; the least recently used idle
+        one goes first (a hostile `fhirServer` per call must not grow the table without end).
         """
+        if http is None and new_pool is None:
+            raise ValueError("give a shared client (http) or a pool factory (new_pool)")
         self._http = http
+        self._new_pool = new_pool
         self._max_pages = max_pages
+        self._max_in_flight = max_in_flight
         self._max_response_bytes = max_response_bytes
-        self._slots: contextlib.AbstractAsyncContextManager[Any] = (
-            asyncio.Semaphore(max_in_flight) if max_in_flight else contextlib.nullcontext()
+        self._breaker = breaker or BreakerPolicy()
+        self._max_origins = max_origins
+        self._origins: OrderedDict[tuple[str, str, int | None], _Origin] = OrderedDict()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def _origin_of(self, url: str) -> _Origin:
+        key = _origin(url)
+        if key is None:
+            raise FhirFetchError("the FHIR server URL or a next link is not a valid URL")
+        origin = self._origins.get(key)
+        if origin is not None:
+            self._origins.move_to_end(key)
+            return origin
+        owned = self._new_pool is not None
+        origin = _Origin(
+            name=f"{key[0]}://{key[1]}:{key[2]}",
+            http=self._new_pool() if self._new_pool is not None else self._http,  # type: ignore[arg-type]
+            owned=owned,
+            slots=asyncio.Semaphore(self._max_in_flight) if self._max_in_flight else contextlib.nullcontext(),
+            _policy=self._breaker,
         )
+        self._origins[key] = origin
+        if len(self._origins) > self._max_origins:
+            for old_key, old in list(self._origins.items()):
+                if old.in_flight == 0 and old is not origin:
+                    del self._origins[old_key]
+                    if old.owned:
+                        task = asyncio.ensure_future(old.http.aclose())
+                        self._closing.add(task)
+                        task.add_done_callback(self._closing.discard)
+                    break
+        return origin
+
+    async def aclose(self) -> None:
+        """Close every pool this client made (not a shared `http`, which its owner closes)."""
+        origins, self._origins = list(self._origins.values()), OrderedDict()
+        for origin in origins:
+            if origin.owned:
+                await origin.http.aclose()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def get(
         self, base_url: str, relative_url: str, token: str | None, *, budget: CallBudget | None = None
@@ -211,8 +338,51 @@ class FhirClient:
     async def _fetch(
         self, url: str, headers: dict[str, str], read: bool, budget: CallBudget | None
     ) -> dict[str, Any] | None:
+        origin = self._origin_of(url)
+        loop = asyncio.get_running_loop()
+        origin.check(loop.time(), take_probe=False)  # open: fail now, not after waiting for a slot
+        async with origin.slots:
+            probe = origin.check(loop.time())  # it may have opened while this waited for a slot
+            origin.in_flight += 1
+            verdict: str | None = None  # why the origin failed; "" when it answered
+            try:
+                content = await self._exchange(origin.http, url, headers, read, budget)
+                verdict = ""
+            except FhirFetchError as exc:
+                verdict = exc.reason if _origin_failure(exc) else ""
+                raise
+            except asyncio.CancelledError:
+                # Cut off by the call's deadline while the server had not answered: a timeout.
+                if budget is not None and budget.remaining() <= 0:
+                    verdict = "no answer within the budget"
+                raise
+            finally:
+                origin.in_flight -= 1
+                if verdict:
+                    origin.failed(loop.time(), verdict, budget)
+                elif verdict == "":
+                    origin.succeeded()
+                elif probe:
+                    origin.probing = False  # cancelled for another reason: another request may probe
+        if content is None:
+            return None
+        # Parsed after the connection went back to the pool. A large answer in a thread: the event
+        # loop (and with it every deadline of this worker) keeps running meanwhile.
+        if len(content) <= INLINE_PARSE_BYTES:
+            return parse_resource(content)
+        return await asyncio.to_thread(parse_resource, content)
+
+    async def _exchange(
+        self,
+        http: httpx.AsyncClient,
+        url: str,
+        headers: dict[str, str],
+        read: bool,
+        budget: CallBudget | None,
+    ) -> bytearray | None:
+        """The request and its body (None: a read answered 404), every failure a FhirFetchError."""
         try:
-            async with self._slots, self._http.stream("GET", url, headers=headers) as response:
+            async with http.stream("GET", url, headers=headers) as response:
                 if response.status_code == 404 and read:
                     return None  # a read of a resource that does not exist: the same as a null prefetch
                 if response.status_code in (401, 403):
@@ -224,18 +394,13 @@ class FhirClient:
                     raise FhirFetchError(
                         f"FHIR server error (HTTP {response.status_code})", status=response.status_code
                     )
-                content = await self._read_body(response, budget)
+                return await self._read_body(response, budget)
         except httpx.TimeoutException as exc:
             raise FhirFetchError("FHIR server timed out", issue_code="timeout") from exc
         except httpx.HTTPError as exc:
             raise FhirFetchError(f"FHIR server unreachable ({type(exc).__name__})") from exc
         except httpx.InvalidURL as exc:  # not an HTTPError; its message quotes the URL
             raise FhirFetchError("the FHIR server URL or a next link is not a valid URL") from exc
-        # Parsed after the connection went back to the pool. A large answer in a thread: the event
-        # loop (and with it every deadline of this worker) keeps running meanwhile.
-        if len(content) <= INLINE_PARSE_BYTES:
-            return parse_resource(content)
-        return await asyncio.to_thread(parse_resource, content)
 
     async def _read_body(self, response: httpx.Response, budget: CallBudget | None) -> bytearray:
         """The body, read chunk by chunk and stopped at the caps: never more than the cap in memory."""
@@ -253,6 +418,15 @@ class FhirClient:
                 budget.spend(len(chunk))
             content += chunk
         return content
+
+
+def _origin_failure(exc: FhirFetchError) -> bool:
+    """Whether a failure says the origin is failing (what opens its circuit), rather than this
+    request: no answer in time, no connection, a 5xx or 429. A 401, a 404 or an answer too large or
+    not FHIR come from a server that works."""
+    if exc.status is not None:
+        return exc.status >= 500 or exc.status == 429
+    return exc.issue_code == "timeout" or exc.reason.startswith("FHIR server unreachable")
 
 
 def _too_large(limit: int) -> FhirFetchError:

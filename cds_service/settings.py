@@ -307,9 +307,25 @@ class Settings(BaseSettings):
         16,
         ge=1,
         le=1000,
-        description="Most FHIR requests one process has in flight at once (and its connection pool): "
-        "more wait their turn. Measured best on a loopback server in docs/performance.md; a FHIR "
-        "server far away (high latency) may want more.",
+        description="Most requests one process has in flight at once to one FHIR server (origin), and "
+        "the size of that origin's connection pool: more wait their turn. Each origin has its own "
+        "(a bulkhead: a hanging server holds only its own). Measured best on a loopback server in "
+        "docs/performance.md; a FHIR server far away (high latency) may want more.",
+    )
+    fhir_breaker_failures: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="Failures in a row (no answer in time, no connection, 5xx, 429) after which a FHIR "
+        "server's circuit opens: its keys then fail at once (412, `transient`) instead of each waiting "
+        "out the budget.",
+    )
+    fhir_breaker_open_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="How long an open circuit stays open; then one request probes the FHIR server, "
+        "and its answer closes the circuit (or opens it again).",
     )
 
     fhir_max_response_bytes: int = Field(

@@ -10,20 +10,26 @@ defined outcome and bounds far from the targets are asserted.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from cds_service.bundles import request_from_bundle
+from cds_service.services import build_services
+from cds_service.settings import Settings
 from scripts.service_process import memory_snapshot, start_server, stop_process
 from tests.faulty_fhir import FaultyFhirServer
-from tests.support import hook_request
+from tests.integration.conftest import FhirTestServer
+from tests.support import ROOT, hook_request
 
 BUDGET = 2.0
 #: Far above the issue's target (budget + 0.5 s): a bound that shows the deadline holds without
@@ -195,3 +201,68 @@ def test_the_service_log_holds_no_token_and_no_patient_id(service: tuple[str, in
     for line in text.splitlines():
         if line.startswith("{"):
             json.loads(line)  # every line of the service is a JSON line
+
+
+# ------------------------------------------------------------------------------------------------
+# Isolation: one EHR's hanging FHIR server beside another's healthy one (Medplum, fhir-server/)
+
+
+def _healthy_request(fhir: FhirTestServer) -> dict[str, Any]:
+    fixture = "als-riluzole-lft-overdue"
+    bundle = json.loads((ROOT / "fhir_fixtures" / "patients" / f"{fixture}.json").read_text())
+    keys = list(build_services()["als-patient-view"].prefetch(Settings(_env_file=None), date.today()))
+    request = request_from_bundle(bundle, "patient-view", keys)
+    del request["prefetch"]
+    request["fhirServer"] = fhir.base(fixture)
+    request["fhirAuthorization"] = {"access_token": fhir.token, "token_type": "Bearer", "subject": "als-cds"}
+    return request
+
+
+async def test_calls_for_a_healthy_fhir_server_are_answered_beside_16_calls_to_a_hanging_one(
+    service: tuple[str, int, Path], faulty: FaultyFhirServer, fhir: FhirTestServer
+) -> None:
+    url = service[0]
+    healthy, hanging = _healthy_request(fhir), _request(faulty.base("hang"))
+
+    async def call(body: dict[str, Any]) -> tuple[int, float, set[str]]:
+        # A connection of its own per call, as separate EHR clients have.
+        async with httpx.AsyncClient(timeout=60) as client:
+            started = time.perf_counter()
+            response = await client.post(f"{url}/cds-services/als-patient-view", json=body)
+            codes = _codes(response) if response.status_code != 200 else set()
+            return response.status_code, time.perf_counter() - started, codes
+
+    stuck = [asyncio.ensure_future(call(hanging)) for _ in range(16)]
+    await asyncio.sleep(0.3)  # the hanging server holds its slots now
+    answered = await asyncio.gather(*(call(healthy) for _ in range(8)))
+    stuck_results = await asyncio.gather(*stuck)
+
+    print(
+        "\nbeside 16 calls to a hanging FHIR server: healthy calls "
+        + ", ".join(f"{status} in {seconds * 1000:.0f} ms" for status, seconds, _ in answered)
+    )
+    assert [status for status, _, _ in answered] == [200] * 8
+    assert {status for status, _, _ in stuck_results} == {412}
+    assert set().union(*(codes for _, _, codes in stuck_results)) <= {"timeout", "transient"}
+
+
+def test_after_five_calls_that_time_out_the_circuit_answers_at_once(
+    service: tuple[str, int, Path], faulty: FaultyFhirServer
+) -> None:
+    url = service[0]
+    # Another origin than the other tests' (localhost, not 127.0.0.1): a breaker of its own.
+    base = faulty.base("hang").replace("127.0.0.1", "localhost")
+    results = []
+    with httpx.Client(timeout=60) as client:  # one keep-alive connection: one worker, one breaker
+        for _ in range(7):
+            started = time.perf_counter()
+            response = client.post(f"{url}/cds-services/als-patient-view", json=_request(base))
+            results.append((response.status_code, time.perf_counter() - started, _codes(response)))
+    print("\ncalls to a hanging server: " + ", ".join(f"{c} in {s * 1000:.0f} ms" for _, s, c in results))
+
+    assert all(status == 412 for status, _, _ in results)
+    assert all(codes == {"timeout"} for _, _, codes in results[:5])
+    assert all(codes == {"transient"} for _, _, codes in results[5:])
+    assert all(seconds < BUDGET / 2 for _, seconds, _ in results[5:])  # not waiting out the budget
+    log = service[2].read_text(encoding="utf-8", errors="replace")
+    assert "FHIR server failing: circuit opened" in log

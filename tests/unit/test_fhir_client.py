@@ -18,12 +18,14 @@ import respx
 
 from cds_service.fhir_client import (
     FHIR_JSON,
+    BreakerPolicy,
     CallBudget,
     FetchResult,
     FhirClient,
     FhirFetchError,
     new_http_client,
 )
+from cds_service.logs import JsonFormatter
 from cds_service.reader.lazy import LazyResource, materialise
 
 BASE = "https://ehr.example.org/fhir"
@@ -805,3 +807,181 @@ async def test_a_large_answer_that_is_not_json_raises_a_fetch_error(
 
     with pytest.raises(FhirFetchError, match="not JSON"):
         await fhir.get(BASE, f"Observation?patient={PID}", TOKEN)
+
+
+# --------------------------------------------------------------------------------------------
+# Isolation: a pool, slots and a circuit breaker per FHIR origin
+
+OTHER = "https://other-ehr.example.net/fhir"
+
+
+async def test_a_hanging_origin_holds_only_its_own_slots(server: respx.MockRouter) -> None:
+    async def hang(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(30)
+        raise AssertionError("never answered")
+
+    server.get(url__startswith=BASE).mock(side_effect=hang)
+    healthy = server.get(f"{OTHER}/Patient/{PID}").respond(200, json=patient())
+    async with httpx.AsyncClient() as http:
+        fhir = FhirClient(http, max_pages=5, max_in_flight=2)
+        hanging = [
+            asyncio.ensure_future(fhir.get(BASE, f"Patient/p{i}", TOKEN, budget=CallBudget(1.0)))
+            for i in range(6)
+        ]
+        await asyncio.sleep(0.05)  # every slot of the hanging origin is taken, the rest queue
+
+        result = await fhir.get(OTHER, f"Patient/{PID}", TOKEN, budget=CallBudget(0.5))
+
+        assert ids(result) == [PID]
+        assert healthy.call_count == 1
+        outcomes = await asyncio.gather(*hanging, return_exceptions=True)
+    assert {type(o) for o in outcomes} == {FhirFetchError}
+    assert {o.issue_code for o in outcomes if isinstance(o, FhirFetchError)} == {"timeout"}
+
+
+async def test_each_origin_gets_a_pool_of_its_own_reused_across_calls(server: respx.MockRouter) -> None:
+    server.get(url__startswith=BASE).respond(200, json=patient())
+    server.get(url__startswith=OTHER).respond(200, json=patient())
+    made: list[httpx.AsyncClient] = []
+
+    def new_pool() -> httpx.AsyncClient:
+        made.append(new_http_client(max_connections=4, timeout_seconds=5))
+        return made[-1]
+
+    fhir = FhirClient(new_pool=new_pool, max_pages=5, max_in_flight=4)
+    for _ in range(3):
+        await fhir.get(BASE, f"Patient/{PID}", TOKEN)
+        await fhir.get(OTHER + "/", f"Patient/{PID}", TOKEN)
+    assert len(made) == 2
+
+    await fhir.aclose()
+    assert all(pool.is_closed for pool in made)
+
+
+async def test_the_least_recently_used_idle_origin_goes_beyond_the_table_size(
+    server: respx.MockRouter,
+) -> None:
+    server.get(url__regex=r"^https://ehr\d\.example\.org/").respond(200, json=patient())
+    made: list[httpx.AsyncClient] = []
+
+    def new_pool() -> httpx.AsyncClient:
+        made.append(httpx.AsyncClient())
+        return made[-1]
+
+    fhir = FhirClient(new_pool=new_pool, max_pages=5, max_origins=2)
+    for n in (1, 2, 1, 3):
+        await fhir.get(f"https://ehr{n}.example.org/fhir", "Patient/x", TOKEN)
+    await asyncio.sleep(0)  # the evicted pool closes in the background
+
+    assert made[1].is_closed  # ehr2, the least recently used
+    assert not made[0].is_closed and not made[2].is_closed
+    await fhir.aclose()
+
+
+def _breaker_client(http: httpx.AsyncClient) -> FhirClient:
+    return FhirClient(http, max_pages=5, breaker=BreakerPolicy(failures=3, open_seconds=0.3))
+
+
+async def test_after_failures_in_a_row_the_circuit_opens_and_keys_fail_at_once(
+    server: respx.MockRouter, http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    route = server.get(url__startswith=BASE).respond(503)
+    fhir = _breaker_client(http)
+    for _ in range(3):
+        with pytest.raises(FhirFetchError):
+            await fhir.get(BASE, f"Patient/{PID}", TOKEN)
+
+    with pytest.raises(FhirFetchError) as caught:
+        await fhir.get(BASE, f"Patient/{PID}", TOKEN)
+
+    assert route.call_count == 3  # the fourth was not sent
+    assert caught.value.issue_code == "transient"
+    assert "circuit open" in caught.value.reason
+    opened = [r for r in caplog.records if r.getMessage() == "FHIR server failing: circuit opened"]
+    assert len(opened) == 1
+    assert opened[0].fhir_origin == "https://ehr.example.org:443"  # type: ignore[attr-defined]
+    line = JsonFormatter().format(opened[0])  # the line as the service writes it
+    assert PID not in line and TOKEN not in line and "/fhir" not in line
+
+
+async def test_an_open_circuit_lets_one_probe_through_and_an_answer_closes_it(
+    server: respx.MockRouter, http: httpx.AsyncClient
+) -> None:
+    route = server.get(url__startswith=BASE)
+    route.respond(503)
+    fhir = _breaker_client(http)
+    for _ in range(3):
+        with pytest.raises(FhirFetchError):
+            await fhir.get(BASE, f"Patient/{PID}", TOKEN)
+    await asyncio.sleep(0.35)
+    route.respond(200, json=patient())
+
+    assert ids(await fhir.get(BASE, f"Patient/{PID}", TOKEN)) == [PID]
+    assert ids(await fhir.get(BASE, f"Patient/{PID}", TOKEN)) == [PID]
+    assert route.call_count == 5
+
+
+async def test_a_failed_probe_opens_the_circuit_again(
+    server: respx.MockRouter, http: httpx.AsyncClient
+) -> None:
+    route = server.get(url__startswith=BASE).mock(side_effect=httpx.ConnectError("refused"))
+    fhir = _breaker_client(http)
+    for _ in range(3):
+        with pytest.raises(FhirFetchError):
+            await fhir.get(BASE, f"Patient/{PID}", TOKEN)
+    await asyncio.sleep(0.35)
+    with pytest.raises(FhirFetchError, match="unreachable"):
+        await fhir.get(BASE, f"Patient/{PID}", TOKEN)  # the probe
+
+    with pytest.raises(FhirFetchError, match="circuit open"):
+        await fhir.get(BASE, f"Patient/{PID}", TOKEN)
+    assert route.call_count == 4
+
+
+async def test_an_origin_cut_off_by_the_deadline_counts_as_failing(server: respx.MockRouter) -> None:
+    async def hang(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(30)
+        raise AssertionError("never answered")
+
+    server.get(url__startswith=BASE).mock(side_effect=hang)
+    async with httpx.AsyncClient() as http:
+        fhir = _breaker_client(http)
+        for _ in range(3):  # three calls, each with three requests cut off at its deadline
+            budget = CallBudget(0.2)
+            outcomes = await asyncio.gather(
+                *(fhir.get(BASE, f"Patient/p{i}", TOKEN, budget=budget) for i in range(3)),
+                return_exceptions=True,
+            )
+            assert {o.issue_code for o in outcomes if isinstance(o, FhirFetchError)} == {"timeout"}
+
+        with pytest.raises(FhirFetchError, match="circuit open"):
+            await fhir.get(BASE, f"Patient/{PID}", TOKEN, budget=CallBudget(5))
+
+
+@pytest.mark.parametrize(
+    "answer", [httpx.Response(401), httpx.Response(404), httpx.Response(200, text="<html>")], ids=str
+)
+async def test_answers_that_show_the_server_works_do_not_open_the_circuit(
+    server: respx.MockRouter, http: httpx.AsyncClient, answer: httpx.Response
+) -> None:
+    route = server.get(url__startswith=BASE).mock(return_value=answer)
+    fhir = _breaker_client(http)
+    for _ in range(5):
+        with pytest.raises(FhirFetchError) as caught:
+            await fhir.get(BASE, f"Observation?patient={PID}", TOKEN)
+        assert caught.value.issue_code != "transient"
+    assert route.call_count == 5
+
+
+async def test_the_failing_requests_of_one_call_count_once_so_the_call_is_answered_alike(
+    server: respx.MockRouter, http: httpx.AsyncClient
+) -> None:
+    route = server.get(url__startswith=BASE).respond(503)
+    fhir = _breaker_client(http)
+    budget = CallBudget(5)
+    for _ in range(6):  # six keys of one call
+        with pytest.raises(FhirFetchError) as caught:
+            await fhir.get(BASE, f"Observation?patient={PID}", TOKEN, budget=budget)
+        assert caught.value.status == 503
+
+    assert route.call_count == 6
