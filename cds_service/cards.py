@@ -14,7 +14,7 @@ import logging
 import string
 import tomllib
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -34,6 +34,7 @@ from cds_service.hooks import (
     Source,
     Suggestion,
 )
+from cds_service.record import UNREAD_PREFIX
 from cds_service.rules.base import Finding
 from cds_service.rules.evidence import clip
 
@@ -239,12 +240,32 @@ def _valid_resources(suggestion: Suggestion, rule_id: str) -> bool:
     return True
 
 
-def _detail(definition: CardDef, template: str, finding: Finding) -> str:
+#: At most this many lines of "data behind this card": the card is read in seconds, and the rest
+#: of the record is one click away in the EHR (issue 10: "at most three evidence lines").
+EVIDENCE_MAX_LINES = 3
+
+
+def evidence_shown(evidence: Sequence[str]) -> tuple[list[str], int]:
+    """The evidence lines a card shows, and how many there were in all.
+
+    Lines about data that could not be read (`UNREAD_PREFIX`) are always kept, so that a card never
+    looks better founded than it is; the rule's own lines fill the other places in the order the
+    rule gave them, most telling first.
+    """
+    unread = [line for line in evidence if line.startswith(UNREAD_PREFIX)]
+    rest = [line for line in evidence if not line.startswith(UNREAD_PREFIX)]
+    room = max(EVIDENCE_MAX_LINES - len(unread), 0)
+    return rest[:room] + unread, len(evidence)
+
+
+def _detail(template: str, finding: Finding) -> str:
+    """The card's text, then the data that fired it. Sources are not repeated here: the card's
+    `source` and `links` carry them, and a list of references would double the card's height."""
     parts = [_fill(template, finding.fields)]
     if finding.evidence:
-        parts.append("**Data behind this card:**\n" + "\n".join(f"- {line}" for line in finding.evidence))
-    sources = "\n".join(f"- [{c.label}]({c.url})" for c in definition.citations)
-    parts.append(f"**Sources:**\n{sources}")
+        shown, total = evidence_shown(finding.evidence)
+        more = f" ({len(shown)} of {total} shown)" if len(shown) < total else ""
+        parts.append(f"**Data behind this card:**{more}\n" + "\n".join(f"- {line}" for line in shown))
     return "\n\n".join(parts)
 
 
@@ -288,7 +309,7 @@ def render(finding: Finding, definition: CardDef, profile: str | None = None) ->
         # CDS Hooks: under 140 characters. A long drug name can push a template over: shortened at
         # a word boundary rather than refused (which would cost the whole answer).
         summary=clip(_fill(summary, finding.fields), SUMMARY_MAX),
-        detail=_detail(definition, f"{detail.strip()}\n\n{note.strip()}" if note else detail, finding),
+        detail=_detail(f"{detail.strip()}\n\n{note.strip()}" if note else detail, finding),
         indicator=indicator,
         source=fixed.source,
         suggestions=suggestions or None,

@@ -29,6 +29,9 @@ from typing import Any
 
 from cds_service.terminology import NO_CONCEPT, Concept, Match, ValueSet, units
 
+#: How an evidence line about data that was sent but could not be read begins. Cards always show
+#: such lines, whatever else they leave out (`cards.evidence_shown`).
+UNREAD_PREFIX = "Data that could not be read:"
 #: Observation statuses that carry a result. 'preliminary' is included: the test was done.
 OBSERVATION_RESULT_STATUSES = frozenset({"final", "amended", "corrected", "preliminary"})
 #: MedicationRequest statuses that mean "the patient is on this drug now".
@@ -68,7 +71,8 @@ class Quantity:
     comparator: str | None = None
 
     def __str__(self) -> str:
-        unit = self.unit or self.code or ""
+        """As a card shows it: '50 U/L', '< 5 U/L', '3.1 × 10⁹/L' (UCUM spellings made readable)."""
+        unit = units.human(self.unit or self.code or "")
         prefix = f"{self.comparator} " if self.comparator else ""
         return f"{prefix}{self.value.normalize():f} {unit}".strip()
 
@@ -484,7 +488,7 @@ class PatientRecord:
             parts.append(f"{len(partly)} {what} result(s) had a date or value that could not be read")
         if whole:
             parts.append(f"{whole} Observation(s) could not be read at all")
-        return "Data that could not be read: " + "; ".join(parts) + " (not counted as normal)."
+        return f"{UNREAD_PREFIX} " + "; ".join(parts) + " (not counted as normal)."
 
     # -- medications ----------------------------------------------------------------------------
     def medication_requests(

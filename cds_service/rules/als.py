@@ -17,7 +17,7 @@ one that was sent but could not be read counts as confirmed too, and every card 
 from __future__ import annotations
 
 from cds_service import terminology
-from cds_service.record import ConditionFact, Interest, PatientRecord
+from cds_service.record import UNREAD_PREFIX, ConditionFact, Interest, PatientRecord
 
 MND_DIAGNOSIS = terminology.load("mnd-diagnosis")
 ALS_DIAGNOSIS = terminology.load("als-diagnosis")
@@ -63,4 +63,4 @@ def diagnosis_note(record: PatientRecord) -> str | None:
     if not found or not all(unread):
         return None
     fields = sorted({_GATE_FIELDS[name] for names in unread for name in names})
-    return f"Data that could not be read: the MND diagnosis record's {' and '.join(fields)}."
+    return f"{UNREAD_PREFIX} the MND diagnosis record's {' and '.join(fields)}."

@@ -28,7 +28,7 @@ from cds_service.record import GenericFact, Interest, ObservationFact, PatientRe
 from cds_service.rules import respiratory
 from cds_service.rules.als import ALS_DIAGNOSIS
 from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
-from cds_service.rules.evidence import day
+from cds_service.rules.evidence import caveat, day
 from cds_service.terminology import Code, ValueSet
 
 MDT_ENCOUNTER = terminology.load("mdt-encounter")
@@ -60,13 +60,13 @@ def site_encounter_codes(codes: Iterable[str]) -> ValueSet:
 
 
 def _mdt_match(encounter: GenericFact, site: ValueSet) -> str | None:
-    """How the encounter qualifies as an MDT clinic visit, or None."""
+    """How the encounter qualifies as an MDT clinic visit ('' for the standard code), or None."""
     found = encounter.match(MDT_ENCOUNTER)
     if found is not None:
-        return found.describe()
+        return caveat(found)
     found = encounter.match(site)
     if found is not None:
-        return f"{found.describe()} (site-configured)"
+        return "; this site's MDT clinic code"
     return None
 
 
@@ -95,7 +95,7 @@ def mdt_review_overdue(record: PatientRecord, config: RuleConfig) -> list[Findin
         last_text = when.date().isoformat()
         evidence.append(
             f"Latest multidisciplinary clinic encounter: {last_text} ({(record.now - when).days} days ago; "
-            f"{encounter.concept.label}, matched by {how})."
+            f"{encounter.concept.label}{how})."
         )
     others = [e for e in record.encounters_in(None) if e.when is not None and e.when <= record.now]
     if others:

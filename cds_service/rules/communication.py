@@ -29,7 +29,7 @@ from cds_service import terminology
 from cds_service.record import ConditionFact, GenericFact, Interest, ObservationFact, PatientRecord
 from cds_service.rules import als
 from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
-from cds_service.rules.evidence import day, patient_reference
+from cds_service.rules.evidence import aside, day, patient_reference
 from cds_service.terminology import ValueSet
 
 DYSPHAGIA = terminology.load("dysphagia")
@@ -69,8 +69,7 @@ def _problem_line(condition: ConditionFact, valueset: ValueSet) -> str:
     match = valueset.match(condition.concept)
     when = condition.onset or condition.recorded
     since = f" since {day(when)}" if when is not None else ""
-    how = " (recognised by its wording; no known code)" if match is not None and match.kind == "name" else ""
-    return f"{condition.concept.label} on the problem list{since}{how}."
+    return f"{condition.concept.label} on the problem list{since}{aside(match)}."
 
 
 def communication_slt_aac(record: PatientRecord, config: RuleConfig) -> list[Finding]:

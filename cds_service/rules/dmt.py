@@ -51,7 +51,7 @@ from cds_service.record import (
     Quantity,
 )
 from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
-from cds_service.rules.evidence import clip, day, order_line
+from cds_service.rules.evidence import caveat, clip, day, order_line
 from cds_service.terminology import Concept, units
 
 EDARAVONE = terminology.load("edaravone")
@@ -111,7 +111,7 @@ def relyvrio_withdrawn(record: PatientRecord, config: RuleConfig) -> list[Findin
         return []
     evidence = [
         f"Active prescription: {m.fact.concept.label} ({m.fact.status}, authored "
-        f"{day(m.fact.authored_on)}; matched by {m.match.describe()})."
+        f"{day(m.fact.authored_on)}{caveat(m.match)})."
         for m in current
     ]
     return [
@@ -153,13 +153,12 @@ def edaravone_sulfite_allergy(record: PatientRecord, config: RuleConfig) -> list
     allergy_lines = []
     for allergy in allergies:
         found = allergy.match(SULFITE_ALLERGY)
-        how = found.describe() if found else "sulfite"
         criticality = allergy.criticality or "criticality not recorded"
         verification = allergy.verification_status
         allergy_lines.append(
             f"Recorded allergy/intolerance: {allergy.concept.label} "
             f"({allergy.status or 'status not recorded'}, {verification or 'verification not recorded'}, "
-            f"{criticality}; matched by {how})."
+            f"{criticality}{caveat(found)})."
         )
     findings = []
     for order, match in orders:

@@ -35,23 +35,33 @@ def patient_reference(record: PatientRecord) -> str:
     return f"Patient/{record.patient_id}"
 
 
+def caveat(match: Match | None) -> str:
+    """'; named in free text, no code' when the match was by name only, else '': a suffix for the
+    parenthesis of an evidence line. Codes themselves are not shown: they are machine text."""
+    said = match.caveat if match is not None else None
+    return f"; {said}" if said else ""
+
+
 def condition_line(condition: ConditionFact, valueset: ValueSet, what: str) -> str:
-    """'Dementia: Alzheimer's disease (since 2024-02-01; matched by code 26929004).'"""
-    match = valueset.match(condition.concept)
-    how = match.describe() if match is not None else "its code"
+    """'Dementia: Alzheimer's disease (since 2024-02-01).'"""
     when = condition.onset or condition.recorded
     since = f"since {day(when)}" if when is not None else "date not recorded"
-    return f"{what}: {condition.concept.label} ({since}; matched by {how})."
+    return f"{what}: {condition.concept.label} ({since}{caveat(valueset.match(condition.concept))})."
 
 
 def medication_line(med: MedicationMatch, what: str) -> str:
-    """'On amitriptyline: amitriptyline 10 mg (active, started 2026-01-03; matched by code 856783).'"""
+    """'On amitriptyline: amitriptyline 10 mg (active, started 2026-01-03).'"""
     started = med.fact.started
     start = f", started {day(started)}" if started is not None else ""
-    return f"{what}: {med.fact.concept.label} ({med.fact.status}{start}; matched by {med.match.describe()})."
+    return f"{what}: {med.fact.concept.label} ({med.fact.status}{start}{caveat(med.match)})."
 
 
 def order_line(order: DraftOrder, match: Match) -> str:
-    """'Order: riluzole 50 mg tablet (MedicationRequest/draft-1; matched by code 199206).'"""
-    ref = order.reference or "draft order without id"
-    return f"Order: {order.concept.label} ({ref}; matched by {match.describe()})."
+    """'Order: riluzole 50 mg tablet.' The order's id is left out: the clinician is writing it."""
+    return f"Order: {order.concept.label}{aside(match)}."
+
+
+def aside(match: Match | None) -> str:
+    """' (named in free text, no code)' when the match was by name only, else ''."""
+    said = match.caveat if match is not None else None
+    return f" ({said})" if said else ""

@@ -32,7 +32,7 @@ from cds_service.record import (
     PatientRecord,
 )
 from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
-from cds_service.rules.evidence import condition_line, medication_line, order_line
+from cds_service.rules.evidence import aside, condition_line, medication_line, order_line
 from cds_service.terminology import ValueSet
 
 CRAMP = terminology.load("cramp")
@@ -356,7 +356,7 @@ def quinine_order(record: PatientRecord, config: RuleConfig) -> list[Finding]:
     cramps = record.active_conditions(CRAMP)
     findings = []
     for order, match in orders:
-        evidence = [f"Order being written: {order.concept.label} (matched by {match.describe()})."]
+        evidence = [f"Order being written: {order.concept.label}{aside(match)}."]
         if cramps:
             evidence.append(condition_line(cramps[0], CRAMP, "Cramps recorded"))
         riluzole = current_riluzole(record)

@@ -23,7 +23,7 @@ from decimal import ROUND_DOWN, Decimal
 from cds_service import terminology
 from cds_service.record import Interest, ObservationFact, PatientRecord
 from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
-from cds_service.rules.evidence import day
+from cds_service.rules.evidence import aside, caveat, day
 
 BODY_WEIGHT = terminology.load("body-weight")
 DYSPHAGIA = terminology.load("dysphagia")
@@ -78,16 +78,13 @@ def gastrostomy_on_record(record: PatientRecord) -> str | None:
     for procedure in record.procedures_in(GASTROSTOMY_PROCEDURE):
         match = procedure.match(GASTROSTOMY_PROCEDURE)
         when = f" on {day(procedure.when)}" if procedure.when is not None else ""
-        how = match.describe() if match else "a recognised code"
-        return f"Gastrostomy procedure {procedure.concept.label}{when} ({procedure.status}; {how})."
+        return f"Gastrostomy procedure {procedure.concept.label}{when} ({procedure.status}{caveat(match)})."
     for device in record.devices_in(GASTROSTOMY_DEVICE):
         match = device.match(GASTROSTOMY_DEVICE)
-        how = match.describe() if match else "a recognised code"
-        return f"Gastrostomy tube recorded as a device: {device.concept.label} ({how})."
+        return f"Gastrostomy tube recorded as a device: {device.concept.label}{aside(match)}."
     for condition in record.active_conditions(GASTROSTOMY_STATUS):
         match = GASTROSTOMY_STATUS.match(condition.concept)
-        how = match.describe() if match else "a recognised code"
-        return f"Gastrostomy status on the problem list: {condition.concept.label} ({how})."
+        return f"Gastrostomy status on the problem list: {condition.concept.label}{aside(match)}."
     return None
 
 
@@ -161,11 +158,10 @@ def dysphagia_discussion(record: PatientRecord, config: RuleConfig) -> list[Find
         return []
     dysphagia = conditions[0]
     match = DYSPHAGIA.match(dysphagia.concept)
-    how = match.describe() if match else "a recognised code"
     since = dysphagia.onset or dysphagia.recorded
     since_text = f", since {day(since)}" if since is not None else ""
     evidence = [
-        f"Active dysphagia: {dysphagia.concept.label}{since_text} ({how}).",
+        f"Active dysphagia: {dysphagia.concept.label}{since_text}{aside(match)}.",
         "No gastrostomy procedure, gastrostomy tube or gastrostomy status on record.",
     ]
     return [

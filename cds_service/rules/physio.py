@@ -32,7 +32,7 @@ from typing import Any
 from cds_service import terminology
 from cds_service.record import DraftOrder, Interest, PatientRecord
 from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
-from cds_service.rules.evidence import day, order_line
+from cds_service.rules.evidence import caveat, day, order_line
 from cds_service.rules.fever import BODY_TEMPERATURE, FEVER, FEVER_CELSIUS, FEVER_WINDOW_DAYS, recent_fever
 from cds_service.terminology import Concept, Match
 
@@ -67,7 +67,7 @@ def _condition_items(record: PatientRecord) -> list[Contraindication]:
     ):
         for condition in record.active_conditions(valueset):
             match = valueset.match(condition.concept)
-            how = f"; {match.describe()}" if match is not None else ""
+            how = caveat(match)
             since = day(condition.onset or condition.recorded)
             found.append(
                 Contraindication(label, f"{name}: {condition.concept.label} (active, since {since}{how}).")
@@ -107,18 +107,14 @@ def _surgery_items(record: PatientRecord) -> list[Contraindication]:
             continue
         by_code = proc.match(SURGICAL)
         by_category = None if by_code else _surgical_category(proc.categories)
-        if by_code is not None:
-            how = f"procedure {by_code.describe()}"
-        elif by_category is not None:
-            how = f"category {by_category.describe()}"
-        else:
+        if by_code is None and by_category is None:
             continue
         days = (record.now - proc.when).days
         found.append(
             Contraindication(
                 "recent surgery",
-                f"Recent surgery: {proc.concept.label} on {day(proc.when)} ({days} days ago; "
-                f"surgical by {how}).",
+                f"Recent surgery: {proc.concept.label} on {day(proc.when)} ({days} days ago"
+                f"{caveat(by_code or by_category)}).",
             )
         )
     return found

@@ -50,7 +50,7 @@ from decimal import ROUND_DOWN, Decimal
 from cds_service import terminology
 from cds_service.record import ConditionFact, GenericFact, Interest, ObservationFact, PatientRecord, Quantity
 from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
-from cds_service.rules.evidence import day
+from cds_service.rules.evidence import aside, caveat, day
 from cds_service.terminology import SNOMED, Code, Concept, ValueSet, units
 
 FVC_VOLUME = terminology.load("fvc-volume")
@@ -146,8 +146,8 @@ def _num(value: Decimal, places: int = 1) -> str:
 
 
 def _code_of(obs: ObservationFact, valueset: ValueSet) -> str:
-    match = valueset.match(obs.concept)
-    return match.describe() if match is not None else "a recognised code"
+    """'; named in free text, no code' for a result recognised by its name only, else ''."""
+    return caveat(valueset.match(obs.concept))
 
 
 def _component(obs: ObservationFact, valueset: ValueSet, unit: str) -> tuple[Quantity, Decimal] | None:
@@ -169,9 +169,8 @@ def percent_predicted_readings(record: PatientRecord, test: _Spirometry) -> list
     for obs in record.observations_in(test.percent):
         value = obs.value_in(_PERCENT)
         if value is not None and obs.effective is not None:
-            text = (
-                f"{test.name} {obs.value} predicted on {day(obs.effective)} ({_code_of(obs, test.percent)})"
-            )
+            how = aside(test.percent.match(obs.concept))
+            text = f"{test.name} {obs.value} predicted on {day(obs.effective)}{how}"
             readings.append(Reading(test.name, value, "% predicted", obs.effective, text, obs))
     predicted_by_day: dict[str, list[ObservationFact]] = {}
     for obs in record.observations_in(test.predicted):
@@ -228,7 +227,7 @@ def _simple_readings(
         shown = str(obs.value)
         if units.convert(obs.value, unit) != obs.value.value:
             shown = f"{shown} (= {_num(value, places)} {shown_unit})"
-        text = f"{test} {shown} on {day(obs.effective)} ({_code_of(obs, valueset)})"
+        text = f"{test} {shown} on {day(obs.effective)}{aside(valueset.match(obs.concept))}"
         readings.append(Reading(test, value, shown_unit, obs.effective, text, obs))
     return readings
 
@@ -299,7 +298,7 @@ def symptoms(record: PatientRecord, days: int) -> list[Symptom]:
             Symptom(
                 condition.concept.label,
                 when,
-                f"{condition.concept.label} (active problem since {day(when)}; "
+                f"{condition.concept.label} (active problem since {day(when)}"
                 f"{_code_in(condition, SYMPTOMS)})",
                 condition.concept,
             )
@@ -312,7 +311,7 @@ def symptoms(record: PatientRecord, days: int) -> list[Symptom]:
             Symptom(
                 obs.concept.label,
                 obs.effective,
-                f"{obs.concept.label}{answer} (recorded on {day(obs.effective)}; {_code_of(obs, SYMPTOMS)})",
+                f"{obs.concept.label}{answer} (recorded on {day(obs.effective)}{_code_of(obs, SYMPTOMS)})",
                 obs.concept,
             )
         )
@@ -322,8 +321,7 @@ def symptoms(record: PatientRecord, days: int) -> list[Symptom]:
 
 
 def _code_in(condition: ConditionFact, valueset: ValueSet) -> str:
-    match = valueset.match(condition.concept)
-    return match.describe() if match is not None else "a recognised code"
+    return caveat(valueset.match(condition.concept))
 
 
 def _symptom_words(found: list[Symptom]) -> str:
@@ -348,20 +346,20 @@ def niv_in_use(record: PatientRecord) -> NivUse | None:
         if proc.status == "in-progress" and (proc.when is None or proc.when <= record.now):
             return NivUse(
                 proc.when,
-                f"Non-invasive ventilation in progress since {day(proc.when)} ({proc.concept.label}; "
+                f"Non-invasive ventilation in progress since {day(proc.when)} ({proc.concept.label}"
                 f"{_generic_match(proc, NIV)}).",
             )
     for device in record.devices_in(NIV_DEVICE):
         return NivUse(
             device.when,
-            f"Non-invasive ventilator in use: {device.concept.label} (active device; "
+            f"Non-invasive ventilator in use: {device.concept.label} (active device"
             f"{_generic_match(device, NIV_DEVICE)}).",
         )
     for condition in record.active_conditions(NIV_DEPENDENCE):
         when = condition.onset or condition.recorded
         return NivUse(
             when,
-            f"{condition.concept.label} (active problem since {day(when)}; "
+            f"{condition.concept.label} (active problem since {day(when)}"
             f"{_code_in(condition, NIV_DEPENDENCE)}).",
         )
     return None
@@ -382,8 +380,7 @@ def niv_starts(record: PatientRecord) -> list[tuple[datetime, str]]:
 
 
 def _generic_match(fact: GenericFact, valueset: ValueSet) -> str:
-    match = fact.match(valueset)
-    return match.describe() if match is not None else "a recognised code"
+    return caveat(fact.match(valueset))
 
 
 def _referral_after(record: PatientRecord, since: datetime) -> GenericFact | None:
@@ -396,8 +393,8 @@ def _referral_after(record: PatientRecord, since: datetime) -> GenericFact | Non
 
 def _referral_line(referral: GenericFact) -> str:
     return (
-        f"{referral.concept.label} on {day(referral.when)} "
-        f"({_generic_match(referral, RESPIRATORY_REFERRAL)}), after these results: if it was to the "
+        f"{referral.concept.label} on {day(referral.when)}"
+        f"{aside(referral.match(RESPIRATORY_REFERRAL))}, after these results: if it was to the "
         "respiratory ventilation service, that referral is done."
     )
 

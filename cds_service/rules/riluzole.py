@@ -40,7 +40,7 @@ from cds_service.record import (
     Quantity,
 )
 from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
-from cds_service.rules.evidence import day, patient_reference
+from cds_service.rules.evidence import aside, caveat, clip, day, patient_reference
 from cds_service.rules.fever import BODY_TEMPERATURE, FEVER, FEVER_CELSIUS, FEVER_WINDOW_DAYS, recent_fever
 from cds_service.terminology import Match, units
 
@@ -163,8 +163,7 @@ def lft_due(record: PatientRecord, config: RuleConfig) -> list[Finding]:
 
 
 def _medication_line(med: MedicationMatch) -> str:
-    how = med.match.describe()
-    return f"On riluzole: {med.fact.concept.label} ({med.fact.status}; matched by {how})."
+    return f"On riluzole: {med.fact.concept.label} ({med.fact.status}{caveat(med.match)})."
 
 
 LFT_DUE = Rule(
@@ -452,7 +451,7 @@ def _liver_reason_line(med: MedicationMatch, match: Match) -> str:
     when = f" on {day(end)}" if end is not None else ""
     reason = fact.status_reason.label if fact.status_reason is not None else ""
     return (
-        f"Riluzole {fact.status}{when} for a liver reason: '{reason[:80]}' (matched by {match.describe()}); "
+        f"Riluzole {fact.status}{when} for a liver reason: '{clip(reason, 80)}'{aside(match)}; "
         "the ALT at that time is not in the data received."
     )
 
@@ -465,10 +464,9 @@ def _hepatic_disease(record: PatientRecord) -> list[str]:
     lines = []
     for condition in record.active_conditions(LIVER_DISEASE):
         match = LIVER_DISEASE.match(condition.concept)
-        how = match.describe() if match else "a liver-disease code"
         since = condition.onset or condition.recorded
-        when = f", since {day(since)}" if since is not None else ""
-        lines.append(f"Hepatic disease recorded: {condition.concept.label} ({how}{when}).")
+        when = f"since {day(since)}" if since is not None else "date not recorded"
+        lines.append(f"Hepatic disease recorded: {condition.concept.label} ({when}{caveat(match)}).")
     return lines
 
 
@@ -576,10 +574,7 @@ def _other_contraindications(record: PatientRecord) -> tuple[list[str], list[str
     allergies = record.allergies_in(RILUZOLE)
     for allergy in allergies:
         match = allergy.match(RILUZOLE)
-        how = match.describe() if match else "riluzole"
-        lines.append(
-            f"Allergy or intolerance to riluzole recorded: {allergy.concept.label} (matched by {how})."
-        )
+        lines.append(f"Allergy or intolerance to riluzole recorded: {allergy.concept.label}{aside(match)}.")
     if allergies:
         short.append("riluzole allergy")
     return lines, short
@@ -657,7 +652,7 @@ def _end_of(med: MedicationFact) -> datetime | None:
 
 
 def _draft_line(order: DraftOrder, match: Match) -> str:
-    return f"Riluzole ordered: {order.concept.label} (matched by {match.describe()})."
+    return f"Riluzole ordered: {order.concept.label}{aside(match)}."
 
 
 def _stop_binding(record: PatientRecord, reason: str) -> dict[str, Any]:

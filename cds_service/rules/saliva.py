@@ -51,7 +51,7 @@ from cds_service.record import (
     PatientRecord,
 )
 from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
-from cds_service.rules.evidence import condition_line, medication_line, patient_reference
+from cds_service.rules.evidence import aside, condition_line, medication_line, patient_reference
 from cds_service.terminology import Concept, Match, ValueSet
 
 SIALORRHOEA = terminology.load("sialorrhoea")
@@ -580,7 +580,7 @@ def antimuscarinic_order_cognitive_impairment(record: PatientRecord, config: Rul
             continue  # ordered for something else: not a drooling treatment to replace
         for_saliva = why.kind == "saliva" or (why.kind == "none" and bool(drooling))
         evidence = [
-            f"Order being written: {order.concept.label} (matched by {match.describe()}).",
+            f"Order being written: {order.concept.label}{aside(match)}.",
             condition_line(cognition[0], COGNITIVE_IMPAIRMENT, "Cognition"),
             _indication_line(drooling, why, for_saliva),
         ]

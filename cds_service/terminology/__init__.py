@@ -147,6 +147,13 @@ class Match:
             return f"code {self.code.code}"
         return f"name '{self.name}' in the text (no known code)"
 
+    @property
+    def caveat(self) -> str | None:
+        """What a clinician should know about how this was recognised, for a card: nothing when a
+        code matched (codes are machine text a card does not show); when only a name in free text
+        did, that no code backs it, a weaker identification worth a second look."""
+        return None if self.kind == "code" else "named in free text, no code"
+
 
 @dataclass(frozen=True)
 class ValueSet:

@@ -10,7 +10,9 @@ human-readable `Quantity.unit` is read as a fallback, since many EHRs fill only 
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
+from functools import lru_cache
 from typing import Protocol
 
 UCUM_SYSTEM = "http://unitsofmeasure.org"
@@ -140,3 +142,47 @@ def dimension(unit: str) -> str | None:
         return "temperature"
     found = _UNITS.get(_normalise(unit))
     return found[0] if found else None
+
+
+# --------------------------------------------------------------------------------------------
+# Units as a clinician reads them
+
+_SUPERSCRIPT = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
+_HUMAN_WHOLE = {"Cel": "°C", "%": "%", "1": ""}
+# UCUM's bracketed atoms that have a plain name; any other is shown as sent.
+_BRACKETED = {
+    "[degF]": "°F",
+    "[IU]": "IU",
+    "[iU]": "IU",
+    "[lb_av]": "lb",
+    "[oz_av]": "oz",
+    "[in_i]": "in",
+    "[ft_i]": "ft",
+    "[Hg]": "Hg",
+    "[H2O]": "H2O",
+}
+# A micro prefix written 'u' (UCUM's ASCII spelling) before the units where it can only mean micro.
+_MICRO = re.compile(r"(?<![A-Za-z])u(?=(?:mol|g|L|l|kat|m|mL|s)\b)")
+_POWER_OF_TEN = re.compile(r"^10[*^](-?\d+)")
+_SQUARED = re.compile(r"(?<=[a-zA-Z])2\b")
+
+
+@lru_cache(maxsize=512)
+def human(unit: str) -> str:
+    """A unit as a card shows it: '[IU]/L' -> 'IU/L', 'umol/L' -> 'µmol/L', '10*9/L' -> '× 10⁹/L',
+    '{pill}' -> 'pill', 'Cel' -> '°C'.
+
+    UCUM codes are for machines ("no machine text in clinician view"); the value is unchanged, only
+    its unit's spelling. What this does not recognise is shown as it was sent, never guessed at.
+    """
+    text = unit.strip()
+    if text in _HUMAN_WHOLE:
+        return _HUMAN_WHOLE[text]
+    text = re.sub(r"\{([^{}]*)\}", r"\1", text)  # annotations: '{pill}' is 'pill'
+    for atom, shown in _BRACKETED.items():
+        text = text.replace(atom, shown)
+    text = _POWER_OF_TEN.sub(lambda m: "× 10" + m.group(1).translate(_SUPERSCRIPT), text)
+    text = _MICRO.sub("µ", text)
+    if text.endswith("/m2") or text.endswith(".m2"):
+        text = _SQUARED.sub("²", text)
+    return text

@@ -10,6 +10,7 @@ import pytest
 
 from cds_service import cards
 from cds_service.hooks import Card
+from cds_service.record import UNREAD_PREFIX
 from cds_service.rules import CATALOGUE, RuleConfig, evaluate
 from cds_service.rules.base import Finding
 from cds_service.settings import Settings
@@ -59,7 +60,8 @@ def test_riluzole_card_renders_from_the_fixture_patient() -> None:
         "extension": {cards.RULE_VERSION_EXTENSION: CATALOG["riluzole-lft-due"].version},
     }
     assert "38 U/L on 2025-01-10" in body["detail"]  # the data that fired it
-    assert "https://www.nice.org.uk/guidance/ta20" in body["detail"]  # the sources
+    assert "Sources" not in body["detail"] and "https://" not in body["detail"]  # sources: in links
+    assert body["source"]["url"] and body["links"]
     action = body["suggestions"][0]["actions"][0]
     assert action["resource"]["subject"] == {"reference": "Patient/als-riluzole-lft-overdue"}
     assert action["resource"]["status"] == "draft"
@@ -226,3 +228,28 @@ def test_clip_leaves_short_text_alone_and_collapses_whitespace() -> None:
     from cds_service.rules.evidence import clip
 
     assert clip("ALT  raised\n", 40) == "ALT raised"
+
+
+def _lft_due(*evidence: str) -> str:
+    fields = {"window_days": "31", "phase": "x", "last_alt": "y"}
+    finding = Finding("riluzole-lft-due", fields, evidence, bindings={"patient_reference": "Patient/1"})
+    return cards.render(finding, CATALOG["riluzole-lft-due"]).detail or ""
+
+
+def test_a_card_shows_at_most_three_lines_of_evidence_and_says_how_many_there_were() -> None:
+    detail = _lft_due("one.", "two.", "three.", "four.", "five.")
+    assert "**Data behind this card:** (3 of 5 shown)" in detail
+    assert "- three." in detail and "four." not in detail and "five." not in detail
+
+
+def test_evidence_about_data_that_could_not_be_read_is_never_cut() -> None:
+    unread = f"{UNREAD_PREFIX} 2 ALT result(s) had a value that could not be read (not counted as normal)."
+    diagnosis = f"{UNREAD_PREFIX} the MND diagnosis record's clinical status."
+    detail = _lft_due("one.", "two.", "three.", "four.", unread, diagnosis)
+    assert f"- one.\n- {unread}\n- {diagnosis}" in detail
+    assert "two." not in detail and "(3 of 6 shown)" in detail
+
+
+def test_three_lines_of_evidence_are_shown_whole_with_no_count() -> None:
+    detail = _lft_due("one.", "two.", "three.")
+    assert "**Data behind this card:**\n- one.\n- two.\n- three." in detail and "shown)" not in detail

@@ -72,3 +72,28 @@ def test_a_ucum_code_wins_over_a_misleading_display_unit() -> None:
 
 def test_none_quantity_is_none() -> None:
     assert units.convert(None, "U/L") is None
+
+
+@pytest.mark.parametrize(
+    ("unit", "shown"),
+    [
+        ("[IU]/L", "IU/L"),
+        ("umol/L", "µmol/L"),
+        ("ukat/L", "µkat/L"),
+        ("10*9/L", "× 10⁹/L"),
+        ("10*3/uL", "× 10³/µL"),
+        ("{pill}", "pill"),
+        ("{beats}/min", "beats/min"),
+        ("Cel", "°C"),
+        ("[degF]", "°F"),
+        ("mm[Hg]", "mmHg"),
+        ("cm[H2O]", "cmH2O"),
+        ("kg/m2", "kg/m²"),
+        ("[lb_av]", "lb"),
+        ("U/L", "U/L"),
+        ("units/L", "units/L"),  # 'u' of a word is not micro
+        ("[arb'U]", "[arb'U]"),  # a bracketed atom without a plain name is shown as sent
+    ],
+)
+def test_units_are_shown_as_a_clinician_writes_them_not_as_ucum_codes(unit: str, shown: str) -> None:
+    assert units.human(unit) == shown

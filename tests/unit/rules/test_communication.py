@@ -90,7 +90,7 @@ def test_progressive_bulbar_palsy_as_the_diagnosis_is_itself_bulbar_involvement(
 @pytest.mark.parametrize("text", ["Bulbar onset", "Bulbar dysfunction", "Slurred speech - dysarthria"])
 def test_bulbar_involvement_named_only_in_the_text_fires_and_says_so(text: str) -> None:
     [finding] = run(als(), problem(coding("urn:oid:1.2.3", "LOCAL-1"), text=text))
-    assert finding.evidence[0].endswith("(recognised by its wording; no known code).")
+    assert finding.evidence[0].endswith("(named in free text, no code).")
 
 
 def test_evidence_names_two_problems_and_counts_the_rest() -> None:

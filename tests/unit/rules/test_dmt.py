@@ -116,7 +116,7 @@ PHENYLBUTYRATE_ALONE = [
 @pytest.mark.parametrize("text", RELYVRIO_NAMES)
 def test_active_relyvrio_known_by_any_of_its_names_fires_the_withdrawal_warning(text: str) -> None:
     [finding] = run(RELYVRIO_WITHDRAWN, medication_request(concept(text=text), authored=days_ago(400)))
-    assert "no known code" in finding.evidence[0]
+    assert "named in free text, no code" in finding.evidence[0]
     body = render(finding)
     assert body["indicator"] == "warning"
     assert "April 2024" in body["summary"]
@@ -125,7 +125,7 @@ def test_active_relyvrio_known_by_any_of_its_names_fires_the_withdrawal_warning(
 def test_relyvrio_under_an_unknown_local_code_with_its_name_fires_by_name() -> None:
     med = concept(coding("urn:oid:1.2.840.114350.1.13.0.1.7.2.698288", "88123", "Relyvrio powder"))
     [finding] = run(RELYVRIO_WITHDRAWN, medication_request(med))
-    assert "matched by name 'relyvrio'" in finding.evidence[0]
+    assert "named in free text, no code" in finding.evidence[0]
 
 
 @pytest.mark.parametrize(

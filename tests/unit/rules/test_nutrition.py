@@ -93,7 +93,7 @@ def test_weight_in_pounds_is_converted_and_shown_both_ways() -> None:
     [finding] = run(WEIGHT_LOSS, als(), weight(300, 200, "[lb_av]"), weight(5, 180, "[lb_av]"))
     assert finding.fields["loss_percent"] == "10" and finding.variant == "marked"
     assert finding.fields["peak_kg"] == "90.7" and finding.fields["latest_kg"] == "81.6"
-    assert "Latest weight 180 [lb_av] (81.6 kg)" in finding.evidence[0]
+    assert "Latest weight 180 lb (81.6 kg)" in finding.evidence[0]
 
 
 def test_weight_in_grams_is_converted() -> None:

@@ -454,7 +454,7 @@ def test_evidence_names_every_threshold_that_fired_with_values_and_dates() -> No
     text = "\n".join(finding.evidence)
     for expected in (
         f"FVC 45 % predicted on {days_ago(10).date().isoformat()}",
-        f"SNIP 35 cm[H2O] on {days_ago(12).date().isoformat()}",
+        f"SNIP 35 cmH2O on {days_ago(12).date().isoformat()}",
         f"SpO2 92 % on {days_ago(3).date().isoformat()}",
     ):
         assert expected in text
@@ -499,7 +499,7 @@ def test_hypercapnia_card_shows_the_value_in_kpa_and_the_reported_one() -> None:
         "referral_date": "none on record",
     }
     assert finding.variant is None
-    assert "PaCO2 52 mm[Hg] (= 6.93 kPa)" in finding.evidence[0]
+    assert "PaCO2 52 mmHg (= 6.93 kPa)" in finding.evidence[0]
     assert "4 days old" in finding.evidence[1]
 
 

@@ -465,7 +465,7 @@ def test_an_alt_and_its_range_may_be_in_different_units() -> None:
     observation_["referenceRange"] = [{"high": {"value": 36, "unit": "U/L", "system": UCUM, "code": "U/L"}}]
     [finding] = run(ALT_RAISED, als(), on_riluzole(), observation_)
     assert finding.variant == "stop"
-    assert "3 ukat/L (= 180 U/L)" in finding.evidence[1]
+    assert "3 µkat/L (= 180 U/L)" in finding.evidence[1]
 
 
 def test_an_alt_in_an_unreadable_unit_fires_no_card() -> None:
@@ -524,7 +524,9 @@ def test_alt_raised_needs_current_riluzole(status: str) -> None:
 def test_alt_raised_recognises_products_and_names(medication: dict[str, Any]) -> None:
     [finding] = run(ALT_RAISED, als(), on_riluzole(medication), alt(300, low=7, high=40))
     if medication is BY_NAME:
-        assert "matched by name 'rilutek'" in finding.evidence[0]
+        assert "named in free text, no code" in finding.evidence[0]
+    else:
+        assert "named in free text" not in finding.evidence[0]
 
 
 def test_alt_raised_reads_the_latest_result_only() -> None:
@@ -798,7 +800,7 @@ def test_order_liver_on_renewal_still_fires_on_hepatic_disease() -> None:
 
 def test_order_liver_fires_for_a_riluzole_draft_known_only_by_name() -> None:
     [finding] = run(ORDER_LIVER, als(), liver_disease(), drafts=[draft(BY_NAME)])
-    assert "matched by name" in finding.evidence[0]
+    assert "named in free text, no code" in finding.evidence[0]
 
 
 def test_order_liver_ignores_other_drugs_and_unselected_orders() -> None:
@@ -861,7 +863,7 @@ def test_order_dose_accepts_twice_daily_written_as_a_timing_code() -> None:
         (TABLET, (25, "mg"), 12, "25 mg every 12 hours"),
         (TABLET, (50, "mg"), 24, "50 mg every 24 hours"),
         (TABLET, (50, "mg"), 8, "50 mg every 8 hours"),
-        (TABLET, (2, "{tablet}"), 12, "2 {tablet} every 12 hours"),
+        (TABLET, (2, "{tablet}"), 12, "2 tablet every 12 hours"),
         (SUSPENSION, (20, "mL"), 12, "20 mL every 12 hours"),
     ],
 )
