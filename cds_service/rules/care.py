@@ -106,11 +106,6 @@ def mdt_review_overdue(record: PatientRecord, config: RuleConfig) -> list[Findin
                 f"Most recent other encounter: {newest.when.date().isoformat()} ({newest.concept.label}); "
                 "not a multidisciplinary team assessment, so it does not count."
             )
-    codes = ", ".join(sorted(code for _, code in MDT_ENCOUNTER.codes))
-    counted = (
-        f"SNOMED CT {codes} (multidisciplinary assessment) and {len(site.codes)} site-configured code(s)"
-    )
-    evidence.append(f"Counted as MDT clinic: {counted}. Interval: {interval} days.")
     return [
         Finding(
             rule_id="mdt-review-overdue",
@@ -266,10 +261,8 @@ def advance_care_planning(record: PatientRecord, config: RuleConfig) -> list[Fin
     bindings = {"patient_reference": f"Patient/{record.patient_id}"}
     if not found:
         evidence = [
-            "No advance care planning in the data received: no ACP procedure (SNOMED CT 713603004), no "
-            "advance directive, ReSPECT or advance care plan document or consent, no ADRT, DNACPR, 'has "
-            "advance care plan' or 'active advance directive' finding, no DNR/POLST-type order observation "
-            "answered yes.",
+            "No advance care plan, advance directive, ADRT, ReSPECT form or DNACPR decision in the data "
+            "received.",
             *ignored,
         ]
         diagnoses = record.active_conditions(ALS_DIAGNOSIS)

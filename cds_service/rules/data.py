@@ -15,14 +15,27 @@ from cds_service.record import Interest, PatientRecord
 from cds_service.rules.als import has_mnd
 from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
 
+#: Draft order types as a clinician names them (the resource's id is machine text, and the order
+#: could not be read, so what it is for cannot be said).
+_ORDER_KINDS = {
+    "MedicationRequest": "A medication order",
+    "ServiceRequest": "A test or referral order",
+    "NutritionOrder": "A nutrition order",
+    "DeviceRequest": "A device order",
+    "VisionPrescription": "A vision prescription",
+    "SupplyRequest": "A supply order",
+    "CommunicationRequest": "A communication request",
+    "ImmunizationRecommendation": "An immunization recommendation",
+}
+
 
 def order_unreadable(record: PatientRecord, config: RuleConfig) -> list[Finding]:
     unread = record.unread_orders_to_check
     if not unread:
         return []
     evidence = tuple(
-        f"{order.resource_type} {order.reference or '(no id)'}"
-        f"{' (selected)' if order.selected else ''}: {order.why}."
+        f"{_ORDER_KINDS.get(order.resource_type, 'An order')}"
+        f"{' (the one selected)' if order.selected else ''}: {order.why}."
         for order in unread
     )
     return [
