@@ -35,7 +35,7 @@ def _length(summary: str, detail: str) -> str:
     lines = sum(1 for line in detail.strip().splitlines() if line.strip())
     return (
         f"summary {len(summary.strip())} characters; detail {word_count(detail)} words in {lines} "
-        "paragraph or list lines (before the data behind the card and its sources are added)"
+        "paragraph or list lines (before the data behind the card, at most three lines, is added)"
     )
 
 
