@@ -472,9 +472,18 @@ def classify_sod1(obs: ObservationFact) -> Sod1Result | None:
 
 def sod1_results(record: PatientRecord) -> list[Sod1Result]:
     results = []
+    # A plain result (a number, no components, no coded or text answer) can name SOD1 only by its
+    # code: looked up once per concept (the reader shares equal concepts), not once per result.
+    plain: dict[int, tuple[Concept, bool]] = {}
     for obs in record.observations:
         if "effective" in obs.unreadable:
             continue  # a date from the future (or no date at all) is a data error, not a result
+        if not (obs.components or obs.value_string or obs.value_concept.codes or obs.value_concept.text):
+            hit = plain.get(id(obs.concept))
+            if hit is None or hit[0] is not obs.concept:
+                hit = plain[id(obs.concept)] = (obs.concept, SOD1.match(obs.concept) is not None)
+            if not hit[1]:
+                continue
         result = classify_sod1(obs)
         if result is not None:
             results.append(result)

@@ -36,7 +36,9 @@ def _add(dimension: str, factor: str, *spellings: str) -> None:
         _UNITS[_normalise(spelling)] = (dimension, _D(factor))
 
 
+@lru_cache(maxsize=4096)
 def _normalise(unit: str) -> str:
+    # Cached: a chart repeats a handful of unit spellings thousands of times.
     return unit.strip().replace("µ", "u").replace("μ", "u").replace(" ", "").replace("^", "*").lower()
 
 
@@ -101,6 +103,7 @@ BASE_UNITS = {
 
 _TEMPERATURE_C = {_normalise(u) for u in ("Cel", "°C", "C", "degC", "celsius", "deg C")}
 _TEMPERATURE_F = {_normalise(u) for u in ("[degF]", "°F", "F", "degF", "fahrenheit", "deg F")}
+_TEMPERATURE = frozenset(_TEMPERATURE_C | _TEMPERATURE_F)
 
 
 def _unit_of(quantity: QuantityLike) -> str | None:
@@ -116,13 +119,22 @@ def convert(quantity: QuantityLike | None, target: str) -> Decimal | None:
     source = _unit_of(quantity)
     if source is None:
         return None
-    if _normalise(target) in _TEMPERATURE_C | _TEMPERATURE_F:
+    if _normalise(target) in _TEMPERATURE:
         return _convert_temperature(quantity.value, source, target)
+    factors = _factors(source, target)
+    # Multiplied then divided, as before the cache: a factor such as 1/60 taken first would leave a
+    # rounding residue in the last digit, and a value exactly at a threshold would cross it.
+    return None if factors is None else quantity.value * factors[0] / factors[1]
+
+
+@lru_cache(maxsize=4096)
+def _factors(source: str, target: str) -> tuple[Decimal, Decimal] | None:
+    """(source's factor to the base unit, target's), or None when the conversion cannot be known."""
     src = _UNITS.get(_normalise(source))
     dst = _UNITS.get(_normalise(target))
     if src is None or dst is None or src[0] != dst[0]:
         return None
-    return quantity.value * src[1] / dst[1]
+    return src[1], dst[1]
 
 
 def _convert_temperature(value: Decimal, source: str, target: str) -> Decimal | None:
@@ -138,7 +150,7 @@ def _convert_temperature(value: Decimal, source: str, target: str) -> Decimal | 
 
 def dimension(unit: str) -> str | None:
     """The dimension of a unit spelling ('catalytic', 'mass', ...), or None if unknown."""
-    if _normalise(unit) in _TEMPERATURE_C | _TEMPERATURE_F:
+    if _normalise(unit) in _TEMPERATURE:
         return "temperature"
     found = _UNITS.get(_normalise(unit))
     return found[0] if found else None
