@@ -174,8 +174,9 @@ def test_mdt_code_text_alone_is_not_matched_by_name() -> None:
 
 
 def test_no_advance_care_planning_on_record_fires() -> None:
+    [finding] = run_acp(als(onset=days_ago(300)))
     assert finding.evidence[0].startswith("No advance care plan, advance directive, ADRT")
-    assert "No advance care planning in the data received" in finding.evidence[0]
+    assert finding.evidence[0].endswith("in the data received.")
     assert f"ALS/MND recorded since {days_ago(300).date().isoformat()}" in finding.evidence[-1]
 
 
@@ -337,9 +338,9 @@ def test_a_plan_older_than_a_trigger_point_brings_the_card_back_as_a_review(
     body = render(finding)
     assert empty_values(body) == [] and len(body["summary"]) < 140
     assert body["summary"].startswith(
-        f"Advance care plan ({days_ago(400).date().isoformat()}) predates {short}"
+        f"Offer to review the advance care plan ({days_ago(400).date().isoformat()}): {short}"
     )
-    assert "1.7.5" in body["detail"] and "ADRT" in body["detail"]
+    assert "1.7.5" in body["detail"] and "ADRT" in body["detail"] and "DNACPR" in body["detail"]
     assert body["suggestions"][0]["actions"][0]["resource"]["code"]["text"] == "Advance care planning review"
 
 
