@@ -412,6 +412,19 @@ def test_ftd_code_230270009_counts_as_cognitive_impairment_not_as_mnd() -> None:
     assert run(ANTIMUSCARINIC_COGNITIVE_IMPAIRMENT, als(), ftd_only, medication_request(AMITRIPTYLINE))
 
 
+@pytest.mark.parametrize("code", ["F00.1", "G30.9", "F01.1", "F02.3", "F03"])
+def test_dementia_coded_in_who_icd10_as_uk_hospitals_do_counts_as_cognitive_impairment(code: str) -> None:
+    """UK secondary care codes in WHO ICD-10 (F00.x* with its dagger G30.x, F01.x, F02.x), not ICD-10-CM."""
+    who_dementia = condition(concept(coding(ICD10, code)), onset=days_ago(300))
+    assert run(ANTIMUSCARINIC_COGNITIVE_IMPAIRMENT, als(), who_dementia, medication_request(AMITRIPTYLINE))
+    assert run(SIALORRHOEA_TREATMENT, als(), drooling(), who_dementia)[0].variant == "cognitive-impairment"
+
+
+def test_a_who_icd10_code_outside_dementia_does_not_count() -> None:
+    delirium = condition(concept(coding(ICD10, "F05.0")), onset=days_ago(300))
+    assert run(ANTIMUSCARINIC_COGNITIVE_IMPAIRMENT, als(), delirium, medication_request(AMITRIPTYLINE)) == []
+
+
 @pytest.mark.parametrize(("status", "fires"), [("on-hold", True), ("stopped", False), ("completed", False)])
 def test_only_current_antimuscarinics_are_flagged(status: str, fires: bool) -> None:
     request = medication_request(HYOSCINE_PATCH, status=status)
