@@ -726,7 +726,8 @@ def test_neutropenia_card_is_critical() -> None:
     [finding] = run(NEUTROPENIA, als(), on_riluzole(SUSPENSION), neutrophils(900, "/uL", low=1800, high=7700))
     body = render(finding)
     assert body["indicator"] == "critical"
-    assert "0.9 x10^9/L" in body["summary"] and "below 1.8" in body["summary"]
+    assert body["summary"].startswith("Stop riluzole")
+    assert "0.9 × 10⁹/L" in body["summary"] and "below 1.8" in body["summary"]
 
 
 # ============================================================================================
