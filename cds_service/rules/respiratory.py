@@ -48,7 +48,15 @@ from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 
 from cds_service import terminology
-from cds_service.record import ConditionFact, GenericFact, Interest, ObservationFact, PatientRecord, Quantity
+from cds_service.record import (
+    UNREAD_PREFIX,
+    ConditionFact,
+    GenericFact,
+    Interest,
+    ObservationFact,
+    PatientRecord,
+    Quantity,
+)
 from cds_service.rules.base import Finding, Rule, RuleConfig, RuleFact
 from cds_service.rules.evidence import aside, caveat, day
 from cds_service.terminology import SNOMED, Code, Concept, ValueSet, units
@@ -443,30 +451,25 @@ def assessment_due(record: PatientRecord, config: RuleConfig) -> list[Finding]:
     assessments = _assessments(record)
     if assessments and _recent(record, assessments[0][0], interval):
         return []
-    evidence = [
-        f"No FVC, VC or SNIP result and no respiratory function test in the last {interval} days "
-        "(NICE NG42 1.14.10: every 2 to 3 months)."
-    ]
-    spo2 = _latest_recent(spo2_readings(record), record, interval)
-    if spo2 is not None:
-        evidence.append(
-            f"{spo2.text}: an SpO2 alone is not the 2- to 3-monthly test; NG42 1.14.8 asks for FVC or VC "
-            "and/or SNIP or MIP as well."
-        )
+    evidence = []
     if assessments:
         when, words = assessments[0]
         last = day(when)
         evidence.append(
-            f"Latest respiratory function test on record: {words} ({(record.now - when).days} days ago)."
+            f"Latest respiratory function test: {words} ({(record.now - when).days} days ago; none in the "
+            f"last {interval} days)."
         )
     else:
         last = "none in the data received"
-        evidence.append("No dated FVC, VC or SNIP result in the data received.")
+        evidence.append("No FVC, VC, SNIP or respiratory function test in the data received.")
+    spo2 = _latest_recent(spo2_readings(record), record, interval)
+    if spo2 is not None:
+        evidence.append(f"{spo2.text}: an SpO2 alone is not the 2- to 3-monthly test (NG42 1.14.8).")
     unreadable = _unreadable_count(record)
     if unreadable:
         evidence.append(
-            f"{unreadable} respiratory result(s) without a value or with a unit that could not be read were "
-            "not counted."
+            f"{UNREAD_PREFIX} {unreadable} respiratory result(s) without a value or in a unit that cannot "
+            "be read (not counted)."
         )
     undated = record.unread_note((FVC_PERCENT, VC_PERCENT, FVC_VOLUME, VC_VOLUME, SNIP), "respiratory")
     if undated is not None:

@@ -14,6 +14,7 @@ import pytest
 
 from cds_service import cards
 from cds_service.hooks import Card
+from cds_service.record import UNREAD_PREFIX
 from cds_service.rules import RuleConfig, evaluate
 from cds_service.rules.base import Finding
 from cds_service.rules.respiratory import (
@@ -152,7 +153,7 @@ def test_assessment_due_fires_when_nothing_is_on_record_and_says_so() -> None:
     [finding] = run(ASSESSMENT_DUE, als())
     assert finding.fields == {"interval_days": "92", "last_assessment": "none in the data received"}
     assert finding.variant is None
-    assert any("No dated FVC, VC or SNIP result" in line for line in finding.evidence)
+    assert finding.evidence == ("No FVC, VC, SNIP or respiratory function test in the data received.",)
     assert finding.bindings["patient_reference"] == f"Patient/{PID}"
 
 
@@ -203,7 +204,8 @@ def test_interval_is_configurable() -> None:
 def test_unreadable_results_count_as_missing(resource: dict[str, Any]) -> None:
     [finding] = run(ASSESSMENT_DUE, als(), resource)
     assert finding.fields["last_assessment"] == "none in the data received"
-    assert any("could not be read were not counted" in line for line in finding.evidence)
+    [line] = [line for line in finding.evidence if line.startswith(UNREAD_PREFIX)]  # always shown
+    assert "1 respiratory result(s) without a value or in a unit that cannot be read (not counted)" in line
 
 
 def test_undated_result_does_not_count_as_recent() -> None:
@@ -233,7 +235,9 @@ def test_predicted_volume_alone_is_not_an_assessment() -> None:
 def test_evidence_names_the_latest_assessment_with_its_age() -> None:
     [finding] = run(ASSESSMENT_DUE, als(), spo2(200, 96), fvc_percent(150, 74), snip(300, 80))
     assert finding.fields["last_assessment"] == days_ago(150).date().isoformat()
-    assert "FVC 74 % predicted" in finding.evidence[1] and "(150 days ago)" in finding.evidence[1]
+    assert "FVC 74 % predicted" in finding.evidence[0] and "(150 days ago; none in the last 92 days)" in (
+        finding.evidence[0]
+    )
 
 
 # Finding 2 of the safety review: any SpO2 silenced the card. NG42 1.14.8 / 1.14.10: SpO2, then FVC or
