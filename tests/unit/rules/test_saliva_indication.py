@@ -338,6 +338,24 @@ def test_each_profile_card_explains_its_product() -> None:
     assert "glycopyrrolate is the US name of glycopyrronium bromide" in render(finding, "us")["detail"]
 
 
+@pytest.mark.parametrize(("config", "salt"), [(NICE, "glycopyrronium bromide"), (US, "glycopyrrolate")])
+def test_what_the_clinician_reads_names_salt_strength_and_route_and_no_code(
+    config: RuleConfig, salt: str
+) -> None:
+    """The detail and the draft's action text, not only the resource: a dose without its salt or
+    strength risks a dose error (Sialanar is a different strength); codes stay in the resource."""
+    request = medication_request(HYOSCINE_PATCH)
+    resources = (als(), dementia(), drooling(), request)
+    [finding] = run(ANTIMUSCARINIC_COGNITIVE_IMPAIRMENT, *resources, config=config)
+    body = render(finding, config.profile)
+    [create] = [a for a in actions(body) if a["type"] == "create"]
+    for text in (body["detail"], create["description"]):
+        assert f"200 micrograms of {salt} (1 mL) by mouth every 8 hours" in text
+        assert "1 mg/5 mL" in text
+        assert "RxNorm" not in text and "999961" not in text
+    assert ("not interchangeable" if config is NICE else "off-label") in body["detail"]
+
+
 # -- fixtures --------------------------------------------------------------------------------------
 
 
