@@ -1603,9 +1603,10 @@ def order_monitoring(record: PatientRecord, config: RuleConfig) -> list[Finding]
     current = _current_riluzole(record)
     if current:
         return _renewal_monitoring(record, config, order, match, current[0])
+    # The order being written is not repeated (the clinician is writing it); only how it was
+    # recognised, when that was by its name alone.
     evidence = [
-        _draft_line(order, match),
-        "No active or on-hold riluzole prescription: this order starts a course.",
+        f"This order starts a course{aside(match)}: no active or on-hold riluzole prescription.",
         *_earlier_courses(record, config),
     ]
     baseline = _baseline(record, config, _alt_stops(record, config))
@@ -1642,9 +1643,8 @@ def _renewal_monitoring(
     if not schedule.due(record.now):
         return []
     evidence = [
-        _draft_line(order, match),
-        "Riluzole is current: this order renews it.",
-        _medication_line(current),
+        f"This order{aside(match)} renews the current prescription: {current.fact.concept.label} "
+        f"({current.fact.status}{caveat(current.match)}).",
         *schedule.lines(record),
     ]
     return [

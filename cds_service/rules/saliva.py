@@ -197,9 +197,10 @@ def indication(record: PatientRecord, fact: MedicationFact | None) -> Indication
                 return Indication("saliva", condition.concept.label)
             others.append(condition.concept.label)
         elif target is not None and not record.unread.get("Condition"):
-            others.append(f"a condition that is not a recorded drooling diagnosis ({reference})")
+            # Its id is machine text: said in words (the EHR shows the order's reason anyway).
+            others.append("a condition that is not a recorded drooling diagnosis")
         else:
-            unknown.append(f"{reference} (could not be resolved)")
+            unknown.append("a referenced condition that could not be looked up")
     if others:
         return Indication("other", "; ".join(dict.fromkeys(others)))
     return Indication("unknown", "; ".join(dict.fromkeys(unknown)))

@@ -482,7 +482,8 @@ def test_a_renewal_follows_the_lft_due_schedule(start_days: int, alt_days: int, 
         body = render(finding)
         assert body["indicator"] == "warning"
         assert body["suggestions"][0]["actions"][0]["resource"]["code"]["coding"][0]["code"] == "24325-3"
-        assert "Riluzole is current: this order renews it." in finding.evidence
+        assert finding.evidence[0].startswith("This order renews the current prescription: ")
+        assert "\n- Latest ALT: 25 U/L" in body["detail"]  # shown within the card's three data lines
 
 
 def test_a_renewal_with_no_alt_at_all_fires() -> None:
