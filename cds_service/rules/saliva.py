@@ -273,7 +273,7 @@ GLYCOPYRRONIUM_DRAFTS: dict[str, GlycopyrroniumProduct] = {
             ],
             "text": "Glycopyrrolate (glycopyrronium bromide) 1 mg/5 mL oral solution",
         },
-        product="glycopyrrolate (glycopyrronium bromide) 1 mg/5 mL oral solution (RxNorm 999961)",
+        product="glycopyrrolate (glycopyrronium bromide) 1 mg/5 mL oral solution",
         dose="200 micrograms of glycopyrrolate (1 mL) by mouth every 8 hours",
         dose_text=(
             "200 micrograms of glycopyrrolate (1 mL of the 1 mg/5 mL oral solution) by mouth every 8 hours; "
