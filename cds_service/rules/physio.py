@@ -81,11 +81,15 @@ def _temperature_items(record: PatientRecord) -> list[Contraindication]:
     if fever is None or not fever.readings:
         return []
     newest = fever.readings[0]
+    shown = str(newest.observation.value)
+    celsius = f"{newest.celsius.quantize(Decimal('0.1'))} °C"
+    # The conversion only when the lab's unit was not Celsius already.
+    converted = "" if shown == celsius else f"{celsius}, "
     return [
         Contraindication(
             "fever",
-            f"Fever: temperature {newest.observation.value} on {day(newest.observation.effective)} "
-            f"({newest.celsius.quantize(Decimal('0.1'))} °C, at or above {FEVER_CELSIUS} °C).",
+            f"Fever: temperature {shown} on {day(newest.observation.effective)} "
+            f"({converted}at or above {FEVER_CELSIUS} °C).",
         )
     ]
 
