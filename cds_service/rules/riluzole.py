@@ -1210,22 +1210,30 @@ def rechallenge(record: PatientRecord, config: RuleConfig) -> list[Finding]:
         variant = "reason"
         evidence_tail = [_liver_reason_line(med, match) for med, match in reasons]
         fields = {"times_uln": "unknown", "alt_date": "date not recorded"}
+    stop: dict[str, Any] = {}
     if _current_riluzole(record):
         situation = "Riluzole is current: this order continues it."
+        if variant is None:
+            # The current course follows an ALT of 5 x ULN on riluzole: it must stop as well as the
+            # renewal (SmPC 4.4), and the critical card offers that stop.
+            stop = _stop_binding(record, f"ALT {fields['times_uln']} × ULN on {fields['alt_date']}: SmPC 4.4")
     else:
         situation = "No current riluzole: this order starts it again."
     findings = []
     for order, match in orders:
         this = variant
-        if this is None and not order.reference:
-            this = "no-reference"
+        if this is None:
+            this = ("stop" if order.reference else "stop-no-reference") if stop else None
+            if this is None and not order.reference:
+                this = "no-reference"
+        bindings: dict[str, Any] = {"draft_reference": order.reference} if order.reference else {}
         findings.append(
             Finding(
                 rule_id="riluzole-rechallenge",
                 fields=fields,
                 evidence=(_draft_line(order, match), situation, *evidence_tail),
                 variant=this,
-                bindings={"draft_reference": order.reference} if order.reference else {},
+                bindings=bindings | stop,
             )
         )
     return findings
@@ -1355,16 +1363,28 @@ def order_liver(record: PatientRecord, config: RuleConfig) -> list[Finding]:
     else:
         basis = "SmPC 4.3 contraindication"
         context = "No active riluzole: this order starts a course, so the SmPC 4.3 baseline limits apply."
+    # A renewal while ALT is at 5 x ULN: the current course must stop too (SmPC 4.4), so the card
+    # offers that stop, not only the removal of the renewal (a critical "stop" card offers the stop).
+    stop = (
+        _stop_binding(record, f"ALT at or above 5 × ULN ({', '.join(short)}): SmPC 4.4")
+        if current and basis.startswith("SmPC 4.4")
+        else {}
+    )
     findings = []
     for order, match in orders:
         reference = order.reference
+        bindings: dict[str, Any] = {"draft_reference": reference} if reference else {}
+        bindings |= stop
+        variant = None if reference else "no-reference"
+        if stop:
+            variant = "stop" if reference else "stop-no-reference"
         findings.append(
             Finding(
                 rule_id="riluzole-order-liver",
                 fields={"reason": ", ".join(short), "basis": basis},
                 evidence=(_draft_line(order, match), context, *lines),
-                variant=None if reference else "no-reference",
-                bindings={"draft_reference": reference} if reference else {},
+                variant=variant,
+                bindings=bindings,
             )
         )
     return findings

@@ -794,6 +794,28 @@ def test_order_liver_on_renewal_still_stops_on_an_alt_of_5_x_uln_from_before_the
     assert run(RECHALLENGE, als(), course, alt(200, low=7, high=40, days=25), drafts=[draft()]) == []
 
 
+def test_order_liver_on_renewal_at_5_x_uln_offers_to_stop_the_current_course_as_well() -> None:
+    """Issue 10: a critical 'stop' card offers the stop itself, on the order hooks too."""
+    course = on_riluzole(authored=days_ago(20))
+    [finding] = run(ORDER_LIVER, als(), course, alt(200, low=7, high=40, days=25), drafts=[draft()])
+    assert finding.variant == "stop"
+    body = render(finding)
+    assert body["indicator"] == "critical"
+    remove, stop = ([a for s in body["suggestions"] for a in s["actions"]])
+    assert remove == {
+        "type": "delete",
+        "description": "Remove the draft riluzole order (SmPC 4.4: stop at 5 × ULN)",
+        "resourceId": "MedicationRequest/draft-ril",
+    }
+    assert stop["type"] == "update" and stop["resource"]["id"] == "ril"
+    assert stop["resource"]["status"] == "stopped" and "SmPC 4.4" in stop["resource"]["statusReason"]["text"]
+
+
+def test_order_liver_on_renewal_for_hepatic_disease_removes_the_order_without_a_stop() -> None:
+    [finding] = run(ORDER_LIVER, als(), on_riluzole(), liver_disease(), drafts=[draft()])
+    assert finding.variant is None and "stopped_order" not in finding.bindings
+
+
 def test_order_liver_on_renewal_still_fires_on_hepatic_disease() -> None:
     [finding] = run(ORDER_LIVER, als(), on_riluzole(), liver_disease(), drafts=[draft()])
     assert finding.fields["basis"] == "SmPC 4.3"
@@ -1052,7 +1074,7 @@ def test_every_rule_has_a_card_whose_citations_cover_its_facts(rule: Rule) -> No
                 "reason": "hepatic disease recorded, ALT 123.4 × ULN, AST 123.4 × ULN",
                 "basis": "SmPC 4.4: stop at 5 × ULN",
             },
-            {"draft_reference": "MedicationRequest/x"},
+            {"draft_reference": "MedicationRequest/x", "stopped_order": {"resourceType": "MedicationRequest"}},  # noqa: E501
         ),
         (
             "riluzole-order-dose",
@@ -1067,7 +1089,7 @@ def test_every_rule_has_a_card_whose_citations_cover_its_facts(rule: Rule) -> No
         (
             "riluzole-rechallenge",
             {"times_uln": "123.4", "alt_date": "date not recorded"},
-            {"draft_reference": "MedicationRequest/x"},
+            {"draft_reference": "MedicationRequest/x", "stopped_order": {"resourceType": "MedicationRequest"}},  # noqa: E501
         ),
         (
             "riluzole-order-contraindication",

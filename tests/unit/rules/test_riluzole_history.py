@@ -163,6 +163,24 @@ def test_a_renewal_after_alt_reached_5_x_uln_in_the_current_course_is_refused() 
     assert "Riluzole is current: this order continues it." in finding.evidence
 
 
+def test_a_renewal_after_alt_reached_5_x_uln_in_the_current_course_offers_to_stop_that_course() -> None:
+    [finding] = run(RECHALLENGE, als(), on_riluzole(), alt(210, low=7, high=40), drafts=[draft()])
+    assert finding.variant == "stop"
+    body = render(finding)
+    actions = [a for s in body["suggestions"] for a in s["actions"]]
+    assert [a["type"] for a in actions] == ["delete", "update"]
+    assert actions[1]["resource"]["status"] == "stopped" and actions[1]["resource"]["id"] == "ril"
+
+
+def test_a_renewal_draft_without_an_id_still_offers_the_stop_of_the_current_course() -> None:
+    no_id = draft()
+    del no_id["id"]
+    [finding] = run(RECHALLENGE, als(), on_riluzole(), alt(210, low=7, high=40), drafts=[no_id])
+    assert finding.variant == "stop-no-reference"
+    [action] = [a for s in render(finding)["suggestions"] for a in s["actions"]]
+    assert action["type"] == "update" and action["resource"]["status"] == "stopped"
+
+
 @pytest.mark.parametrize(
     "reason",
     [
