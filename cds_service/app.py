@@ -36,7 +36,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cds_service import access_log, console, security, wire
+from cds_service import access_log, console, digest, security, wire
 from cds_service import cards as card_rendering
 from cds_service.engine import Engine, RequestError, issue, validation_issues
 from cds_service.fhir_client import BreakerPolicy, FhirClient, new_http_client
@@ -45,6 +45,7 @@ from cds_service.limits import RequestLimits
 from cds_service.services import ServiceDefinition, build_services
 from cds_service.settings import Settings
 from cds_service.store import IssuedCard, Store
+from cds_service.suppression import CardPolicy
 
 log = logging.getLogger("cds_service")
 
@@ -122,6 +123,8 @@ def create_app(
                 catalogue,
                 fhir,
                 now,
+                # Snoozes and the order session, from the shared store (suppression.py).
+                policy=CardPolicy(store, settings, catalogue),
             ),
             store=store,
             clock=now,
@@ -311,12 +314,12 @@ def _add_routes(app: FastAPI) -> None:
         else:
             body = wire.read_request(raw)
         access_log.note(request, hook=body.hook, hook_instance=body.hookInstance)
-        outcome = await state.engine.run(service, body)
+        outcome = await state.engine.run(service, body, issuer=_ehr_issuer(request))
         await _record_issued(state, service, body, outcome.cards, outcome.now)
         access_log.note(
             request,
             cards=len(outcome.cards),
-            rule_ids=[c.source.topic.code for c in outcome.cards],
+            rule_ids=digest.shown_rule_ids(outcome.cards),
             ingest=outcome.record.report.summary(),
         )
         # Sent as bytes: the cards were validated when they were built, and FastAPI's own check of
@@ -330,6 +333,8 @@ def _add_routes(app: FastAPI) -> None:
         state = _state(request)
         service = _service(state, service_id)
         result = await run_in_threadpool(state.store.save_feedback, service.id, body.feedback, state.clock())
+        if state.engine.policy is not None:  # what it means per rule, and the snoozes it sets
+            await state.engine.policy.after_feedback(service.id, body.feedback, state.clock())
         access_log.note(
             request,
             items=len(body.feedback),
