@@ -41,7 +41,7 @@ from cds_service import cards as card_rendering
 from cds_service.engine import Engine, RequestError, issue, validation_issues
 from cds_service.fhir_client import BreakerPolicy, FhirClient, new_http_client
 from cds_service.hooks import CDSRequest, CDSResponse, DiscoveryResponse, FeedbackRequest
-from cds_service.limits import RequestLimits
+from cds_service.limits import LoadShedding, RequestLimits
 from cds_service.services import ServiceDefinition, build_services
 from cds_service.settings import Settings
 from cds_service.store import IssuedCard, Store
@@ -162,6 +162,12 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
+    # Outside the body checks, inside CORS (a browser can read the 503) and the access log.
+    app.add_middleware(
+        LoadShedding,
+        max_in_flight=settings.max_in_flight_calls,
+        retry_after_seconds=settings.retry_after_seconds,
+    )
     origins = settings.cors_origins  # CORS is added last so that it wraps every answer, 4xx too
     app.add_middleware(
         CORSMiddleware,

@@ -296,6 +296,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             proxy_headers=True,
             access_log=False,  # the service logs one line per call of its own (logs.py)
             timeout_graceful_shutdown=30,
+            # Read deadlines and a connection limit that uvicorn lacks (server.py).
+            http="cds_service.server:GuardedHttpProtocol",
+            timeout_keep_alive=settings.http_keep_alive_seconds,
             **tls,
         )
     except SystemExit as exc:  # uvicorn's start-up failure (after what the checks above can see)

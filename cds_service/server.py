@@ -1,0 +1,143 @@
+"""The HTTP server's own defences, under `als-cds serve`: what uvicorn does not bound by itself.
+
+uvicorn times out only an idle keep-alive connection, and only between requests: a connection that
+sends nothing, or its headers or its body 10 bytes every 2 s, is held for ever (seen in the fault
+tests, unauthenticated ones included after their 401), and it accepts connections without limit.
+Its `limit_concurrency` answers 503 in plain text, where this service answers JSON. So `als-cds
+serve` runs uvicorn with this protocol, a subclass of its httptools protocol that adds:
+
+* a header deadline (`ALS_CDS_HTTP_HEADER_TIMEOUT_SECONDS`): from the moment a connection opens, or
+  a keep-alive request begins, its request line and headers must be in within it;
+* a body deadline (`ALS_CDS_HTTP_BODY_TIMEOUT_SECONDS`): from the end of the headers, the whole
+  body must be in within it, also when the answer has already gone (a 401 is answered before the
+  body is read, and the body may keep coming);
+* a connection limit per worker (`ALS_CDS_MAX_CONNECTIONS`): one more is answered 503 at once,
+  with `Retry-After` and a JSON body, and closed.
+
+A deadline that passes before the answer has started is answered 408 (JSON), after it the
+connection is simply closed. Progress does not extend a deadline: that is what a slow sender
+exploits. Nothing here reads or logs the request: a line says what happened, with counts only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from cds_service.settings import Settings
+
+log = logging.getLogger("cds_service.server")
+
+
+@functools.cache
+def _limits() -> tuple[float, float, int, int]:
+    """(header timeout, body timeout, most connections, Retry-After seconds) from the settings,
+    read once per worker process (the protocol is built by uvicorn, not by us)."""
+    settings = Settings()
+    return (
+        settings.http_header_timeout_seconds,
+        settings.http_body_timeout_seconds,
+        settings.max_connections,
+        settings.retry_after_seconds,
+    )
+
+
+def _raw_response(status: str, diagnostics: str, code: str, extra: dict[str, str] | None = None) -> bytes:
+    issue = {"severity": "error", "code": code, "diagnostics": diagnostics}
+    body = json.dumps({"resourceType": "OperationOutcome", "issue": [issue]}).encode()
+    headers = {
+        "content-type": "application/json",
+        "content-length": str(len(body)),
+        "connection": "close",
+        **(extra or {}),
+    }
+    head = f"HTTP/1.1 {status}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    return head.encode("latin-1") + body
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with read deadlines and a connection limit (module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timeout, self._body_timeout, self._max_connections, self._retry_after = _limits()
+        self._read_deadline: asyncio.TimerHandle | None = None
+
+    # -- the connection limit ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self._max_connections:
+            log.warning(
+                "connection refused: too many open",
+                extra={"open_connections": len(self.connections) - 1, "limit": self._max_connections},
+            )
+            transport.write(
+                _raw_response(
+                    "503 Service Unavailable",
+                    "The service has too many open connections; retry shortly.",
+                    "throttled",
+                    {"retry-after": str(self._retry_after)},
+                )
+            )
+            transport.close()
+            return
+        self._arm(self._header_timeout, "headers")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    # -- read deadlines ---------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._read_deadline is None:  # a keep-alive request: its headers now have the deadline
+            self._arm(self._header_timeout, "headers")
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self._arm(self._body_timeout, "body")
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._disarm()
+
+    def _arm(self, seconds: float, what: str) -> None:
+        self._disarm()
+        self._read_deadline = self.loop.call_later(seconds, self._read_timed_out, what)
+
+    def _disarm(self) -> None:
+        if self._read_deadline is not None:
+            self._read_deadline.cancel()
+            self._read_deadline = None
+
+    def _read_timed_out(self, what: str) -> None:
+        self._read_deadline = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        answered = self.cycle is not None and self.cycle.response_started
+        log.warning(
+            "request read timed out",
+            extra={"read_timeout": what, "answered_before": answered},
+        )
+        if not answered:
+            seconds = self._header_timeout if what == "headers" else self._body_timeout
+            self.transport.write(
+                _raw_response(
+                    "408 Request Timeout",
+                    f"The request's {what} did not arrive within {seconds:g} s.",
+                    "timeout",
+                )
+            )
+        if self.cycle is not None and not self.cycle.response_complete:
+            # The app may be waiting for the body: it sees a disconnect, and anything it would
+            # still send is dropped (the 408 has gone).
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+        self.transport.close()
