@@ -106,7 +106,7 @@ def fold(cards: Sequence[Card], catalogue: CardCatalogue, wording: DigestDef) ->
                 update={"extension": {**(chosen.extension or {}), RULE_ID_EXTENSION: item_rule(card)}}
             )
         )
-    lines = "\n".join(f"- {card.summary}" for card in items)
+    lines = "\n".join(_item_lines(card) for card in items)
     summary = wording.summary.format(count=len(items)).strip()
     digest = Card(
         uuid=str(uuid.uuid4()),
@@ -128,6 +128,19 @@ def fold(cards: Sequence[Card], catalogue: CardCatalogue, wording: DigestDef) ->
         overrideReasons=_shared_snooze_reasons(items, catalogue) or None,
     )
     return [card for card in cards if id(card) not in folded] + [digest]
+
+
+#: How a card's detail introduces the data that fired it (`cards._detail`).
+_EVIDENCE_HEADING = "**Data behind this card:**"
+
+
+def _item_lines(card: Card) -> str:
+    """An item's summary, and under it the data that fired it, as the card itself showed them: what
+    could not be read must stay in sight (a note on an unreadable diagnosis or date included)."""
+    detail = card.detail or ""
+    evidence = detail.split(_EVIDENCE_HEADING, 1)[1] if _EVIDENCE_HEADING in detail else ""
+    data = [line.strip() for line in evidence.splitlines() if line.strip().startswith("- ")]
+    return "\n".join([f"- {card.summary}", *(f"  {line}" for line in data)])
 
 
 def _shared_snooze_reasons(items: Sequence[Card], catalogue: CardCatalogue) -> list[OverrideReason]:
