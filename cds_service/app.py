@@ -36,7 +36,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cds_service import access_log, console, digest, security, wire
+from cds_service import access_log, console, digest, security, server, wire
 from cds_service import cards as card_rendering
 from cds_service.engine import Engine, RequestError, issue, validation_issues
 from cds_service.fhir_client import BreakerPolicy, FhirClient, new_http_client
@@ -87,6 +87,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        server.die_with_parent()  # a worker of `als-cds serve` never outlives its master
         auth = security.AuthConfig.from_settings(settings)
         security.check_configuration(auth)  # before anything else: a misconfiguration stops here
         catalogue = card_rendering.load_catalogue(settings.cards_dir)

@@ -286,21 +286,30 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         f"{settings.workers} worker{'s' if settings.workers > 1 else ''})",
         file=sys.stderr,
     )
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "workers": settings.workers,
+        "log_config": logs.configure(settings.log_level),
+        "proxy_headers": True,
+        "access_log": False,  # the service logs one line per call of its own (logs.py)
+        "timeout_graceful_shutdown": 30,
+        # Read deadlines and a connection limit that uvicorn lacks (server.py).
+        "http": "cds_service.server:GuardedHttpProtocol",
+        "timeout_keep_alive": settings.http_keep_alive_seconds,
+        **tls,
+    }
     try:
-        uvicorn.run(
-            "cds_service.app:app",
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            log_config=logs.configure(settings.log_level),
-            proxy_headers=True,
-            access_log=False,  # the service logs one line per call of its own (logs.py)
-            timeout_graceful_shutdown=30,
-            # Read deadlines and a connection limit that uvicorn lacks (server.py).
-            http="cds_service.server:GuardedHttpProtocol",
-            timeout_keep_alive=settings.http_keep_alive_seconds,
-            **tls,
-        )
+        if settings.workers > 1:
+            from cds_service.server import run_workers
+
+            # uvicorn's own supervisor returns normally when a worker fails to start, and restarts
+            # a worker that dies before serving for ever: `run_workers` says whether they started.
+            if not run_workers(uvicorn.Config("cds_service.app:app", **options)):
+                print("als-cds: the service did not start; the log lines above say why", file=sys.stderr)
+                return 3
+            return 0
+        uvicorn.run("cds_service.app:app", **options)
     except SystemExit as exc:  # uvicorn's start-up failure (after what the checks above can see)
         if exc.code not in (0, None):
             print("als-cds: the service did not start; the log lines above say why", file=sys.stderr)

@@ -17,17 +17,31 @@ serve` runs uvicorn with this protocol, a subclass of its httptools protocol tha
 A deadline that passes before the answer has started is answered 408 (JSON), after it the
 connection is simply closed. Progress does not extend a deadline: that is what a slow sender
 exploits. Nothing here reads or logs the request: a line says what happened, with counts only.
+
+And the processes: with several workers, `run_workers` supervises them as uvicorn does, but says
+whether they started (uvicorn's supervisor returned normally when a worker failed to start, so
+`als-cds serve` exited 0, and restarted a worker that died before serving without end); each
+worker dies with its master (`die_with_parent`), so a killed master leaves no orphan serving.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
 import json
 import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
 from typing import Any
 
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.supervisors.multiprocess import Multiprocess
 
 from cds_service.settings import Settings
 
@@ -141,3 +155,90 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.cycle.disconnected = True
             self.cycle.message_event.set()
         self.transport.close()
+
+
+# -- processes ----------------------------------------------------------------------------------------
+
+#: Exit status of a worker, and of `als-cds serve`, when the service could not start (uvicorn's).
+STARTUP_FAILURE = 3
+_PR_SET_PDEATHSIG = 1
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's supervisor, with one difference: a worker that ends before it ever served is a
+    start-up failure, whatever its exit status, and stops the whole service (`startup_failed`)."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[Any]) -> None:
+        super().__init__(config, sockets)
+        self.startup_failed = False
+        self._served: set[int | None] = set()
+
+    def keep_subprocess_alive(self) -> None:
+        if self.should_exit.is_set():
+            return
+        timeout = self.config.timeout_worker_healthcheck
+        for index, process in enumerate(self.processes):
+            if process.process.is_alive() and process.ping(timeout):
+                if process.pid not in self._served and process.is_ready(timeout=1):
+                    self._served.add(process.pid)
+                continue
+            process.kill()  # hung, or gone
+            process.join()
+            if process.exitcode == STARTUP_FAILURE or process.pid not in self._served:
+                logging.getLogger("uvicorn.error").error(
+                    "a worker ended before it served: the service cannot start",
+                    extra={"worker_pid": process.pid, "exit_code": process.exitcode},
+                )
+                self.startup_failed = True
+                self.should_exit.set()
+                return
+            if self.should_exit.is_set():
+                return
+            logging.getLogger("uvicorn.error").warning(
+                "a worker died; starting another", extra={"worker_pid": process.pid}
+            )
+            replacement = type(process)(self.config, self.sockets)
+            replacement.start()
+            self.processes[index] = replacement
+
+
+def run_workers(config: uvicorn.Config) -> bool:
+    """Serve with `config.workers` worker processes until told to stop; False if they could not
+    start (the caller then exits non-zero)."""
+    supervisor = _Supervisor(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    return not supervisor.startup_failed
+
+
+def die_with_parent() -> None:
+    """In a worker process (spawned by the supervisor): be sent SIGTERM when the master dies.
+
+    Without it, a master killed with SIGKILL (an OOM kill, `kill -9`) left its workers serving on
+    the inherited socket, orphans that no deployment tooling knew of. Linux delivers the signal
+    (prctl PR_SET_PDEATHSIG); elsewhere, or if that is refused, a thread watches the parent's pid.
+    SIGTERM makes the worker shut down gracefully, as on a normal stop.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.pid is None:
+        return  # the master itself, or a single-process server: nothing to watch
+    parent_pid = parent.pid
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent_pid:  # it died before the signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    if armed:
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
