@@ -36,7 +36,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cds_service import access_log, console, digest, security, server, wire
+from cds_service import access_log, console, digest, metrics, security, server, wire
 from cds_service import cards as card_rendering
 from cds_service.engine import Engine, RequestError, issue, validation_issues
 from cds_service.fhir_client import BreakerPolicy, FhirClient, new_http_client
@@ -329,6 +329,8 @@ def _add_routes(app: FastAPI) -> None:
             rule_ids=digest.shown_rule_ids(outcome.cards),
             ingest=outcome.record.report.summary(),
         )
+        metrics.observe_cards(outcome.cards)
+        metrics.observe_reader(outcome.record.report)
         # Sent as bytes: the cards were validated when they were built, and FastAPI's own check of
         # a returned dict (then json.dumps) cost more than a tenth of a typical call's CPU.
         return Response(
@@ -342,6 +344,7 @@ def _add_routes(app: FastAPI) -> None:
         result = await run_in_threadpool(state.store.save_feedback, service.id, body.feedback, state.clock())
         if state.engine.policy is not None:  # what it means per rule, and the snoozes it sets
             await state.engine.policy.after_feedback(service.id, body.feedback, state.clock())
+        await run_in_threadpool(_count_feedback, state.store, body.feedback)
         access_log.note(
             request,
             items=len(body.feedback),
@@ -354,6 +357,23 @@ def _add_routes(app: FastAPI) -> None:
             "duplicates": result.duplicates,
             "unknownCards": result.unknown_cards,
         }
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics(request: Request) -> Response:
+        """Prometheus exposition (metrics.py); who may read it: README, Metrics."""
+        settings = _state(request).settings
+        token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+        allowed = metrics.allowed(token, settings.auth_required, request.headers)
+        if allowed is None:
+            return operation_outcome(404, [issue("Not Found", code="not-found")])
+        if not allowed:
+            return operation_outcome(
+                401,
+                [issue("a valid metrics token is required", code="login")],
+                {"WWW-Authenticate": "Bearer"},
+            )
+        body, content_type = await run_in_threadpool(metrics.render)
+        return Response(body, media_type=content_type)
 
     @app.get("/healthz", summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:
@@ -391,6 +411,14 @@ async def _record_issued(
         await run_in_threadpool(state.store.record_issued_cards, issued)
     except Exception as exc:
         log.error("could not record issued cards", extra={"error_type": type(exc).__name__})
+
+
+def _count_feedback(store: Store, items: Sequence[Any]) -> None:
+    """Feedback outcomes per rule, for metrics: the rule that issued each card (None: unknown card)."""
+    for item in items:
+        rule = store.issued_card_rule(item.card)
+        outcome = metrics.one_of(item.outcome, metrics.OUTCOMES)
+        metrics.FEEDBACK.labels(metrics.rule_label(rule), outcome).inc()
 
 
 def _ehr_issuer(request: Request) -> str | None:

@@ -18,10 +18,13 @@ import errno
 import json
 import logging
 import logging.config
+import os
 import re
 import shlex
+import shutil
 import socket
 import sys
+import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
@@ -270,7 +273,33 @@ def _bind_problem(exc: OSError, host: str, port: int, host_label: str, port_labe
     return f"cannot listen on {host} port {port} ({exc.strerror}): check {host_label} and {port_label}"
 
 
+def _metrics_directory(workers: int) -> str | None:
+    """With several workers, the directory where each writes its metric samples (metrics.py): set
+    before anything imports prometheus-client, which reads it at import, in this process and (by
+    inheritance) in every worker. A fresh one per start, as prometheus-client requires; returned
+    when it is ours to delete. One worker keeps its samples in memory."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:  # the deployment's (e.g. an emptyDir volume): emptied of a previous run's samples
+        for stale in Path(given).glob("*.db"):
+            stale.unlink(missing_ok=True)
+        return None
+    if workers < 2:
+        return None
+    created = tempfile.mkdtemp(prefix="als-cds-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = created
+    return created
+
+
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    metrics_dir = _metrics_directory(settings.workers)
+    try:
+        return _serve_with(settings, args)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _serve_with(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from_flags = set(args.from_flags)

@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 
-from cds_service import access_log
+from cds_service import access_log, metrics
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -118,6 +118,7 @@ class LoadShedding:
             return
         if self.in_flight >= self.max_in_flight:
             self.shed += 1
+            metrics.SHED.inc()
             line = scope.get(access_log.SCOPE_KEY)
             if line is not None:
                 line.update(event="hook call", shed=True, in_flight=self.in_flight)

@@ -43,6 +43,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors.multiprocess import Multiprocess
 
+from cds_service import metrics
 from cds_service.settings import Settings
 
 log = logging.getLogger("cds_service.server")
@@ -87,6 +88,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self._max_connections:
+            metrics.CONNECTIONS_REFUSED.inc()
             log.warning(
                 "connection refused: too many open",
                 extra={"open_connections": len(self.connections) - 1, "limit": self._max_connections},
@@ -136,6 +138,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self.transport is None or self.transport.is_closing():
             return
         answered = self.cycle is not None and self.cycle.response_started
+        metrics.READ_TIMEOUTS.labels(what).inc()
         log.warning(
             "request read timed out",
             extra={"read_timeout": what, "answered_before": answered},

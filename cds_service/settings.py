@@ -255,6 +255,13 @@ class Settings(BaseSettings):
         description="How long an idle keep-alive connection is kept between requests (`als-cds serve`).",
     )
 
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="Bearer token a Prometheus scraper must present at `GET /metrics`. With "
+        "authentication on and no token, /metrics is not served (404); with authentication off "
+        "(local development) it is open unless a token is set. Keep it in the deployment's Secret.",
+    )
+
     # -- storage ---------------------------------------------------------------------------------
     database_url: str = Field(
         "sqlite:///./als-cds.db",

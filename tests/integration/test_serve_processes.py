@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from scripts.service_process import free_port, process_tree, stop_process
+from tests.support import hook_request
 
 
 def _serve(workdir: Path, workers: int, database_url: str) -> tuple[subprocess.Popen[bytes], str, Path]:
@@ -90,3 +91,37 @@ def _not_zombie(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rindex(")") + 2] != "Z"
+
+
+def test_metrics_add_up_the_calls_of_every_worker(tmp_path: Path) -> None:
+    proc, url, log = _serve(tmp_path, 2, f"sqlite:///{tmp_path / 'als-cds.db'}")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        body = hook_request("patient-view-als-riluzole-lft-overdue")
+        for _ in range(20):  # a connection each: the calls spread over the workers
+            with httpx.Client(timeout=30) as client:
+                assert client.post(f"{url}/cds-services/als-patient-view", json=body).status_code == 200
+        counts = set()
+        for _ in range(6):  # whichever worker answers the scrape, it reports every worker's calls
+            with httpx.Client(timeout=30) as client:
+                text = client.get(f"{url}/metrics").text
+            counts.add(_sample(text, "als_cds_request_duration_seconds_count", 'endpoint="hook"'))
+    finally:
+        stop_process(proc, 30)
+
+    assert counts == {20.0}, log.read_text(errors="replace")[-2000:]
+
+
+def _sample(text: str, name: str, label: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") and label in line
+    )
