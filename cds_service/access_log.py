@@ -33,6 +33,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Match
 
+from cds_service import metrics
+
 log = logging.getLogger("cds_service.access")
 
 Scope = MutableMapping[str, Any]
@@ -46,6 +48,20 @@ SCOPE_KEY = "als_cds.access"
 #: Longest Origin header value written to the log (it is the browser page's, not a secret).
 _ORIGIN_CHARS = 200
 _PROBES = frozenset({"/healthz", "/readyz"})
+#: The `endpoint` label of the request metric, by event, then by route (bounded: no raw path).
+_ENDPOINTS = {"hook call": "hook", "feedback": "feedback", "cors preflight": "preflight"}
+
+
+def _endpoint(path: str | None) -> str:
+    if path in ("/cds-services", "/cds-services/"):
+        return "discovery"
+    if path in _PROBES:
+        return "probe"
+    if path == "/metrics":
+        return "metrics"
+    if path is not None and path.startswith("/console"):
+        return "console"
+    return "other"
 
 
 def note(request: Request, **fields: Any) -> None:
@@ -124,6 +140,12 @@ class AccessLog:
         elif path in _PROBES and status < 400 and level == logging.INFO:
             level = logging.DEBUG
         log.log(level, event, extra={**fields, **line})
+        metrics.REQUESTS.labels(
+            _ENDPOINTS.get(event) or _endpoint(path),
+            metrics.one_of(line.get("service"), metrics.SERVICES) if "service" in line else "",
+            metrics.one_of(line.get("hook"), metrics.HOOKS) if "hook" in line else "",
+            str(status) if status is not None else "none",
+        ).observe(time.perf_counter() - started)
 
     def _route_path(self, scope: Scope) -> str | None:
         """The template of the route that serves this path (any method), or None."""

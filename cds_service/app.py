@@ -36,15 +36,16 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cds_service import access_log, console, security, wire
+from cds_service import access_log, console, digest, metrics, security, server, wire
 from cds_service import cards as card_rendering
 from cds_service.engine import Engine, RequestError, issue, validation_issues
 from cds_service.fhir_client import BreakerPolicy, FhirClient, new_http_client
 from cds_service.hooks import CDSRequest, CDSResponse, DiscoveryResponse, FeedbackRequest
-from cds_service.limits import RequestLimits
+from cds_service.limits import LoadShedding, RequestLimits
 from cds_service.services import ServiceDefinition, build_services
 from cds_service.settings import Settings
 from cds_service.store import IssuedCard, Store
+from cds_service.suppression import CardPolicy
 
 log = logging.getLogger("cds_service")
 
@@ -86,6 +87,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        server.die_with_parent()  # a worker of `als-cds serve` never outlives its master
         auth = security.AuthConfig.from_settings(settings)
         security.check_configuration(auth)  # before anything else: a misconfiguration stops here
         catalogue = card_rendering.load_catalogue(settings.cards_dir)
@@ -122,6 +124,8 @@ def create_app(
                 catalogue,
                 fhir,
                 now,
+                # Snoozes and the order session, from the shared store (suppression.py).
+                policy=CardPolicy(store, settings, catalogue),
             ),
             store=store,
             clock=now,
@@ -159,6 +163,12 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
+    # Outside the body checks, inside CORS (a browser can read the 503) and the access log.
+    app.add_middleware(
+        LoadShedding,
+        max_in_flight=settings.max_in_flight_calls,
+        retry_after_seconds=settings.retry_after_seconds,
+    )
     origins = settings.cors_origins  # CORS is added last so that it wraps every answer, 4xx too
     app.add_middleware(
         CORSMiddleware,
@@ -311,14 +321,16 @@ def _add_routes(app: FastAPI) -> None:
         else:
             body = wire.read_request(raw)
         access_log.note(request, hook=body.hook, hook_instance=body.hookInstance)
-        outcome = await state.engine.run(service, body)
+        outcome = await state.engine.run(service, body, issuer=_ehr_issuer(request))
         await _record_issued(state, service, body, outcome.cards, outcome.now)
         access_log.note(
             request,
             cards=len(outcome.cards),
-            rule_ids=[c.source.topic.code for c in outcome.cards],
+            rule_ids=digest.shown_rule_ids(outcome.cards),
             ingest=outcome.record.report.summary(),
         )
+        metrics.observe_cards(outcome.cards)
+        metrics.observe_reader(outcome.record.report)
         # Sent as bytes: the cards were validated when they were built, and FastAPI's own check of
         # a returned dict (then json.dumps) cost more than a tenth of a typical call's CPU.
         return Response(
@@ -330,6 +342,9 @@ def _add_routes(app: FastAPI) -> None:
         state = _state(request)
         service = _service(state, service_id)
         result = await run_in_threadpool(state.store.save_feedback, service.id, body.feedback, state.clock())
+        if state.engine.policy is not None:  # what it means per rule, and the snoozes it sets
+            await state.engine.policy.after_feedback(service.id, body.feedback, state.clock())
+        await run_in_threadpool(_count_feedback, state.store, body.feedback)
         access_log.note(
             request,
             items=len(body.feedback),
@@ -342,6 +357,23 @@ def _add_routes(app: FastAPI) -> None:
             "duplicates": result.duplicates,
             "unknownCards": result.unknown_cards,
         }
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics(request: Request) -> Response:
+        """Prometheus exposition (metrics.py); who may read it: README, Metrics."""
+        settings = _state(request).settings
+        token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+        allowed = metrics.allowed(token, settings.auth_required, request.headers)
+        if allowed is None:
+            return operation_outcome(404, [issue("Not Found", code="not-found")])
+        if not allowed:
+            return operation_outcome(
+                401,
+                [issue("a valid metrics token is required", code="login")],
+                {"WWW-Authenticate": "Bearer"},
+            )
+        body, content_type = await run_in_threadpool(metrics.render)
+        return Response(body, media_type=content_type)
 
     @app.get("/healthz", summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:
@@ -379,6 +411,14 @@ async def _record_issued(
         await run_in_threadpool(state.store.record_issued_cards, issued)
     except Exception as exc:
         log.error("could not record issued cards", extra={"error_type": type(exc).__name__})
+
+
+def _count_feedback(store: Store, items: Sequence[Any]) -> None:
+    """Feedback outcomes per rule, for metrics: the rule that issued each card (None: unknown card)."""
+    for item in items:
+        rule = store.issued_card_rule(item.card)
+        outcome = metrics.one_of(item.outcome, metrics.OUTCOMES)
+        metrics.FEEDBACK.labels(metrics.rule_label(rule), outcome).inc()
 
 
 def _ehr_issuer(request: Request) -> str | None:

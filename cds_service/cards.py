@@ -23,6 +23,8 @@ from typing import Any, Literal
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from cds_service.fatigue import FatigueDef
+from cds_service.fatigue import check as fatigue_check
 from cds_service.hooks import (
     INDICATOR_ORDER,
     Action,
@@ -132,12 +134,20 @@ class CardDef(_Model):
     # A paragraph added to the detail under one guideline profile only (ALS_CDS_PROFILE), e.g.
     # whether a drug is licensed in the UK or the US.
     profile_notes: dict[Literal["nice", "us"], str] = {}
+    # Digest item, snooze periods, standard override codes (issue 12; `fatigue.py`).
+    fatigue: FatigueDef = FatigueDef()
 
     @model_validator(mode="after")
     def _citation_keys_unique(self) -> CardDef:
         keys = [c.key for c in self.citations]
         if len(keys) != len(set(keys)):
             raise ValueError("citation keys must be unique")
+        return self
+
+    @model_validator(mode="after")
+    def _fatigue_fits_the_card(self) -> CardDef:
+        indicators = {self.indicator, *(v.indicator for v in self.variants.values() if v.indicator)}
+        fatigue_check(self.fatigue, indicators, [(r.code, r.display) for r in self.override_reasons])
         return self
 
     def citation(self, key: str) -> CitationDef | None:

@@ -18,10 +18,13 @@ import errno
 import json
 import logging
 import logging.config
+import os
 import re
 import shlex
+import shutil
 import socket
 import sys
+import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
@@ -270,7 +273,33 @@ def _bind_problem(exc: OSError, host: str, port: int, host_label: str, port_labe
     return f"cannot listen on {host} port {port} ({exc.strerror}): check {host_label} and {port_label}"
 
 
+def _metrics_directory(workers: int) -> str | None:
+    """With several workers, the directory where each writes its metric samples (metrics.py): set
+    before anything imports prometheus-client, which reads it at import, in this process and (by
+    inheritance) in every worker. A fresh one per start, as prometheus-client requires; returned
+    when it is ours to delete. One worker keeps its samples in memory."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:  # the deployment's (e.g. an emptyDir volume): emptied of a previous run's samples
+        for stale in Path(given).glob("*.db"):
+            stale.unlink(missing_ok=True)
+        return None
+    if workers < 2:
+        return None
+    created = tempfile.mkdtemp(prefix="als-cds-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = created
+    return created
+
+
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    metrics_dir = _metrics_directory(settings.workers)
+    try:
+        return _serve_with(settings, args)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _serve_with(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from_flags = set(args.from_flags)
@@ -286,18 +315,30 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         f"{settings.workers} worker{'s' if settings.workers > 1 else ''})",
         file=sys.stderr,
     )
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "workers": settings.workers,
+        "log_config": logs.configure(settings.log_level),
+        "proxy_headers": True,
+        "access_log": False,  # the service logs one line per call of its own (logs.py)
+        "timeout_graceful_shutdown": 30,
+        # Read deadlines and a connection limit that uvicorn lacks (server.py).
+        "http": "cds_service.server:GuardedHttpProtocol",
+        "timeout_keep_alive": settings.http_keep_alive_seconds,
+        **tls,
+    }
     try:
-        uvicorn.run(
-            "cds_service.app:app",
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            log_config=logs.configure(settings.log_level),
-            proxy_headers=True,
-            access_log=False,  # the service logs one line per call of its own (logs.py)
-            timeout_graceful_shutdown=30,
-            **tls,
-        )
+        if settings.workers > 1:
+            from cds_service.server import run_workers
+
+            # uvicorn's own supervisor returns normally when a worker fails to start, and restarts
+            # a worker that dies before serving for ever: `run_workers` says whether they started.
+            if not run_workers(uvicorn.Config("cds_service.app:app", **options)):
+                print("als-cds: the service did not start; the log lines above say why", file=sys.stderr)
+                return 3
+            return 0
+        uvicorn.run("cds_service.app:app", **options)
     except SystemExit as exc:  # uvicorn's start-up failure (after what the checks above can see)
         if exc.code not in (0, None):
             print("als-cds: the service did not start; the log lines above say why", file=sys.stderr)

@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from cds_service import cards as card_rendering
-from cds_service import prefetch
+from cds_service import digest, prefetch
 from cds_service.fhir_client import CallBudget, FhirClient
 from cds_service.hooks import HOOK_CONTEXTS, Card, CDSRequest, OrderSelectContext, OrderSignContext
 from cds_service.reader import ReadOptions, build_record, resources_from_bundle
@@ -31,6 +31,7 @@ from cds_service.record import PatientRecord
 from cds_service.rules import RuleConfig, evaluate
 from cds_service.services import ServiceDefinition
 from cds_service.settings import Settings
+from cds_service.suppression import CardPolicy, HookCall, draft_entries, without_drafts
 
 Clock = Callable[[], datetime]
 
@@ -99,6 +100,9 @@ class Engine:
     clock: Clock
     #: List every deviation the reader meets (`--strict` reports), not only count them.
     keep_deviations: bool = False
+    #: Snoozes, the order session and our own suggestions (`suppression.py`): needs the store, so
+    #: the service has one and `als-cds evaluate` none (it shows every card the rules find).
+    policy: CardPolicy | None = None
     # The templates depend only on the service, the settings and the day; computing them is a
     # millisecond of value-set merging that every call would otherwise repeat. Holds one day.
     _templates: dict[tuple[str, date], dict[str, str]] = field(default_factory=dict, init=False, repr=False)
@@ -123,8 +127,11 @@ class Engine:
             self._templates[key] = service.prefetch(self.settings, today)
         return self._templates[key]
 
-    async def run(self, service: ServiceDefinition, request: CDSRequest) -> HookOutcome:
-        """Answer one hook call. Raises RequestError (400, 412) for what the caller must fix."""
+    async def run(
+        self, service: ServiceDefinition, request: CDSRequest, *, issuer: str | None = None
+    ) -> HookOutcome:
+        """Answer one hook call. Raises RequestError (400, 412) for what the caller must fix.
+        `issuer`: the EHR that called (its JWT's `iss`), which snoozes are kept per."""
         if request.hook != service.hook:
             raise RequestError.single(
                 400,
@@ -174,8 +181,8 @@ class Engine:
             medications=medications,
         )
 
-        def decide() -> tuple[PatientRecord, list[Card]]:
-            record = read()
+        def decide(drafts: Any = draft_orders) -> tuple[PatientRecord, list[Card]]:
+            record = read(draft_orders=drafts)
             findings = evaluate(service.rules, record, self.rule_config)
             return record, card_rendering.render_all(findings, self.catalogue, self.settings.profile)
 
@@ -185,8 +192,36 @@ class Engine:
             record, cards = await asyncio.to_thread(decide)
         else:
             record, cards = decide()
+        cards = await self._against_fatigue(
+            service, request, context, now, issuer, draft_orders, cards, decide
+        )
         orders = resources_from_bundle(draft_orders) if draft_orders else []
         return HookOutcome(cards, record, now, [*resources, *medications, *orders])
+
+    async def _against_fatigue(
+        self,
+        service: ServiceDefinition,
+        request: CDSRequest,
+        context: Any,
+        now: datetime,
+        issuer: str | None,
+        draft_orders: Any,
+        cards: list[Card],
+        decide: Callable[[Any], tuple[PatientRecord, list[Card]]],
+    ) -> list[Card]:
+        """Snoozes and the order session (with a policy), then the reminders' digest (issue 12)."""
+        call = None
+        if self.policy is not None:
+            drafts = draft_entries(draft_orders)
+            call = HookCall(service.id, request.hook, issuer or "", context.patientId, now, drafts)
+            cards = await self.policy.select(
+                call, cards, lambda excluded: decide(without_drafts(draft_orders, excluded))[1]
+            )
+        if self.settings.digest_enabled:
+            cards = digest.fold(cards, self.catalogue, digest.load_wording(self.settings.cards_dir))
+        if self.policy is not None and call is not None:
+            await self.policy.record(call, cards)
+        return cards
 
 
 def validate_context(request: CDSRequest) -> Any:

@@ -43,6 +43,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import msgspec
 
+from cds_service import metrics
 from cds_service.reader import resources_from_bundle
 from cds_service.reader.lazy import LazyResource
 
@@ -185,6 +186,7 @@ class _Origin:
         self.failures += 1
         if self.probing or (not self.open_until and self.failures >= self._policy.failures):
             self.open_until = now + self._policy.open_seconds
+            metrics.FHIR_CIRCUITS.inc()
             log.warning(
                 "FHIR server failing: circuit opened",
                 extra={
@@ -274,12 +276,27 @@ class FhirClient:
         self, base_url: str, relative_url: str, token: str | None, *, budget: CallBudget | None = None
     ) -> FetchResult:
         """Run a read (`Patient/123`) or a search (`Observation?...`) and collect every page."""
+        rtype = metrics.resource_type_of(relative_url)
+        started = asyncio.get_running_loop().time()
+        try:
+            result = await self._get(base_url, relative_url, token, budget, rtype)
+        except FhirFetchError as exc:
+            metrics.FHIR_FAILURES.labels(rtype, metrics.one_of(exc.issue_code, metrics.FETCH_FAILURES)).inc()
+            raise
+        metrics.FHIR_FETCH.labels(rtype).observe(asyncio.get_running_loop().time() - started)
+        return result
+
+    async def _get(
+        self, base_url: str, relative_url: str, token: str | None, budget: CallBudget | None, rtype: str
+    ) -> FetchResult:
         url = f"{base_url.rstrip('/')}/{relative_url.lstrip('/')}"
-        body = await self._get_json(url, token, read="?" not in relative_url, budget=budget)
+        body = await self._get_json(url, token, read="?" not in relative_url, budget=budget, rtype=rtype)
         if body is None:  # read of a resource that does not exist: "nothing found", not an error
             return FetchResult([], 1)
         if body.get("resourceType") == "Bundle":
-            return await self.complete_bundle(base_url, body, token, first_url=url, budget=budget)
+            return await self.complete_bundle(
+                base_url, body, token, first_url=url, budget=budget, rtype=rtype
+            )
         if body.get("resourceType") == "OperationOutcome":
             raise FhirFetchError("FHIR server answered with an OperationOutcome")
         return FetchResult([body], 1)
@@ -292,8 +309,9 @@ class FhirClient:
         *,
         first_url: str | None = None,
         budget: CallBudget | None = None,
+        rtype: str = "other",
     ) -> FetchResult:
-        """The entries of a searchset Bundle and of all its `next` pages."""
+        """The entries of a searchset Bundle and of all its `next` pages (`rtype`: for metrics)."""
         resources = list(resources_from_bundle(bundle))
         _raise_on_error_outcome(bundle)
         seen = {first_url} if first_url else set()
@@ -309,7 +327,7 @@ class FhirClient:
             if pages >= self._max_pages:
                 raise FhirFetchError(f"more than {self._max_pages} pages of results")
             seen.add(absolute)
-            page = await self._get_json(absolute, token, read=False, budget=budget)
+            page = await self._get_json(absolute, token, read=False, budget=budget, rtype=rtype)
             if page is None or page.get("resourceType") != "Bundle":
                 raise FhirFetchError("a next page is not a Bundle")
             _raise_on_error_outcome(page)
@@ -319,24 +337,24 @@ class FhirClient:
         return FetchResult(resources, pages)
 
     async def _get_json(
-        self, url: str, token: str | None, *, read: bool, budget: CallBudget | None
+        self, url: str, token: str | None, *, read: bool, budget: CallBudget | None, rtype: str = "other"
     ) -> dict[str, Any] | None:
         """One answer, streamed under the caps and parsed, all before the call's deadline."""
         headers = {"Accept": FHIR_JSON}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         if budget is None:
-            return await self._fetch(url, headers, read, None)
+            return await self._fetch(url, headers, read, None, rtype)
         if budget.remaining() <= 0:
             raise budget.timed_out()
         try:
             async with asyncio.timeout_at(budget.deadline):
-                return await self._fetch(url, headers, read, budget)
+                return await self._fetch(url, headers, read, budget, rtype)
         except TimeoutError:
             raise budget.timed_out() from None
 
     async def _fetch(
-        self, url: str, headers: dict[str, str], read: bool, budget: CallBudget | None
+        self, url: str, headers: dict[str, str], read: bool, budget: CallBudget | None, rtype: str
     ) -> dict[str, Any] | None:
         origin = self._origin_of(url)
         loop = asyncio.get_running_loop()
@@ -366,6 +384,7 @@ class FhirClient:
                     origin.probing = False  # cancelled for another reason: another request may probe
         if content is None:
             return None
+        metrics.FHIR_BYTES.labels(rtype).observe(len(content))
         # Parsed after the connection went back to the pool. A large answer in a thread: the event
         # loop (and with it every deadline of this worker) keeps running meanwhile.
         if len(content) <= INLINE_PARSE_BYTES:

@@ -1,4 +1,5 @@
-"""Request limits, checked before any body is parsed: size (413) and content type (415).
+"""Request limits, checked before any body is parsed: size (413) and content type (415); and load
+shedding, which answers a hook call beyond the worker's capacity at once (503).
 
 A pure ASGI middleware, so an oversized body is refused while it streams in, without ever being
 held in memory whole: a declared Content-Length over the limit is refused at once, and a body
@@ -13,6 +14,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
+
+from cds_service import access_log, metrics
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -89,8 +92,60 @@ class RequestLimits:
         return f"The request body is larger than the limit of {self.max_body_bytes} bytes."
 
 
-async def _refuse(send: Send, status: int, diagnostics: str) -> None:
-    code = "too-long" if status == 413 else "not-supported"
+class LoadShedding:
+    """Beyond `max_in_flight` hook calls in this worker, answer the next one at once: 503 with
+    `Retry-After` and an OperationOutcome (`throttled`), which EHRs treat as "no cards".
+
+    Why: without it, a burst queues on the event loop and every call slows together; 1,000
+    concurrent calls all finished after ~5 s, so under an EHR time-out of ~5 s all would have failed.
+    Shed at once, the calls taken are answered in time and the rest can be retried or skipped.
+    Only hook calls are counted and shed (`POST /cds-services/{id}`): feedback is small and carries
+    a clinician's answer, and discovery and probes are cheap. Checked before authentication, so
+    that a shed call costs nothing; its access log line says `shed`.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_in_flight: int, retry_after_seconds: int) -> None:
+        self.app = app
+        self.max_in_flight = max_in_flight
+        self.retry_after = str(retry_after_seconds)
+        self.in_flight = 0
+        #: Calls shed since start, for whoever watches (metrics).
+        self.shed = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not _is_hook_call(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.max_in_flight:
+            self.shed += 1
+            metrics.SHED.inc()
+            line = scope.get(access_log.SCOPE_KEY)
+            if line is not None:
+                line.update(event="hook call", shed=True, in_flight=self.in_flight)
+            await _refuse(
+                send,
+                503,
+                f"The service is at capacity ({self.max_in_flight} calls in progress); retry shortly.",
+                {"retry-after": self.retry_after},
+            )
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+def _is_hook_call(path: str) -> bool:
+    """`/cds-services/{id}` (a service invoked), not its `/feedback` nor discovery."""
+    if not path.startswith("/cds-services/"):
+        return False
+    rest = path[len("/cds-services/") :].strip("/")
+    return bool(rest) and "/" not in rest
+
+
+async def _refuse(send: Send, status: int, diagnostics: str, headers: dict[str, str] | None = None) -> None:
+    code = {413: "too-long", 503: "throttled"}.get(status, "not-supported")
     body = json.dumps(
         {
             "resourceType": "OperationOutcome",
@@ -101,7 +156,11 @@ async def _refuse(send: Send, status: int, diagnostics: str) -> None:
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *((k.encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})

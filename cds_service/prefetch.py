@@ -34,6 +34,7 @@ from datetime import date, timedelta
 from typing import Any
 from urllib.parse import quote
 
+from cds_service import metrics
 from cds_service.fhir_client import (
     CallBudget,
     FetchResult,
@@ -249,20 +250,26 @@ async def resolve(
             continue
         if provided is _MISSING:
             why_fetch = "not in prefetch"
+            metrics.PREFETCH_MISSING.labels(key, "absent").inc()  # keys are the service's own
         else:
             if not isinstance(provided, Mapping) or not isinstance(provided.get("resourceType"), str):
                 raise PrefetchInvalid(key, f"prefetch.{key} must be a FHIR resource, a Bundle or null")
             rtype = provided["resourceType"]
             if rtype == "OperationOutcome" or (rtype == "Bundle" and _bundle_has_error(provided)):
                 why_fetch = "the EHR reported an error for this key"
+                metrics.PREFETCH_MISSING.labels(key, "error").inc()
             elif rtype == "Bundle" and _has_next(provided):
+                metrics.PREFETCH_MISSING.labels(key, "more pages").inc()
                 if server is None:
                     result.unavailable[key] = Unavailable(
                         key,
                         "the prefetched Bundle has more pages, and there is no fhirServer to fetch them from",
                     )
                     continue
-                jobs[key] = functools.partial(fhir.complete_bundle, server, provided, token, budget=budget)
+                rtype_of_key = TYPE_BY_KEY.get(key, "other")
+                jobs[key] = functools.partial(
+                    fhir.complete_bundle, server, provided, token, budget=budget, rtype=rtype_of_key
+                )
                 origins[key] = "prefetch+pages"
                 continue
             else:

@@ -56,7 +56,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from cds_service import access_log
+from cds_service import access_log, metrics
 from cds_service.settings import Settings, TrustedClient
 from cds_service.store import Store
 
@@ -622,6 +622,7 @@ class Authenticator:
             if not fresh:
                 raise AuthFailure("replayed", iss=verified.issuer, kid=verified.kid, jti=verified.jti)
         except AuthFailure as failure:
+            metrics.AUTH_REJECTIONS.labels(failure.reason[:40]).inc()  # one of this module's codes
             log.warning(
                 "authentication failed",
                 extra={

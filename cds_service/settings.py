@@ -213,6 +213,55 @@ class Settings(BaseSettings):
         description="The unencrypted PEM private key of `ssl_certfile`.",
     )
 
+    # -- load and slow clients (per worker process; README, Load and slow clients) -------------------
+    max_in_flight_calls: int = Field(
+        64,
+        ge=1,
+        le=10_000,
+        description="Most hook calls one worker works on at once. One more is answered at once with "
+        "503, `Retry-After` and a JSON body (an EHR shows no cards), rather than queueing until every "
+        "call times out together.",
+    )
+    retry_after_seconds: int = Field(
+        1, ge=0, le=3600, description="The `Retry-After` of a 503 for load (shed calls, refused connections)."
+    )
+    max_connections: int = Field(
+        512,
+        ge=1,
+        le=100_000,
+        description="Most open connections one worker of `als-cds serve` keeps; one more is answered "
+        "503 (JSON, `Retry-After`) and closed. Keep it under the process's file limit (`ulimit -n`).",
+    )
+    http_header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="A new connection, or a keep-alive request once it begins, must deliver its request "
+        "line and headers within this (`als-cds serve`); else 408 (JSON) and closed. Slow senders "
+        "(10 bytes every 2 s) cannot hold a connection.",
+    )
+    http_body_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="From the end of its headers, a request's whole body must arrive within this "
+        "(`als-cds serve`); else 408, or the connection is closed when the answer has gone (a 401 is "
+        "sent before the body is read).",
+    )
+    http_keep_alive_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="How long an idle keep-alive connection is kept between requests (`als-cds serve`).",
+    )
+
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="Bearer token a Prometheus scraper must present at `GET /metrics`. With "
+        "authentication on and no token, /metrics is not served (404); with authentication off "
+        "(local development) it is open unless a token is set. Keep it in the deployment's Secret.",
+    )
+
     # -- storage ---------------------------------------------------------------------------------
     database_url: str = Field(
         "sqlite:///./als-cds.db",

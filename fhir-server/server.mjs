@@ -8,7 +8,8 @@
 // its edge: a base URL, Bearer tokens, paging with `next` links back to itself, CORS, a
 // CapabilityStatement, and knobs for the tests (slow answers, stopping, a small page size).
 //
-// Listens on loopback only. Run `node server.mjs --help` for the options; README.md describes them.
+// Listens on loopback only (inside a container, any address with --allow-remote). Run
+// `node server.mjs --help` for the options; README.md describes them.
 
 import http from 'node:http';
 import { parseArgs } from 'node:util';
@@ -39,6 +40,10 @@ const SEARCH_RESULT_PARAMS = new Set([
 const USAGE = `Usage: node server.mjs [options]
 
   --host HOST            loopback address to listen on (default 127.0.0.1; 127.0.0.0/8, ::1, localhost)
+  --allow-remote         let --host be any address: only inside a container, whose network is the
+                         boundary (deploy/compose.yaml), never on a machine's own interfaces
+  --public-url URL       the origin written into links, fullUrls and Location headers, as clients
+                         reach the server (default http://HOST:PORT), e.g. http://fhir:8080
   --port PORT            port (default 0: a free port, reported on stdout)
   --token TOKEN          the Bearer token the server accepts (or env FHIR_SERVER_TOKEN);
                          without one, no token is needed
@@ -67,6 +72,8 @@ function parseOptions(argv) {
     args: argv,
     options: {
       host: { type: 'string', default: '127.0.0.1' },
+      'allow-remote': { type: 'boolean', default: false },
+      'public-url': { type: 'string' },
       port: { type: 'string', default: '0' },
       token: { type: 'string' },
       open: { type: 'boolean', default: false },
@@ -88,14 +95,19 @@ function parseOptions(argv) {
     process.stdout.write(USAGE);
     process.exit(0);
   }
-  if (!isLoopback(values.host)) {
-    throw new Error(`--host must be a loopback address, not ${values.host}`);
+  if (!isLoopback(values.host) && !values['allow-remote']) {
+    throw new Error(`--host must be a loopback address, not ${values.host} (--allow-remote: inside a container only)`);
   }
   if (values.open && values.token !== undefined) {
     throw new Error('--open and --token contradict each other');
   }
+  const publicUrl = values['public-url'] ?? null;
+  if (publicUrl !== null && !/^https?:\/\/[^/?#]+$/.test(publicUrl)) {
+    throw new Error(`--public-url must be an origin such as http://fhir:8080, not ${publicUrl}`);
+  }
   return {
     host: values.host,
+    publicUrl,
     port: integer(values.port, 'port', 0, 65535),
     validate: values.validate,
     control: values.control,
@@ -335,7 +347,7 @@ class TestFhirServer {
       this.server.listen(this.options.port, this.options.host, () => {
         const { address, port } = this.server.address();
         const host = address.includes(':') ? `[${address}]` : address;
-        this.origin = `http://${host}:${port}`;
+        this.origin = this.options.publicUrl ?? `http://${host}:${port}`;
         resolve(this.origin);
       });
     });

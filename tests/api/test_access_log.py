@@ -253,7 +253,12 @@ def test_the_access_line_says_what_the_call_was(
         "/cds-services/{service_id}", "als-patient-view", EHR, "patient-view",
     )  # fmt: skip
     assert call["hook_instance"] == REQUEST["hookInstance"]
-    assert call["cards"] == 4 and "riluzole-lft-due" in call["rule_ids"]
+    # Two cards: the riluzole warning and the care review digest of three reminders, which the
+    # line names after it (issue 12).
+    assert call["cards"] == 2 and "riluzole-lft-due" in call["rule_ids"]
+    assert call["rule_ids"][1:] == [
+        "care-review-digest", "respiratory-assessment-due", "mdt-review-overdue", "advance-care-planning",
+    ]  # fmt: skip
     assert feedback["event"] == "feedback" and feedback["path"] == "/cds-services/{service_id}/feedback"
     assert (feedback["service"], feedback["issuer"], feedback["stored"], feedback["unknown_cards"]) == (
         "als-patient-view", EHR, 1, 1,

@@ -109,3 +109,48 @@ def test_deeply_nested_json_is_a_400_not_a_crash(small_client: TestClient) -> No
         "/cds-services/als-patient-view", content=body[:LIMIT], headers={"Content-Type": "application/json"}
     )
     assert response.status_code == 400
+
+
+# ------------------------------------------------------------------------------------------------
+# Load shedding (the middleware alone: calls held in flight on purpose)
+
+
+async def test_hook_calls_beyond_the_in_flight_limit_are_answered_503_at_once_with_retry_after() -> None:
+    import asyncio
+
+    import httpx
+
+    from cds_service.limits import LoadShedding
+
+    release = asyncio.Event()
+
+    async def slow_app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    shedding = LoadShedding(slow_app, max_in_flight=3, retry_after_seconds=2)
+    transport = httpx.ASGITransport(app=shedding)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        held = [
+            asyncio.ensure_future(client.post("/cds-services/als-patient-view", json={})) for _ in range(3)
+        ]
+        await asyncio.sleep(0.05)
+        shed = await asyncio.gather(
+            *(client.post("/cds-services/als-patient-view", json={}) for _ in range(4))
+        )
+        feedback = asyncio.ensure_future(client.post("/cds-services/als-patient-view/feedback", json={}))
+        discovery = asyncio.ensure_future(client.get("/cds-services"))
+        await asyncio.sleep(0.05)
+        assert not feedback.done() and not discovery.done()  # neither counted nor shed: let through
+        release.set()
+        answered = await asyncio.gather(*held, feedback, discovery)
+
+    assert [r.status_code for r in answered] == [200] * 5
+    for response in shed:
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "2"
+        assert response.headers["content-type"] == "application/json"
+        issue = response.json()["issue"][0]
+        assert issue["code"] == "throttled" and "capacity" in issue["diagnostics"]
+    assert shedding.shed == 4 and shedding.in_flight == 0

@@ -23,6 +23,7 @@ from cds_service.app import create_app
 from cds_service.bundles import request_from_bundle
 from cds_service.services import build_services
 from cds_service.settings import Settings
+from tests.cards_shown import shown_rules
 from tests.support import NOW, hook_request, patient_bundle
 
 SERVICES = {s.hook: s for s in build_services().values()}
@@ -63,7 +64,10 @@ def cards(api: TestClient, request: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def card(found: list[dict[str, Any]], rule_id: str) -> dict[str, Any]:
-    matching = [c for c in found if c["source"]["topic"]["code"] == rule_id]
+    # A reminder may be an item of the care review digest (issue 12): then the digest shows it.
+    matching = [c for c in found if c["source"]["topic"]["code"] == rule_id] or [
+        c for c in found if rule_id in shown_rules({"cards": [c]})
+    ]
     assert matching, f"no {rule_id} card among {[c['source']['topic']['code'] for c in found]}"
     return matching[0]
 

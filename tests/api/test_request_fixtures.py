@@ -13,6 +13,7 @@ import respx
 from fastapi.testclient import TestClient
 
 from tests.api.test_invocation import mock_fhir_server
+from tests.cards_shown import shown_rules
 from tests.support import FIXTURES, hook_request, patient_resources
 
 REQUESTS = FIXTURES / "requests"
@@ -48,4 +49,4 @@ def test_a_bundled_request_gets_the_documented_cards(client: TestClient, name: s
             mock_fhir_server(router, patient_resources(patient), base=request["fhirServer"])
         response = client.post(f"/cds-services/{service}", json=request)
     assert response.status_code == 200, response.text
-    assert [card["source"]["topic"]["code"] for card in response.json()["cards"]] == expected
+    assert shown_rules(response.json()) == expected

@@ -33,6 +33,7 @@ from cds_service.bundles import request_from_bundle
 from cds_service.reader import resources_from_bundle
 from cds_service.services import build_services
 from cds_service.settings import Settings
+from tests.cards_shown import fired_rules
 from tests.support import NOW, SYNTHEA, bundled_charts, chart_name, load_chart, shared_charts
 
 BUNDLED = bundled_charts()
@@ -138,7 +139,7 @@ def post(client: TestClient, bundle: dict[str, Any], hook: str) -> list[str]:
     keys = list(SERVICES[hook].prefetch(Settings(_env_file=None), NOW.date()))
     response = client.post(f"/cds-services/{SERVICES[hook].id}", json=request_from_bundle(bundle, hook, keys))
     assert response.status_code == 200, response.text
-    return [card["source"]["topic"]["code"] for card in response.json()["cards"]]
+    return fired_rules(response.json())  # the reminders' digest counted by its items (issue 12)
 
 
 # -- the oracle -------------------------------------------------------------------------------

@@ -7,9 +7,13 @@ as an EHR renders them, and that its feedback reaches the service. What is drive
 * patient-view for a fixture patient: every card of the service's answer rendered, in its order,
   with its indicator (as a word) and its summary, its markdown detail as HTML, the request and
   response JSON and the time taken shown;
-* a suggestion accepted (by mouse) and a card overridden with one of its own reasons (by keyboard
-  only): both posted to /cds-services/als-patient-view/feedback, the service's answer shown, and
-  both found as rows in the service's database, linked to their rules;
+* the info reminders as one care review card (`care-review-digest`, one suggestion an item): a
+  card's suggestion and a review item's suggestion accepted (by mouse), the review overridden with
+  "Snooze 1 month" (by keyboard only): each posted to /cds-services/als-patient-view/feedback, the
+  service's answer shown, found as rows in the service's database and traced per rule (the item's
+  suggestion to its own rule, the snooze to each rule of the review); sent again, the review is gone
+  and the log says each of its rules was snoozed. Tests after it in this module do not rely on the
+  review of that patient;
 * order-select for a patient with ALS and cirrhosis whose draft riluzole order is ticked, beside an
   unticked order added from the library: the critical riluzole-order-liver card; with the riluzole
   order unticked, no such card; order-sign the same;
@@ -41,12 +45,14 @@ import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import pytest
 
+from cds_service.digest import RULE_ID_EXTENSION
 from cds_service.rules import CATALOGUE
 from tests.integration.conftest import FhirTestServer
 from tests.integration.test_sandbox_browser import (
@@ -71,7 +77,10 @@ SCREENSHOT_HEIGHT = 1800
 
 PATIENT_VIEW_PATIENT = "als-riluzole-lft-overdue"  # ALS, on riluzole: several patient-view cards
 ACCEPTED_RULE = "riluzole-lft-due"  # its suggestion: order liver function tests
-OVERRIDDEN_RULE = "mdt-review-overdue"  # overridden with one of its reasons
+# Its info reminders come as one care review card (cds_service/digest.py), one suggestion an item:
+DIGEST = "care-review-digest"
+DIGEST_ITEM_RULE = "mdt-review-overdue"  # the item whose suggestion is accepted
+SNOOZE = "Snooze 1 month"  # the review overridden with it: each of its rules snoozed for this patient
 HEPATIC_PATIENT = "riluzole-hepatic-contraindication"  # ALS (G12.21) and cirrhosis; a draft Tiglutik
 HEPATIC_ORDER = "Tiglutik 50 mg/10 mL oral suspension"
 HEPATIC_RULE = "riluzole-order-liver"
@@ -253,66 +262,95 @@ def test_patient_view_cards_render_with_their_indicator_and_summary(console: Con
     _screenshot(page, "console-patient-view.png", tmp_path)
 
 
-def test_an_accepted_suggestion_and_an_override_become_feedback_rows(
+def test_accepted_suggestions_and_a_snoozed_care_review_become_feedback_per_rule(
     console: Console, service: Service
 ) -> None:
     console.open(patient=PATIENT_VIEW_PATIENT, hook="patient-view")
     _, _, answer = console.send("als-patient-view")
     by_rule = {card["source"]["topic"]["code"]: card for card in answer["cards"]}
-    taken, overridden = by_rule[ACCEPTED_RULE], by_rule[OVERRIDDEN_RULE]
-    suggestion, reason = taken["suggestions"][0], overridden["overrideReasons"][1]
+    taken, review = by_rule[ACCEPTED_RULE], by_rule[DIGEST]
+    suggestion = taken["suggestions"][0]
+    items = {s["extension"][RULE_ID_EXTENSION]: s for s in review["suggestions"]}
+    item = items[DIGEST_ITEM_RULE]
+    [reason] = [r for r in review["overrideReasons"] if r["display"] == SNOOZE]
     page = console.page
     feedback_url = f"{service.url}/cds-services/als-patient-view/feedback"
 
     def is_feedback(response: Response) -> bool:
         return response.request.method == "POST" and response.url == feedback_url
 
+    # By mouse: a card's suggestion, and one item's suggestion on the care review.
     with page.expect_response(is_feedback) as accepted:
         console.card(ACCEPTED_RULE).get_by_role("button", name=suggestion["label"]).click()
-    # The override by keyboard only: to the card's Override button, Enter, the reason, a comment.
-    toggle = console.card(OVERRIDDEN_RULE).get_by_role("button", name="Override…")
+    with page.expect_response(is_feedback) as accepted_item:
+        console.card(DIGEST).get_by_role("button", name=item["label"]).click()
+    # The override by keyboard only: to the review's Override button, Enter, the reason, a comment.
+    toggle = console.card(DIGEST).get_by_role("button", name="Override…")
     toggle.focus()
     page.keyboard.press("Enter")
-    reasons = console.card(OVERRIDDEN_RULE).get_by_label("Reason for overriding")
+    reasons = console.card(DIGEST).get_by_label("Reason for overriding")
     expect(reasons).to_be_focused()
-    assert reasons.locator("option").all_inner_texts() == [
-        r["display"] for r in overridden["overrideReasons"]
-    ]
+    assert reasons.locator("option").all_inner_texts() == [r["display"] for r in review["overrideReasons"]]
     reasons.select_option(label=reason["display"])
     page.keyboard.press("Tab")
-    expect(console.card(OVERRIDDEN_RULE).get_by_label("Comment (optional)")).to_be_focused()
-    page.keyboard.type("Seen at the regional MND clinic last month")
+    expect(console.card(DIGEST).get_by_label("Comment (optional)")).to_be_focused()
+    page.keyboard.type("Reviewed at the regional MND clinic last week")
     page.keyboard.press("Tab")
     with page.expect_response(is_feedback) as dismissed:
         page.keyboard.press("Enter")
     stored = {"stored": 1, "duplicates": 0, "unknownCards": 0}
-    for response in (accepted.value, dismissed.value):
+    for response in (accepted.value, accepted_item.value, dismissed.value):
         assert (response.status, response.json()) == (200, stored), response.text()
     # What the page says: the service's answer on each card and in the feedback list.
     answered = "the service answered 200 (stored 1, duplicates 0, unknown cards 0)"
     expect(console.card(ACCEPTED_RULE).locator(".feedback-status")).to_contain_text(answered)
-    expect(console.card(OVERRIDDEN_RULE).locator(".feedback-status")).to_contain_text(answered)
+    expect(console.card(DIGEST).locator(".feedback-status")).to_contain_text(answered)
+    expect(console.card(DIGEST).get_by_role("button", name=f"Accepted: {item['label']}")).to_be_disabled()
     expect(
-        console.card(OVERRIDDEN_RULE).get_by_role("button", name=f"Overridden: {reason['display']}")
+        console.card(DIGEST).get_by_role("button", name=f"Overridden: {reason['display']}")
     ).to_be_disabled()
-    expect(page.locator("#feedback-log > li")).to_have_count(2)
+    expect(page.locator("#feedback-log > li")).to_have_count(3)
 
-    rows = {row["card_uuid"]: row for row in service.feedback_rows()}
-    accepted_row, overridden_row = rows[taken["uuid"]], rows[overridden["uuid"]]
-    assert (accepted_row["outcome"], accepted_row["rule_id"], accepted_row["unknown_card"]) == (
-        "accepted", ACCEPTED_RULE, False,
+    # Each item as received, on the card it was about (the review is one card, one rule id).
+    rows = service.feedback_rows()
+    assert [(r["card_uuid"], r["outcome"], r["rule_id"], r["unknown_card"]) for r in rows] == [
+        (taken["uuid"], "accepted", ACCEPTED_RULE, False),
+        (review["uuid"], "accepted", DIGEST, False),
+        (review["uuid"], "overridden", DIGEST, False),
+    ]
+    assert [r["accepted_suggestion_ids"] for r in rows[:2]] == [[suggestion["uuid"]], [item["uuid"]]]
+    assert (rows[2]["override_reason_code"], rows[2]["override_reason_system"]) == (
+        reason["code"], reason.get("system"),
     )  # fmt: skip
-    assert accepted_row["accepted_suggestion_ids"] == [suggestion["uuid"]]
-    assert (overridden_row["outcome"], overridden_row["rule_id"], overridden_row["unknown_card"]) == (
-        "overridden", OVERRIDDEN_RULE, False,
-    )  # fmt: skip
-    assert overridden_row["override_reason_code"] == reason["code"]
-    assert all(row["service_id"] == "als-patient-view" for row in (accepted_row, overridden_row))
+    assert all(row["service_id"] == "als-patient-view" for row in rows)
+    # What it means per rule: the review's suggestion for its own rule, the snooze for each of its
+    # rules, for the month its card files give, from the moment of the override.
+    per_rule = service.feedback_rules()
+    meaning = sorted((r["rule_id"], r["outcome"], r["suggestion_uuid"], r["reason_code"]) for r in per_rule)
+    assert meaning == sorted(
+        [
+            (ACCEPTED_RULE, "accepted", suggestion["uuid"], None),
+            (DIGEST_ITEM_RULE, "accepted", item["uuid"], None),
+            *[(rule, "overridden", "", reason["code"]) for rule in items],
+        ]
+    )
+    snoozed = [r for r in per_rule if r["outcome"] == "overridden"]
+    assert {r["snooze_until"] for r in snoozed} == {rows[2]["outcome_timestamp"] + timedelta(days=30)}
     lines = _wait_for(
-        lambda: [e for e in service.events() if e.get("event") == "feedback"][-2:] or None,
+        lambda: [e for e in service.events() if e.get("event") == "feedback"][-3:] or None,
         "the feedback calls' access lines",
     )
-    assert [(e["status"], e["stored"]) for e in lines] == [(200, 1)] * 2
+    assert [(e["status"], e["stored"]) for e in lines] == [(200, 1)] * 3
+
+    # Sent again: the card not snoozed is there, the review and its rules are not.
+    _, _, again = console.send("als-patient-view")
+    assert ACCEPTED_RULE in _rule_ids(again) and not ({DIGEST, *items} & set(_rule_ids(again))), again
+    expect(console.card(DIGEST)).to_have_count(0)
+    suppressed = _wait_for(
+        lambda: [e for e in service.events() if e.get("event") == "card suppressed"] or None,
+        "the suppressed cards' log lines",
+    )
+    assert sorted((e["rule_id"], e["reason"]) for e in suppressed) == sorted((r, "snoozed") for r in items)
 
 
 def test_order_select_riluzole_with_liver_disease_shows_the_critical_card(
@@ -472,7 +510,8 @@ def test_every_control_has_a_label_and_headings_do_not_skip_levels(console: Cons
     console.open(path, **({"patient": PATIENT_VIEW_PATIENT} if path == "/console" else {}))
     if path == "/console":
         console.send("als-patient-view")  # cards and their controls on the page too
-        console.card(OVERRIDDEN_RULE).get_by_role("button", name="Override…").click()
+        # A card the snooze test above leaves in place (the care review may be snoozed by then).
+        console.card(ACCEPTED_RULE).get_by_role("button", name="Override…").click()
     found = console.page.evaluate(
         """() => {
             const controls = [...document.querySelectorAll("input, select, textarea, button")];

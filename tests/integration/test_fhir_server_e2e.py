@@ -5,7 +5,8 @@ no respx, no fake. What is proven:
 
 * every fixture patient on every hook (the cases of tests/api/test_fixture_expectations.py), called
   with no prefetch and fhirServer + fhirAuthorization, gets exactly the cards it gets with full
-  prefetch (every field but the uuids), and the expected ones; each key was fetched with the token;
+  prefetch (every field but the uuids), and the expected ones (a care review's items counted as
+  the rules they are); each key was fetched with the token;
 * partial prefetch: only the keys that are absent or that the EHR reported an error for are fetched;
 * paging: with a page size of 2, `next` links back to the server are followed, also from a
   prefetched first page, and the cards do not change;
@@ -16,6 +17,7 @@ no respx, no fake. What is proven:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -36,6 +38,7 @@ from cds_service.bundles import request_from_bundle, split_bundle
 from cds_service.prefetch import TYPE_BY_KEY
 from cds_service.services import build_services
 from cds_service.settings import Settings
+from tests.cards_shown import fired_rules
 from tests.integration.conftest import FhirTestServer
 from tests.support import FIXTURES, NOW
 
@@ -59,6 +62,24 @@ def _app_client(tmp_path: Path, **settings: Any) -> Iterator[TestClient]:
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     yield from _app_client(tmp_path_factory.mktemp("e2e-app"), fhir_budget_seconds=BUDGET_SECONDS)
+
+
+@pytest.fixture(scope="module")
+def hook_clients(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, TestClient]]:
+    """The service once per hook, each on a database of its own, for the fixture cases. What one
+    call leaves in the store changes the next one by design (issue 12: a card shown on order-select
+    is not repeated on order-sign for the same patient, a draft order matching what patient-view
+    suggested brings back no card about itself), and the fixtures' expectations are each hook's
+    cards on its own; tests/api/test_alert_fatigue.py proves the order session."""
+    with contextlib.ExitStack() as stack:
+        yield {
+            hook: stack.enter_context(
+                contextlib.contextmanager(_app_client)(
+                    tmp_path_factory.mktemp(f"e2e-{hook}"), fhir_budget_seconds=BUDGET_SECONDS
+                )
+            )
+            for hook in SERVICES
+        }
 
 
 @pytest.fixture
@@ -233,7 +254,7 @@ def responses() -> dict[tuple[str, str], tuple[list[Any], list[Any]]]:
 
 @pytest.mark.parametrize(("module", "fixture", "hook", "expected"), _cases())
 def test_fetched_from_the_fhir_server_the_cards_equal_those_from_full_prefetch(
-    client: TestClient,
+    hook_clients: dict[str, TestClient],
     fhir: FhirTestServer,
     responses: dict[tuple[str, str], tuple[list[Any], list[Any]]],
     module: str,
@@ -244,6 +265,7 @@ def test_fetched_from_the_fhir_server_the_cards_equal_those_from_full_prefetch(
     if hook != "patient-view" and not split_bundle(_bundle(fixture))[1]:
         assert expected == [], f"{fixture} has no draft orders, so no {hook} card can be expected"
         return
+    client = hook_clients[hook]
     if (fixture, hook) not in responses:
         prefetched = _cards(_call(client, hook, _full_prefetch_request(fixture, hook)))
         fhir.clear_requests()
@@ -261,7 +283,7 @@ def test_fetched_from_the_fhir_server_the_cards_equal_those_from_full_prefetch(
     # date window is still fetched (those value sets are asked for without a window).
     assert _summary(fetched) == _summary(prefetched)
     assert fetched == prefetched
-    ids = [card["source"]["topic"]["code"] for card in fetched]
+    ids = fired_rules({"cards": fetched})  # as cards of their own or as items of the care review
     assert sorted(i for i in ids if i in _module_rule_ids(module)) == expected
 
 

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from cds_service.settings import Settings
+from tests.cards_shown import shown_rules
 from tests.support import ROOT
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -96,14 +97,16 @@ def test_readme_quickstart_in_a_fresh_virtualenv_returns_the_documented_cards(tm
             check=True,
         )
         cards = json.loads(out.stdout)["cards"]
-        # As the README says: the riluzole warning first, then three info cards.
-        assert [c["source"]["topic"]["code"] for c in cards] == [
+        # As the README says: the riluzole warning first, then the care review of three reminders.
+        assert shown_rules({"cards": cards}) == [
             "riluzole-lft-due",
+            "care-review-digest",
             "respiratory-assessment-due",
             "mdt-review-overdue",
             "advance-care-planning",
         ]
-        assert [c["indicator"] for c in cards] == ["warning", "info", "info", "info"]
+        assert [c["indicator"] for c in cards] == ["warning", "info"]
+        assert cards[1]["summary"] == "ALS care review: 3 items due"
         assert cards[0]["summary"].startswith("Riluzole: ALT check due")
         assert (work / "als-cds.db").exists()  # the embedded SQLite default
     finally:

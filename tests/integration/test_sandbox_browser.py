@@ -8,9 +8,12 @@ fhir_fixtures/requests/README.md) and renders the cards. Only a browser shows wh
 the sandbox sees our cards. What is driven, like a user:
 
 * Patient View: two ALS patients' charts, loaded in the FHIR server, get the service's cards
-  rendered in the page (elements whose class contains `decision-card`). One suggestion is accepted
-  and one card overridden with a reason, as a clinician would, and both come back through the
-  sandbox's feedback calls as rows in the service's database, linked to the rules that fired.
+  rendered in the page (elements whose class contains `decision-card`), the info reminders as one
+  care review card. A card's suggestion and a review item's suggestion are accepted and the review
+  dismissed with "Snooze 1 month", as a clinician would; each comes back through the sandbox's
+  feedback calls as rows in the service's database, traced per rule (the review item by item), and
+  the patient's next chart open has no review (the service's log says each rule was snoozed). This
+  runs after the Patient View tests of the same patient, which the snooze would change.
 * Rx View (`order-select`) and Rx Sign (`order-sign`): for a patient with ALS and cirrhosis, typing
   "riluzole" in the medication box, picking "Riluzole 50 MG Oral Tablet" (RxNorm 199206, from the
   RxNorm list bundled in the sandbox) and, in Rx Sign, pressing "Sign Order", must give the critical
@@ -64,6 +67,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -71,8 +75,11 @@ from urllib.parse import urlencode, urlsplit
 
 import httpx
 import pytest
+from sqlalchemy import select
 
+from cds_service.digest import RULE_ID_EXTENSION
 from cds_service.store import Store
+from cds_service.store.tables import feedback_rules
 from tests.integration.conftest import FhirTestServer, start_fhir_server
 
 try:
@@ -110,9 +117,12 @@ SANDBOX_JKU = "https://sandbox.cds-hooks.org/.well-known/jwks.json"  # in every 
 
 PATIENT_VIEW_PATIENT = "als-riluzole-lft-overdue"  # ALS, on riluzole: several patient-view cards
 HEPATIC_PATIENT = "riluzole-hepatic-contraindication"  # ALS (G12.21) and cirrhosis (SNOMED 19943007)
-# The clinician's actions on the first patient's cards: a suggestion taken, a card overridden.
+# The clinician's actions on the first patient's cards: suggestions taken, the care review snoozed.
 ACCEPTED_RULE = "riluzole-lft-due"  # suggestion: order liver function tests
-OVERRIDDEN_RULE = "mdt-review-overdue"  # overridden: seen by the MND team elsewhere
+# Its info reminders come as one care review card (cds_service/digest.py), one suggestion an item:
+DIGEST = "care-review-digest"
+DIGEST_ITEM_RULE = "mdt-review-overdue"  # the item whose suggestion is taken
+SNOOZE = "Snooze 1 month"  # the review dismissed with it: each of its rules snoozed for this patient
 RILUZOLE_TYPED = "riluzole"
 RILUZOLE_CHOICE = "Riluzole 50 MG Oral Tablet"
 RILUZOLE_RXNORM = "199206"
@@ -258,6 +268,17 @@ class Service:
         store = Store(f"sqlite:///{self.database}")
         try:
             return store.feedback_rows()
+        finally:
+            store.close()
+
+    def feedback_rules(self) -> list[dict[str, Any]]:
+        """What the stored feedback means per rule (`feedback_rules`): a care review digest's
+        feedback is one row per rule it concerns, read from the database as an analyst would."""
+        store = Store(f"sqlite:///{self.database}")
+        try:
+            with store.engine.connect() as connection:
+                query = select(feedback_rules).order_by(feedback_rules.c.id)
+                return [dict(row._mapping) for row in connection.execute(query)]
         finally:
             store.close()
 
@@ -621,15 +642,20 @@ def test_patient_view_renders_the_services_cards(sandbox: Sandbox, patient: str)
     assert "JWK Set fetch failed" not in sandbox.service.log()  # nothing was fetched, nothing failed
 
 
-def test_a_suggestion_taken_and_a_card_overridden_become_feedback_rows(sandbox: Sandbox) -> None:
-    """As a clinician would: take the suggestion of one card, override another with a reason. The
-    sandbox posts each as feedback, signed for the feedback URL; the service stores them, linked
-    to the rules whose cards they were."""
+def test_suggestions_taken_and_the_care_review_snoozed_become_feedback_per_rule(sandbox: Sandbox) -> None:
+    """As a clinician would: take the suggestion of one card and of one item of the care review,
+    then dismiss the care review with "Snooze 1 month". The sandbox posts each as feedback, signed
+    for the feedback URL; the service stores each item as received, and what it means per rule:
+    the review's accepted suggestion for its own rule, the snooze for every rule in the review.
+    The next chart open of this patient has no review, and the service's log says why."""
     page = sandbox.page
     _, cards = sandbox.open_patient_view(PATIENT_VIEW_PATIENT)
     by_rule = {card["source"]["topic"]["code"]: card for card in cards}
-    taken, overridden = by_rule[ACCEPTED_RULE], by_rule[OVERRIDDEN_RULE]
-    suggestion, reason = taken["suggestions"][0], overridden["overrideReasons"][0]
+    taken, review = by_rule[ACCEPTED_RULE], by_rule[DIGEST]
+    suggestion = taken["suggestions"][0]
+    items = {s["extension"][RULE_ID_EXTENSION]: s for s in review["suggestions"]}
+    item = items[DIGEST_ITEM_RULE]
+    [reason] = [r for r in review["overrideReasons"] if r["display"] == SNOOZE]
     feedback_url = f"{sandbox.service.url}/cds-services/als-patient-view/feedback"
 
     def is_feedback(response: Response) -> bool:
@@ -637,31 +663,55 @@ def test_a_suggestion_taken_and_a_card_overridden_become_feedback_rows(sandbox: 
 
     with page.expect_response(is_feedback) as accepted:
         sandbox.card(taken).get_by_role("button", name=suggestion["label"]).click()
+    with page.expect_response(is_feedback) as accepted_item:
+        sandbox.card(review).get_by_role("button", name=item["label"]).click()
     with page.expect_response(is_feedback) as dismissed:
-        sandbox.card(overridden).get_by_role("button", name="select dismiss reason").click()
+        sandbox.card(review).get_by_role("button", name="select dismiss reason").click()
         page.get_by_role("menuitem", name=f"Override: {reason['display']}").click()
     stored = {"stored": 1, "duplicates": 0, "unknownCards": 0}
-    for response in (accepted.value, dismissed.value):
+    for response in (accepted.value, accepted_item.value, dismissed.value):
         assert (response.status, response.json()) == (200, stored), response.text()
-    expect(sandbox.card(overridden)).to_have_count(0)  # the sandbox removes a dismissed card
+    expect(sandbox.card(review)).to_have_count(0)  # the sandbox removes a dismissed card
 
-    rows = {row["card_uuid"]: row for row in sandbox.service.feedback_rows()}
-    accepted_row, overridden_row = rows[taken["uuid"]], rows[overridden["uuid"]]
-    assert (accepted_row["outcome"], accepted_row["rule_id"], accepted_row["unknown_card"]) == (
-        "accepted", ACCEPTED_RULE, False,
-    )  # fmt: skip
-    assert accepted_row["accepted_suggestion_ids"] == [suggestion["uuid"]]
-    assert accepted_row["unknown_suggestion_ids"] == []
-    assert (overridden_row["outcome"], overridden_row["rule_id"], overridden_row["unknown_card"]) == (
-        "overridden", OVERRIDDEN_RULE, False,
-    )  # fmt: skip
-    assert overridden_row["override_reason_code"] == reason["code"]
-    assert all(row["service_id"] == "als-patient-view" for row in (accepted_row, overridden_row))
+    # Each item as received, on the card it was about (the review is one card, one rule id).
+    rows = sandbox.service.feedback_rows()
+    assert [(r["card_uuid"], r["outcome"], r["rule_id"], r["unknown_card"]) for r in rows] == [
+        (taken["uuid"], "accepted", ACCEPTED_RULE, False),
+        (review["uuid"], "accepted", DIGEST, False),
+        (review["uuid"], "overridden", DIGEST, False),
+    ]
+    assert [r["accepted_suggestion_ids"] for r in rows[:2]] == [[suggestion["uuid"]], [item["uuid"]]]
+    assert all(r["unknown_suggestion_ids"] == [] for r in rows)
+    assert rows[2]["override_reason_code"] == reason["code"]
+    assert all(row["service_id"] == "als-patient-view" for row in rows)
+    # What it means per rule: the review's suggestion for its own rule, the snooze for each item,
+    # for a month from the override (the sandbox sends the reason's code only: the card's system).
+    per_rule = sandbox.service.feedback_rules()
+    meaning = sorted((r["rule_id"], r["outcome"], r["suggestion_uuid"], r["reason_code"]) for r in per_rule)
+    assert meaning == sorted(
+        [
+            (ACCEPTED_RULE, "accepted", suggestion["uuid"], None),
+            (DIGEST_ITEM_RULE, "accepted", item["uuid"], None),
+            *[(rule, "overridden", "", reason["code"]) for rule in items],
+        ]
+    )
+    snoozed = [r for r in per_rule if r["outcome"] == "overridden"]
+    assert {r["reason_system"] for r in snoozed} == {"urn:als-cds:override-reason"}
+    assert {r["snooze_until"] for r in snoozed} == {rows[2]["outcome_timestamp"] + timedelta(days=30)}
     lines = _wait_for(
-        lambda: [e for e in sandbox.service.events() if e.get("event") == "feedback"][-2:] or None,
+        lambda: [e for e in sandbox.service.events() if e.get("event") == "feedback"][-3:] or None,
         "the feedback calls' access lines",
     )
-    assert [(e["status"], e["issuer"], e["stored"]) for e in lines] == [(200, SANDBOX_ISS, 1)] * 2
+    assert [(e["status"], e["issuer"], e["stored"]) for e in lines] == [(200, SANDBOX_ISS, 1)] * 3
+
+    # The next chart open: the card not acted on by a snooze is back, the review is not.
+    body, again = sandbox.open_patient_view(PATIENT_VIEW_PATIENT)
+    shown = [card["source"]["topic"]["code"] for card in again]
+    assert ACCEPTED_RULE in shown and DIGEST not in shown and not set(items) & set(shown), shown
+    _wait_for(lambda: sandbox.service.hook_call(body["hookInstance"]), "the call's access line")
+    suppressed = [e for e in sandbox.service.events() if e.get("event") == "card suppressed"]
+    assert sorted((e["rule_id"], e["reason"]) for e in suppressed) == sorted((r, "snoozed") for r in items)
+    assert PATIENT_VIEW_PATIENT not in json.dumps(suppressed)  # no patient id in the log
 
 
 def test_rx_view_riluzole_with_liver_disease_shows_a_critical_card(sandbox: Sandbox, tmp_path: Path) -> None:

@@ -133,7 +133,7 @@ def test_migrating_twice_is_a_no_op(store: Store) -> None:
 
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     with store.engine.connect() as connection:
-        assert MigrationContext.configure(connection).get_current_revision() == head == "0002"
+        assert MigrationContext.configure(connection).get_current_revision() == head == "0003"
     assert schema_diff(store) == []
     assert store.issued_card_rule(CARD) == "riluzole-lft-monitoring"
 
@@ -210,6 +210,21 @@ def test_tables_hold_no_patient_data() -> None:
             "outcome_timestamp", "received_at",
         },
         "jwt_replay": {"iss", "jti", "expires_at"},
+        # Against alert fatigue (issue 12): a patient only as a keyed hash with the rule
+        # (`subject_key`) or with the card's text or an ordered code (`mark`).
+        "service_keys": {"name", "value", "created_at"},
+        "issued_items": {
+            "id", "card_uuid", "rule_id", "rule_version", "service_id", "hook", "indicator",
+            "subject_key", "suggestions", "issued_at",
+        },
+        "order_marks": {"id", "mark", "kind", "rule_id", "issued_at"},
+        "snoozes": {"subject_key", "rule_id", "until", "created_at"},
+        "feedback_rules": {
+            "id", "dedupe_key", "service_id", "card_uuid", "rule_id", "outcome", "suggestion_uuid",
+            "suggestion_label", "reason_system", "reason_code", "standard_code", "snooze_until",
+            "received_at",
+        },
+        "suppressed_cards": {"id", "rule_id", "reason", "service_id", "hook", "suppressed_at"},
     }  # fmt: skip
 
 

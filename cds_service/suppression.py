@@ -1,0 +1,357 @@
+"""Feedback that changes the next card: snoozes, the order session, our own suggestions.
+
+Three reasons a card the rules found is not shown (issue 12), each logged as `card suppressed` with
+the rule id, the reason, the service and the hook (never patient data) and counted per rule in
+`suppressed_cards` for the analytics:
+
+* `snoozed`: the clinician overrode the rule's card for this patient with a snooze reason (a reason
+  whose display starts with "Snooze", or a patient-declined reason, with a period in the card file's
+  `[fatigue.snooze]`). Until the period ends the rule shows no card for that patient, on any replica
+  (the snooze is a row in the shared database); then it returns by itself.
+* `duplicate`: on order-sign, a card with the very same text (so about the same, unchanged order)
+  was shown on order-select for the same patient within the order session
+  (ALS_CDS_ORDER_SESSION_MINUTES).
+* `own-suggestion`: on the order hooks, a card that is only there because of a draft order matching
+  a create suggestion of ours (same resource type and code, same patient, within the order session):
+  the cards are worked out again without those drafts, and what disappears is not shown. This ends
+  the loop the CDC opioid pilots hit (a suggested order firing the card that suggested it); cards
+  about other orders, and anything the rules still find, are shown.
+
+Whatever the reason, a **critical card is never suppressed**: not snoozed (a card file cannot even
+offer it: `fatigue.check`), not deduplicated, not taken for our own suggestion's echo. If the store
+cannot be read, every card is shown: a reminder twice is better than a warning lost.
+
+Patients appear only as keyed hashes (HMAC-SHA256 with the pseudonym key): of the EHR (the JWT's
+issuer), the patient id and the rule, so no stored value links one patient's rows across rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import hmac
+import logging
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from cds_service import digest as digest_cards
+from cds_service.cards import OVERRIDE_REASON_SYSTEM, CardCatalogue
+from cds_service.fatigue import NON_ADHERENCE_CODES, NON_ADHERENCE_SYSTEM
+from cds_service.hooks import Card, FeedbackItem
+from cds_service.settings import Settings
+from cds_service.store import Store, feedback_dedupe_key
+from cds_service.store import fatigue as stored
+
+log = logging.getLogger(__name__)
+
+ORDER_HOOKS = frozenset({"order-select", "order-sign"})
+
+#: Re-evaluate the call without some draft orders (their indices in draftOrders.entry): the cards.
+Rerun = Callable[[Collection[int]], list[Card]]
+
+
+@dataclass(frozen=True)
+class HookCall:
+    """What of one hook call the policy needs; the patient id never leaves this object unhashed."""
+
+    service_id: str
+    hook: str
+    issuer: str
+    patient_id: str
+    now: datetime
+    #: draftOrders.entry[i].resource, by i (order hooks).
+    drafts: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
+
+
+def draft_entries(draft_orders: Mapping[str, Any] | None) -> dict[int, Mapping[str, Any]]:
+    entries = (draft_orders or {}).get("entry") or []
+    return {
+        i: entry["resource"]
+        for i, entry in enumerate(entries)
+        if isinstance(entry, Mapping) and isinstance(entry.get("resource"), Mapping)
+    }
+
+
+def without_drafts(draft_orders: Mapping[str, Any], excluded: Collection[int]) -> dict[str, Any]:
+    """The draftOrders Bundle without the entries at `excluded`."""
+    entries = draft_orders.get("entry") or []
+    return {**draft_orders, "entry": [e for i, e in enumerate(entries) if i not in excluded]}
+
+
+def ordered_codes(resource: Mapping[str, Any]) -> set[str]:
+    """`system|code` of what an order orders: `code` (ServiceRequest and most orders) and
+    `medicationCodeableConcept` (MedicationRequest)."""
+    found = set()
+    for element in ("code", "medicationCodeableConcept"):
+        concept = resource.get(element)
+        codings = concept.get("coding") if isinstance(concept, Mapping) else None
+        for coding in codings if isinstance(codings, list) else ():
+            if isinstance(coding, Mapping) and coding.get("system") and coding.get("code"):
+                found.add(f"{coding['system']}|{coding['code']}")
+    return found
+
+
+class CardPolicy:
+    """Applies snoozes and the order session to a call's cards, and records what was issued."""
+
+    def __init__(self, store: Store, settings: Settings, catalogue: CardCatalogue) -> None:
+        self.store = store
+        self.settings = settings
+        self.catalogue = catalogue
+        self.session = timedelta(minutes=settings.order_session_minutes)
+        configured = settings.pseudonym_key
+        self._key: bytes | None = configured.get_secret_value().encode() if configured else None
+
+    async def key(self, now: datetime) -> bytes:
+        if self._key is None:
+            self._key = (await run_in_threadpool(stored.pseudonym_key, self.store, now)).encode()
+        return self._key
+
+    def _hash(self, key: bytes, *parts: str) -> str:
+        # The unit separator cannot occur in an id we hash, so ("a", "bc") and ("ab", "c") differ.
+        return hmac.new(key, "\x1f".join(parts).encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def subject_key(self, key: bytes, call: HookCall, rule_id: str) -> str:
+        return self._hash(key, "subject", call.issuer, call.patient_id, rule_id)
+
+    def _shown_mark(self, key: bytes, call: HookCall, card: Card) -> str:
+        rule = digest_cards.item_rule(card)
+        return self._hash(
+            key, "shown", call.issuer, call.patient_id, rule, card.indicator, card.summary, card.detail or ""
+        )
+
+    def _created_marks(self, key: bytes, call: HookCall, resource: Mapping[str, Any]) -> set[str]:
+        rtype = str(resource.get("resourceType", ""))
+        return {
+            self._hash(key, "created", call.issuer, call.patient_id, rtype, code)
+            for code in ordered_codes(resource)
+        }
+
+    # -- before the cards go out -----------------------------------------------------------------
+
+    async def select(self, call: HookCall, cards: list[Card], rerun: Rerun) -> list[Card]:
+        """The cards to show: those not snoozed, not a repeat, not our own suggestion's echo."""
+        if not cards:
+            return cards
+        try:
+            dropped = await self._dropped(call, cards, rerun)
+        except Exception as exc:  # the store is down: show everything (see the module docstring)
+            log.error(
+                "could not check snoozes and the order session", extra={"error_type": type(exc).__name__}
+            )
+            return cards
+        if not dropped:
+            return cards
+        rows = []
+        for i, reason in sorted(dropped.items()):
+            rule = digest_cards.item_rule(cards[i])
+            log.info(
+                "card suppressed",
+                extra={"rule_id": rule, "reason": reason, "service": call.service_id, "hook": call.hook},
+            )
+            rows.append(stored.Suppressed(rule, reason, call.service_id, call.hook, call.now))
+        try:
+            await run_in_threadpool(stored.record_suppressed, self.store, rows)
+        except Exception as exc:
+            log.error("could not record suppressed cards", extra={"error_type": type(exc).__name__})
+        return [card for i, card in enumerate(cards) if i not in dropped]
+
+    async def _dropped(self, call: HookCall, cards: list[Card], rerun: Rerun) -> dict[int, str]:
+        key = await self.key(call.now)
+        open_ = {i for i, card in enumerate(cards) if card.indicator != "critical"}
+        dropped: dict[int, str] = {}
+
+        subjects = {
+            i: self.subject_key(key, call, digest_cards.item_rule(cards[i]))
+            for i in open_
+            if (definition := self.catalogue.definitions.get(digest_cards.item_rule(cards[i])))
+            and definition.fatigue.snooze
+        }
+        if subjects:
+            active = await run_in_threadpool(stored.snoozed, self.store, subjects.values(), call.now)
+            dropped |= {i: "snoozed" for i, subject in subjects.items() if subject in active}
+
+        since = call.now - self.session
+        if call.hook == "order-sign":
+            marks = {i: self._shown_mark(key, call, cards[i]) for i in open_ - dropped.keys()}
+            seen = await run_in_threadpool(stored.marked, self.store, marks.values(), "shown", since)
+            dropped |= {i: "duplicate" for i, mark in marks.items() if mark in seen}
+
+        if call.hook in ORDER_HOOKS and call.drafts and open_ - dropped.keys():
+            by_draft = {i: self._created_marks(key, call, resource) for i, resource in call.drafts.items()}
+            every = set().union(*by_draft.values())
+            ours = await run_in_threadpool(stored.marked, self.store, every, "created", since)
+            own = {i for i, marks in by_draft.items() if marks & ours.keys()}
+            if own:
+                still = {_identity(card) for card in await asyncio.to_thread(rerun, own)}
+                dropped |= {
+                    i: "own-suggestion" for i in open_ - dropped.keys() if _identity(cards[i]) not in still
+                }
+        return dropped
+
+    # -- once the cards are final ----------------------------------------------------------------
+
+    async def record(self, call: HookCall, cards: Sequence[Card]) -> None:
+        """What was issued, per rule (`issued_items`), and the order session's marks. Never fails the
+        call: the cards matter more than our records."""
+        if not cards:
+            return
+        try:
+            key = await self.key(call.now)
+            items, marks = self._issued(key, call, cards)
+            await run_in_threadpool(stored.record_issue, self.store, items, marks)
+        except Exception as exc:
+            log.error("could not record issued items", extra={"error_type": type(exc).__name__})
+
+    def _issued(
+        self, key: bytes, call: HookCall, cards: Sequence[Card]
+    ) -> tuple[list[stored.IssuedItem], list[stored.Mark]]:
+        items: list[stored.IssuedItem] = []
+        marks: list[stored.Mark] = []
+        for card in cards:
+            card_rule = digest_cards.item_rule(card)
+            by_rule: dict[str, dict[str, str]] = {}
+            for suggestion in card.suggestions or ():
+                rule = digest_cards.suggestion_rule(suggestion) or card_rule
+                by_rule.setdefault(rule, {})[suggestion.uuid or ""] = suggestion.label
+                for action in suggestion.actions or ():
+                    if action.type == "create" and action.resource:
+                        marks += [
+                            stored.Mark(mark, "created", rule, call.now)
+                            for mark in self._created_marks(key, call, action.resource)
+                        ]
+            if card_rule in self.catalogue:
+                by_rule.setdefault(card_rule, {})
+            for rule, suggestions in by_rule.items():
+                definition = self.catalogue.definitions.get(rule)
+                items.append(
+                    stored.IssuedItem(
+                        card_uuid=card.uuid or "",
+                        rule_id=rule,
+                        rule_version=definition.version if definition else "",
+                        service_id=call.service_id,
+                        hook=call.hook,
+                        indicator=card.indicator,
+                        subject_key=self.subject_key(key, call, rule),
+                        suggestions=suggestions,
+                        issued_at=call.now,
+                    )
+                )
+            if call.hook == "order-select" and card.indicator != "critical":
+                marks.append(stored.Mark(self._shown_mark(key, call, card), "shown", card_rule, call.now))
+        return items, marks
+
+    # -- feedback ----------------------------------------------------------------------------------
+
+    async def after_feedback(self, service_id: str, items: Sequence[FeedbackItem], now: datetime) -> None:
+        """What each feedback item means per rule (a digest's suggestion for its own rule; an
+        override's reason with its system and standard code), and the snoozes it sets."""
+        try:
+            issued = await run_in_threadpool(stored.items_of, self.store, service_id, {i.card for i in items})
+            rows, snoozes = self._meaning(service_id, items, issued, now)
+            await run_in_threadpool(stored.save_feedback_rules, self.store, rows, snoozes, now)
+        except Exception as exc:
+            log.error("could not apply feedback to snoozes", extra={"error_type": type(exc).__name__})
+
+    def _meaning(
+        self,
+        service_id: str,
+        items: Iterable[FeedbackItem],
+        issued: Mapping[str, list[Any]],
+        now: datetime,
+    ) -> tuple[list[stored.FeedbackRule], list[tuple[str, str, datetime]]]:
+        rows: list[stored.FeedbackRule] = []
+        snoozes: list[tuple[str, str, datetime]] = []
+        for item in items:
+            parts = issued.get(item.card)
+            if not parts:
+                continue  # a card we never issued: stored and flagged by the store, nothing to apply
+            dedupe = feedback_dedupe_key(service_id, item)
+            row = functools.partial(_feedback_rule, dedupe, service_id, item, now)
+            if item.outcome == "accepted":
+                for accepted in item.acceptedSuggestions or ():
+                    for part in parts:
+                        if accepted.id in part.suggestions:
+                            rows.append(
+                                row(
+                                    part,
+                                    suggestion_uuid=accepted.id,
+                                    suggestion_label=part.suggestions[accepted.id],
+                                )
+                            )
+                continue
+            reasons = item.reasons()
+            coding = reasons[0].reason if reasons else None
+            code, system = (coding.code, coding.system) if coding else (None, None)
+            for part in parts:
+                resolved, standard, days = self._reason(part, code, system)
+                until = None
+                if days and part.indicator != "critical":
+                    # From when the clinician overrode (never later than now: a repeat of the same
+                    # item, or a clock ahead, must not stretch the snooze).
+                    until = min(item.outcomeTimestamp, now) + timedelta(days=days)
+                    snoozes.append((part.subject_key, part.rule_id, until))
+                rows.append(
+                    row(
+                        part,
+                        reason_system=resolved,
+                        reason_code=code,
+                        standard_code=standard,
+                        snooze_until=until,
+                    )
+                )
+        return rows, snoozes
+
+    def _reason(
+        self, part: Any, code: str | None, system: str | None
+    ) -> tuple[str | None, str | None, int | None]:
+        """(system, standard code, snooze days) of an override reason on one rule's card. A reason
+        without a system (the sandbox sends none) is the card's own when its code is one of them."""
+        if code is None:
+            return system, None, None
+        if system == NON_ADHERENCE_SYSTEM:
+            return system, code if code in NON_ADHERENCE_CODES else None, None
+        definition = self.catalogue.definitions.get(part.rule_id)
+        own = {r.code: r for r in definition.override_reasons} if definition else {}
+        reason = own.get(code)
+        if reason is None or system not in (None, reason.system):
+            return system, None, None
+        assert definition is not None
+        return (
+            reason.system or OVERRIDE_REASON_SYSTEM,
+            definition.fatigue.standard_reasons.get(code),
+            definition.fatigue.snooze.get(code),
+        )
+
+
+def _feedback_rule(
+    dedupe: str, service_id: str, item: FeedbackItem, now: datetime, part: Any, **values: Any
+) -> stored.FeedbackRule:
+    """One `feedback_rules` row: the feedback item `item` as it concerns the issued item `part`."""
+    base: dict[str, Any] = {
+        "suggestion_uuid": "",
+        "suggestion_label": None,
+        "reason_system": None,
+        "reason_code": None,
+        "standard_code": None,
+        "snooze_until": None,
+    }
+    return stored.FeedbackRule(
+        dedupe_key=dedupe,
+        service_id=service_id,
+        card_uuid=item.card,
+        rule_id=part.rule_id,
+        outcome=item.outcome,
+        received_at=now,
+        **(base | values),
+    )
+
+
+def _identity(card: Card) -> tuple[str, str, str]:
+    """What makes two renderings the same card (their uuids differ)."""
+    return digest_cards.item_rule(card), card.indicator, card.summary
