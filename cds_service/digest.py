@@ -35,6 +35,7 @@ from cds_service.cards import (
     SourceDef,
 )
 from cds_service.hooks import Card, Coding, OverrideReason, Source, Suggestion
+from cds_service.record import UNREAD_PREFIX
 
 #: Key of a digest suggestion's `extension` naming the rule the item comes from.
 RULE_ID_EXTENSION = "urn:als-cds:rule-id"
@@ -130,17 +131,13 @@ def fold(cards: Sequence[Card], catalogue: CardCatalogue, wording: DigestDef) ->
     return [card for card in cards if id(card) not in folded] + [digest]
 
 
-#: How a card's detail introduces the data that fired it (`cards._detail`).
-_EVIDENCE_HEADING = "**Data behind this card:**"
-
-
 def _item_lines(card: Card) -> str:
-    """An item's summary, and under it the data that fired it, as the card itself showed them: what
-    could not be read must stay in sight (a note on an unreadable diagnosis or date included)."""
+    """An item: its summary, which already names the data that made it due, and under it only the
+    notes on data that could not be read (an unreadable diagnosis or date must stay in sight; the
+    item's other data lines would make the review as long as the cards it replaces)."""
     detail = card.detail or ""
-    evidence = detail.split(_EVIDENCE_HEADING, 1)[1] if _EVIDENCE_HEADING in detail else ""
-    data = [line.strip() for line in evidence.splitlines() if line.strip().startswith("- ")]
-    return "\n".join([f"- {card.summary}", *(f"  {line}" for line in data)])
+    unread = [line.strip() for line in detail.splitlines() if line.strip().startswith(f"- {UNREAD_PREFIX}")]
+    return "\n".join([f"- {card.summary}", *(f"  {line}" for line in unread)])
 
 
 def _shared_snooze_reasons(items: Sequence[Card], catalogue: CardCatalogue) -> list[OverrideReason]:
