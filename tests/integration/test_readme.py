@@ -107,7 +107,7 @@ def test_readme_quickstart_in_a_fresh_virtualenv_returns_the_documented_cards(tm
         ]
         assert [c["indicator"] for c in cards] == ["warning", "info"]
         assert cards[1]["summary"] == "ALS care review: 3 items due"
-        assert cards[0]["summary"].startswith("Riluzole: ALT check due")
+        assert cards[0]["summary"].startswith("Order an ALT: due on riluzole")
         assert (work / "als-cds.db").exists()  # the embedded SQLite default
     finally:
         os.killpg(server.pid, signal.SIGTERM)

@@ -51,7 +51,7 @@ async def test_a_complete_server_passes_and_the_patients_cards_are_shown() -> No
     assert {q.outcome for q in report.queries} <= {"ok", "empty"}
     assert "riluzole-lft-due" in [c["source"]["topic"]["code"] for c in report.cards]
     text = format_report(report)
-    assert "ok      patient: 1 resource(s)" in text and "[WARNING] Riluzole: ALT check due" in text
+    assert "ok      patient: 1 resource(s)" in text and "[WARNING] Order an ALT: due on riluzole" in text
 
 
 async def test_a_refused_query_names_the_missing_scope_and_no_cards_are_pretended() -> None:
@@ -195,7 +195,7 @@ async def test_each_service_is_checked_with_its_own_queries_and_a_shared_query_r
     for service in report.services:
         assert f"Prefetch queries of {service.id} ({service.hook}): {len(rendered(service.id))}" in text
     assert "(the same query as for als-patient-view)" in text
-    assert "Cards on patient-view, from its own queries: 4" in text
+    assert "Cards on patient-view, from its own queries: 2" in text  # the warning and the care review
 
 
 async def test_a_failure_in_an_order_query_is_reported_there_and_leaves_patient_views_cards() -> None:
