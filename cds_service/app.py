@@ -36,7 +36,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cds_service import access_log, console, digest, metrics, security, server, wire
+from cds_service import access_log, analytics, console, digest, metrics, security, server, wire
 from cds_service import cards as card_rendering
 from cds_service.engine import Engine, RequestError, issue, validation_issues
 from cds_service.fhir_client import BreakerPolicy, FhirClient, new_http_client
@@ -181,6 +181,14 @@ def create_app(
     app.add_middleware(access_log.AccessLog, cors_origins=origins, routes=app.router.routes)
     _install_error_handlers(app)
     _add_routes(app)
+    # GET /analytics/rules, only when its token is set (analytics.py): its own credential, not the EHR's.
+    analytics.install(
+        app,
+        settings,
+        lambda: operation_outcome(
+            401, [issue("a valid analytics token is required", code="login")], {"WWW-Authenticate": "Bearer"}
+        ),
+    )
     console.install(app, settings)  # /console, when the settings serve it (console/__init__.py)
     _document_request_body(app)
     return app
