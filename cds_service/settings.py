@@ -488,8 +488,9 @@ class Settings(BaseSettings):
         365,
         ge=1,
         le=3650,
-        description="Default age for `als-cds prune`: issued-card records, feedback, suppression records "
-        "and ended snoozes older than this many days are removed.",
+        description="Default age for `als-cds prune`: issued-card records, order session marks, feedback "
+        "and suppression records older than this many days are removed (ended snoozes whatever their "
+        "age; a live snooze never).",
     )
 
     # -- the console (/console: fire hooks and review rules in a browser; see README, The console) ---
