@@ -268,6 +268,23 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the feedback store: a SQLite file by default, "
         "`postgresql+psycopg://user:pass@host/db` in production.",
     )
+    issued_write_delay_ms: int = Field(
+        50,
+        ge=0,
+        le=600_000,
+        description="Issued-card records (which rule issued each card, for feedback) are written behind "
+        "the answer, many calls in one transaction, at most this long after a call (store/writer.py). "
+        "Another worker or replica sees a card's record this much (plus one write) later; feedback "
+        "that arrives first waits for it.",
+    )
+    issued_queue_calls: int = Field(
+        5000,
+        ge=1,
+        le=1_000_000,
+        description="Most hook calls whose issued-card records wait to be written in a worker. While the "
+        "database is down or slow, the records of calls beyond it are dropped, counted in "
+        "`als_cds_issued_records_dropped_total` and logged (counts only); the cards still go out.",
+    )
     migrate_on_start: bool = Field(
         True,
         description="Apply Alembic migrations when the service starts. Switch off where a separate "

@@ -46,10 +46,14 @@ from cds_service.hooks import Card, FeedbackItem
 from cds_service.settings import Settings
 from cds_service.store import Store, feedback_dedupe_key
 from cds_service.store import fatigue as stored
+from cds_service.store.writer import IssueWriter
 
 log = logging.getLogger(__name__)
 
 ORDER_HOOKS = frozenset({"order-select", "order-sign"})
+
+#: Issued items and order session marks of one call, for the writer (`CardPolicy.record`).
+IssuedRows = tuple[list[stored.IssuedItem], list[stored.Mark]]
 
 #: Re-evaluate the call without some draft orders (their indices in draftOrders.entry): the cards.
 Rerun = Callable[[Collection[int]], list[Card]]
@@ -99,8 +103,12 @@ def ordered_codes(resource: Mapping[str, Any]) -> set[str]:
 class CardPolicy:
     """Applies snoozes and the order session to a call's cards, and records what was issued."""
 
-    def __init__(self, store: Store, settings: Settings, catalogue: CardCatalogue) -> None:
+    def __init__(
+        self, store: Store, settings: Settings, catalogue: CardCatalogue, writer: IssueWriter | None = None
+    ) -> None:
         self.store = store
+        #: Issued items and marks are written behind the answer (store/writer.py); None: at once.
+        self.writer = writer
         self.settings = settings
         self.catalogue = catalogue
         self.session = timedelta(minutes=settings.order_session_minutes)
@@ -179,13 +187,13 @@ class CardPolicy:
         since = call.now - self.session
         if call.hook == "order-sign":
             marks = {i: self._shown_mark(key, call, cards[i]) for i in open_ - dropped.keys()}
-            seen = await run_in_threadpool(stored.marked, self.store, marks.values(), "shown", since)
+            seen = await self._marked(marks.values(), "shown", since)
             dropped |= {i: "duplicate" for i, mark in marks.items() if mark in seen}
 
         if call.hook in ORDER_HOOKS and call.drafts and open_ - dropped.keys():
             by_draft = {i: self._created_marks(key, call, resource) for i, resource in call.drafts.items()}
             every = set().union(*by_draft.values())
-            ours = await run_in_threadpool(stored.marked, self.store, every, "created", since)
+            ours = await self._marked(every, "created", since)
             own = {i for i, marks in by_draft.items() if marks & ours.keys()}
             if own:
                 still = {_identity(card) for card in await asyncio.to_thread(rerun, own)}
@@ -194,19 +202,32 @@ class CardPolicy:
                 }
         return dropped
 
+    async def _marked(self, marks: Collection[str], kind: str, since: datetime) -> dict[str, set[str]]:
+        """Marks stored, and those of this process's calls still queued for the writer."""
+        found = await run_in_threadpool(stored.marked, self.store, marks, kind, since)
+        if self.writer is not None:
+            for mark, rules in self.writer.pending_marks(marks, kind, since).items():
+                found.setdefault(mark, set()).update(rules)
+        return found
+
     # -- once the cards are final ----------------------------------------------------------------
 
-    async def record(self, call: HookCall, cards: Sequence[Card]) -> None:
-        """What was issued, per rule (`issued_items`), and the order session's marks. Never fails the
-        call: the cards matter more than our records."""
+    async def record(self, call: HookCall, cards: Sequence[Card]) -> IssuedRows:
+        """What was issued, per rule (`issued_items`), and the order session's marks. With a writer
+        they are returned, for the caller to queue with the call's issued cards as one record
+        (store/writer.py); without, written now. Never fails the call: the cards matter more than
+        our records."""
         if not cards:
-            return
+            return [], []
         try:
             key = await self.key(call.now)
             items, marks = self._issued(key, call, cards)
+            if self.writer is not None:
+                return items, marks
             await run_in_threadpool(stored.record_issue, self.store, items, marks)
         except Exception as exc:
             log.error("could not record issued items", extra={"error_type": type(exc).__name__})
+        return [], []
 
     def _issued(
         self, key: bytes, call: HookCall, cards: Sequence[Card]
