@@ -277,6 +277,14 @@ class Settings(BaseSettings):
         "Another worker or replica sees a card's record this much (plus one write) later; feedback "
         "that arrives first waits for it.",
     )
+    snooze_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="How long a worker trusts what it read of a patient's snooze (suppression.py). A "
+        "snooze set through another worker or replica hides its card at most this long later; one set "
+        "through this worker, at once; a snooze's end is exact. 0: read the store on every call.",
+    )
     issued_queue_calls: int = Field(
         5000,
         ge=1,
