@@ -21,6 +21,7 @@ import asyncio
 import functools
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -36,18 +37,30 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cds_service import access_log, console, digest, metrics, security, server, wire
+from cds_service import access_log, analytics, console, digest, metrics, security, server, wire
 from cds_service import cards as card_rendering
-from cds_service.engine import Engine, RequestError, issue, validation_issues
+from cds_service.engine import Engine, HookOutcome, RequestError, issue, validation_issues
 from cds_service.fhir_client import BreakerPolicy, FhirClient, new_http_client
 from cds_service.hooks import CDSRequest, CDSResponse, DiscoveryResponse, FeedbackRequest
 from cds_service.limits import LoadShedding, RequestLimits
 from cds_service.services import ServiceDefinition, build_services
 from cds_service.settings import Settings
 from cds_service.store import IssuedCard, Store
+from cds_service.store.writer import IssueWriter
 from cds_service.suppression import CardPolicy
 
 log = logging.getLogger("cds_service")
+
+#: On a graceful shutdown, how long the queued issued-card records may take to be written.
+SHUTDOWN_FLUSH_SECONDS = 10.0
+#: Feedback on a card whose record this process still queues: how long to wait for its write.
+FEEDBACK_FLUSH_SECONDS = 5.0
+#: Beyond the write delay, how long feedback waits for an unknown card's record from another
+#: worker or replica (one batch write), and how often it looks meanwhile.
+FEEDBACK_WAIT_MARGIN_SECONDS = 0.25
+FEEDBACK_WAIT_STEP_SECONDS = 0.05
+#: The longest feedback waits so, whatever the write delay: the EHR is waiting for its answer.
+FEEDBACK_WAIT_MAX_SECONDS = 5.0
 
 Clock = Callable[[], datetime]
 
@@ -66,6 +79,8 @@ class AppState:
     store: Store
     clock: Clock
     authenticator: security.Authenticator
+    #: Issued-card records, written behind the answers (store/writer.py).
+    issued: IssueWriter
 
 
 def operation_outcome(
@@ -102,6 +117,13 @@ def create_app(
         store = Store(settings.database_url)
         if settings.migrate_on_start:
             await run_in_threadpool(store.migrate)
+        issued = IssueWriter(
+            store,
+            linger_seconds=settings.issued_write_delay_ms / 1000,
+            max_pending_calls=settings.issued_queue_calls,
+            on_drop=lambda reason, calls: metrics.ISSUED_DROPPED.labels(reason).inc(calls),
+        )
+        issued.start()
         fhir = FhirClient(
             # A pool per FHIR origin, each made once and reused (a bulkhead: fhir_client.py).
             new_pool=functools.partial(
@@ -125,11 +147,12 @@ def create_app(
                 fhir,
                 now,
                 # Snoozes and the order session, from the shared store (suppression.py).
-                policy=CardPolicy(store, settings, catalogue),
+                policy=CardPolicy(store, settings, catalogue, writer=issued),
             ),
             store=store,
             clock=now,
             authenticator=security.Authenticator(auth, store=store, clock=now, http=jwks_http),
+            issued=issued,
         )
         if auth.required:
             pinned = sorted({jku for client in auth.clients.values() for jku in client.jku_keys})
@@ -152,6 +175,8 @@ def create_app(
         try:
             yield
         finally:
+            # After uvicorn has answered the calls in flight (graceful shutdown): their records too.
+            await run_in_threadpool(issued.close, SHUTDOWN_FLUSH_SECONDS)
             await jwks_http.aclose()
             await fhir.aclose()
             store.close()
@@ -181,6 +206,14 @@ def create_app(
     app.add_middleware(access_log.AccessLog, cors_origins=origins, routes=app.router.routes)
     _install_error_handlers(app)
     _add_routes(app)
+    # GET /analytics/rules, only when its token is set (analytics.py): its own credential, not the EHR's.
+    analytics.install(
+        app,
+        settings,
+        lambda: operation_outcome(
+            401, [issue("a valid analytics token is required", code="login")], {"WWW-Authenticate": "Bearer"}
+        ),
+    )
     console.install(app, settings)  # /console, when the settings serve it (console/__init__.py)
     _document_request_body(app)
     return app
@@ -322,7 +355,7 @@ def _add_routes(app: FastAPI) -> None:
             body = wire.read_request(raw)
         access_log.note(request, hook=body.hook, hook_instance=body.hookInstance)
         outcome = await state.engine.run(service, body, issuer=_ehr_issuer(request))
-        await _record_issued(state, service, body, outcome.cards, outcome.now)
+        _record_issued(state, service, body, outcome)
         access_log.note(
             request,
             cards=len(outcome.cards),
@@ -341,6 +374,7 @@ def _add_routes(app: FastAPI) -> None:
     async def feedback(service_id: str, body: FeedbackRequest, request: Request) -> dict[str, Any]:
         state = _state(request)
         service = _service(state, service_id)
+        await _issued_records_of(state, {item.card for item in body.feedback})
         result = await run_in_threadpool(state.store.save_feedback, service.id, body.feedback, state.clock())
         if state.engine.policy is not None:  # what it means per rule, and the snoozes it sets
             await state.engine.policy.after_feedback(service.id, body.feedback, state.clock())
@@ -387,11 +421,14 @@ def _add_routes(app: FastAPI) -> None:
         )
 
 
-async def _record_issued(
-    state: AppState, service: ServiceDefinition, body: CDSRequest, cards: Sequence[Any], now: datetime
+def _record_issued(
+    state: AppState, service: ServiceDefinition, body: CDSRequest, outcome: HookOutcome
 ) -> None:
-    """Remember which rule issued each card, so feedback can name the rule. Never fails the call:
-    cards matter more to the clinician than our analytics."""
+    """Remember which rule issued each card, so feedback can name the rule, with issue 12's items
+    and marks (`outcome.issued_rows`): one record, queued for the writer thread, so the EHR does
+    not wait for the database (store/writer.py). Never fails the call: cards matter more to the
+    clinician than our analytics."""
+    cards, now = outcome.cards, outcome.now
     if not cards:
         return
     issued = [
@@ -407,10 +444,30 @@ async def _record_issued(
         )
         for card in cards
     ]
+    items, marks = outcome.issued_rows
+    state.issued.submit(cards=issued, items=items, marks=marks)  # a drop: counted and logged there
+
+
+async def _issued_records_of(state: AppState, card_uuids: set[str]) -> None:
+    """Before feedback looks its cards up: their records written, as far as they will be soon.
+
+    A card of this process whose record is still queued: the queue is written now. A card no
+    worker has recorded yet may be one another worker or replica answered a moment ago, whose
+    record comes within its write delay and one write: wait that long for it (5 s at most), no
+    longer. Whatever is still unknown then is stored flagged `unknown_card`, as before.
+    """
+    if state.issued.holds(card_uuids):
+        await run_in_threadpool(state.issued.flush, FEEDBACK_FLUSH_SECONDS)
     try:
-        await run_in_threadpool(state.store.record_issued_cards, issued)
-    except Exception as exc:
-        log.error("could not record issued cards", extra={"error_type": type(exc).__name__})
+        missing = card_uuids - await run_in_threadpool(state.store.issued_card_uuids, card_uuids)
+        delay = state.settings.issued_write_delay_ms / 1000
+        bound = min(delay + FEEDBACK_WAIT_MARGIN_SECONDS, FEEDBACK_WAIT_MAX_SECONDS)
+        deadline = time.monotonic() + bound
+        while missing and time.monotonic() < deadline:
+            await asyncio.sleep(FEEDBACK_WAIT_STEP_SECONDS)
+            missing -= await run_in_threadpool(state.store.issued_card_uuids, missing)
+    except Exception as exc:  # the store is down: saving the feedback will say so
+        log.error("could not look up issued cards", extra={"error_type": type(exc).__name__})
 
 
 def _count_feedback(store: Store, items: Sequence[Any]) -> None:

@@ -2,6 +2,8 @@
 
 als-cds serve       start the service (uvicorn) with the ALS_CDS_* settings
 als-cds migrate     bring the database schema up to date (for a deploy step or migration job)
+als-cds prune       remove issued-card records, feedback and suppression records past an age,
+                    and ended snoozes, in batches (safe while the service runs)
 als-cds evaluate    the cards a hook request or a patient Bundle would get, without a server
 als-cds check-fhir  run the service's FHIR queries against a FHIR server, per service
 als-cds docs        write the rule catalogue page
@@ -359,6 +361,67 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _prune(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from cds_service.store import Store
+    from cds_service.store.prune import prune
+
+    _check_database_url(settings)
+    days = settings.retention_days if args.older_than is None else args.older_than
+    now = _parse_now(args.now, settings.site_tz) or datetime.now(UTC)
+    cutoff = now - timedelta(days=days)
+    store = Store(settings.database_url)
+    try:
+        removed = prune(store, cutoff, now, batch_size=args.batch_size)
+    except SQLAlchemyError as exc:  # its message can quote rows: the type only
+        print(
+            f"als-cds: the database {_safe_url(settings.database_url)} could not be pruned "
+            f"({type(exc).__name__}); is its schema up to date (als-cds migrate)? What was removed "
+            "before stays removed; run it again to go on.",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        store.close()
+    print(
+        f"als-cds: removed from {_safe_url(settings.database_url)} what is older than {days} days "
+        f"(before {cutoff.isoformat().replace('+00:00', 'Z')}), and ended snoozes:"
+    )
+    width = max(map(len, removed))
+    for table, count in removed.items():
+        print(f"  {table:<{width}}  {count}")
+    print(f"  {'total':<{width}}  {sum(removed.values())}")
+    return 0
+
+
+def _days(value: str) -> int:
+    """`--older-than`: whole days, 1 to 3650 (as ALS_CDS_RETENTION_DAYS)."""
+    try:
+        days = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a whole number of days; e.g. --older-than 365"
+        ) from None
+    if not 1 <= days <= 3650:
+        raise argparse.ArgumentTypeError(f"{days} days: give 1 to 3650; e.g. --older-than 365")
+    return days
+
+
+def _batch_size(value: str) -> int:
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if not 1 <= size <= 100_000:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: give a whole number from 1 to 100000; e.g. --batch-size 1000"
+        )
+    return size
+
+
 def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
@@ -502,6 +565,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     serve.add_argument("--ssl-keyfile", help="its unencrypted PEM private key (override ALS_CDS_SSL_KEYFILE)")
     commands.add_parser("migrate", help="apply database migrations")
+    prune_ = commands.add_parser(
+        "prune",
+        help="remove issued-card records, feedback and suppression records past an age, and ended "
+        "snoozes, in batches (safe while the service runs; a live snooze is never removed)",
+    )
+    prune_.add_argument(
+        "--older-than",
+        type=_days,
+        metavar="DAYS",
+        help="remove what is older than this many days (default ALS_CDS_RETENTION_DAYS, 365)",
+    )
+    prune_.add_argument(
+        "--batch-size", type=_batch_size, default=1000, help="rows removed per transaction (default 1000)"
+    )
+    prune_.add_argument("--now", help="count the age from this ISO date-time (default: now)")
     evaluate = commands.add_parser(
         "evaluate", help="print the cards a hook request, or a FHIR Bundle of one patient, would get"
     )
@@ -547,6 +625,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands_by_name = {
         "serve": _serve,
         "migrate": _migrate,
+        "prune": _prune,
         "evaluate": _evaluate,
         "docs": _docs,
         "check-fhir": _check_fhir,

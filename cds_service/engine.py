@@ -31,7 +31,7 @@ from cds_service.record import PatientRecord
 from cds_service.rules import RuleConfig, evaluate
 from cds_service.services import ServiceDefinition
 from cds_service.settings import Settings
-from cds_service.suppression import CardPolicy, HookCall, draft_entries, without_drafts
+from cds_service.suppression import CardPolicy, HookCall, IssuedRows, draft_entries, without_drafts
 
 Clock = Callable[[], datetime]
 
@@ -90,6 +90,9 @@ class HookOutcome:
     #: Every resource the call read (prefetch or FHIR server, Medications behind references, draft
     #: orders), as it arrived: for `--strict` reports.
     resources: Sequence[Any] = ()
+    #: Issue 12's issued items and order session marks, when the policy leaves writing them to the
+    #: caller (with the call's issued cards, as one record: store/writer.py).
+    issued_rows: IssuedRows = ((), ())  # type: ignore[assignment]
 
 
 @dataclass
@@ -192,11 +195,11 @@ class Engine:
             record, cards = await asyncio.to_thread(decide)
         else:
             record, cards = decide()
-        cards = await self._against_fatigue(
+        cards, rows = await self._against_fatigue(
             service, request, context, now, issuer, draft_orders, cards, decide
         )
         orders = resources_from_bundle(draft_orders) if draft_orders else []
-        return HookOutcome(cards, record, now, [*resources, *medications, *orders])
+        return HookOutcome(cards, record, now, [*resources, *medications, *orders], rows)
 
     async def _against_fatigue(
         self,
@@ -208,7 +211,7 @@ class Engine:
         draft_orders: Any,
         cards: list[Card],
         decide: Callable[[Any], tuple[PatientRecord, list[Card]]],
-    ) -> list[Card]:
+    ) -> tuple[list[Card], IssuedRows]:
         """Snoozes and the order session (with a policy), then the reminders' digest (issue 12)."""
         call = None
         if self.policy is not None:
@@ -219,9 +222,10 @@ class Engine:
             )
         if self.settings.digest_enabled:
             cards = digest.fold(cards, self.catalogue, digest.load_wording(self.settings.cards_dir))
+        rows: IssuedRows = ([], [])
         if self.policy is not None and call is not None:
-            await self.policy.record(call, cards)
-        return cards
+            rows = await self.policy.record(call, cards)
+        return cards, rows
 
 
 def validate_context(request: CDSRequest) -> Any:

@@ -96,6 +96,12 @@ FEEDBACK = Counter(
 AUTH_REJECTIONS = Counter("als_cds_auth_rejections_total", "Calls refused 401, by reason.", ["reason"])
 SHED = Counter("als_cds_shed_total", "Hook calls answered 503 at once: the worker was at capacity.")
 CONNECTIONS_REFUSED = Counter("als_cds_connections_refused_total", "Connections over the limit, refused.")
+ISSUED_DROPPED = Counter(
+    "als_cds_issued_records_dropped_total",
+    "Hook calls whose issued-card records were not stored (queue full: the database down or slow; "
+    "shutdown: not written in time). Feedback on their cards is stored without its rule.",
+    ["reason"],
+)
 READ_TIMEOUTS = Counter(
     "als_cds_read_timeouts_total", "Connections closed for a request not read in time.", ["phase"]
 )

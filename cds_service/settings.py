@@ -268,6 +268,31 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the feedback store: a SQLite file by default, "
         "`postgresql+psycopg://user:pass@host/db` in production.",
     )
+    issued_write_delay_ms: int = Field(
+        50,
+        ge=0,
+        le=600_000,
+        description="Issued-card records (which rule issued each card, for feedback) are written behind "
+        "the answer, many calls in one transaction, at most this long after a call (store/writer.py). "
+        "Another worker or replica sees a card's record this much (plus one write) later; feedback "
+        "that arrives first waits for it.",
+    )
+    snooze_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="How long a worker trusts what it read of a patient's snooze (suppression.py). A "
+        "snooze set through another worker or replica hides its card at most this long later; one set "
+        "through this worker, at once; a snooze's end is exact. 0: read the store on every call.",
+    )
+    issued_queue_calls: int = Field(
+        5000,
+        ge=1,
+        le=1_000_000,
+        description="Most hook calls whose issued-card records wait to be written in a worker. While the "
+        "database is down or slow, the records of calls beyond it are dropped, counted in "
+        "`als_cds_issued_records_dropped_total` and logged (counts only); the cards still go out.",
+    )
     migrate_on_start: bool = Field(
         True,
         description="Apply Alembic migrations when the service starts. Switch off where a separate "
@@ -488,8 +513,9 @@ class Settings(BaseSettings):
         365,
         ge=1,
         le=3650,
-        description="Default age for `als-cds prune`: issued-card records, feedback, suppression records "
-        "and ended snoozes older than this many days are removed.",
+        description="Default age for `als-cds prune`: issued-card records, order session marks, feedback "
+        "and suppression records older than this many days are removed (ended snoozes whatever their "
+        "age; a live snooze never).",
     )
 
     # -- the console (/console: fire hooks and review rules in a browser; see README, The console) ---

@@ -7,7 +7,10 @@ the rule id, the reason, the service and the hook (never patient data) and count
 * `snoozed`: the clinician overrode the rule's card for this patient with a snooze reason (a reason
   whose display starts with "Snooze", or a patient-declined reason, with a period in the card file's
   `[fatigue.snooze]`). Until the period ends the rule shows no card for that patient, on any replica
-  (the snooze is a row in the shared database); then it returns by itself.
+  (the snooze is a row in the shared database); then it returns by itself. Each process keeps what
+  it read of a subject's snooze for ALS_CDS_SNOOZE_CACHE_SECONDS (reading it was a tenth of a
+  typical call's CPU): a snooze set through this process counts at once, one set through another
+  worker or replica at most that long later; the end of a snooze is exact.
 * `duplicate`: on order-sign, a card with the very same text (so about the same, unchanged order)
   was shown on order-select for the same patient within the order session
   (ALS_CDS_ORDER_SESSION_MINUTES).
@@ -32,6 +35,7 @@ import functools
 import hashlib
 import hmac
 import logging
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -46,10 +50,17 @@ from cds_service.hooks import Card, FeedbackItem
 from cds_service.settings import Settings
 from cds_service.store import Store, feedback_dedupe_key
 from cds_service.store import fatigue as stored
+from cds_service.store.writer import IssueWriter
 
 log = logging.getLogger(__name__)
 
 ORDER_HOOKS = frozenset({"order-select", "order-sign"})
+
+#: Issued items and order session marks of one call, for the writer (`CardPolicy.record`).
+IssuedRows = tuple[list[stored.IssuedItem], list[stored.Mark]]
+
+#: Most subjects whose snooze a process remembers (some 200 bytes each); beyond, the oldest half goes.
+SNOOZE_CACHE_ENTRIES = 50_000
 
 #: Re-evaluate the call without some draft orders (their indices in draftOrders.entry): the cards.
 Rerun = Callable[[Collection[int]], list[Card]]
@@ -99,11 +110,18 @@ def ordered_codes(resource: Mapping[str, Any]) -> set[str]:
 class CardPolicy:
     """Applies snoozes and the order session to a call's cards, and records what was issued."""
 
-    def __init__(self, store: Store, settings: Settings, catalogue: CardCatalogue) -> None:
+    def __init__(
+        self, store: Store, settings: Settings, catalogue: CardCatalogue, writer: IssueWriter | None = None
+    ) -> None:
         self.store = store
+        #: Issued items and marks are written behind the answer (store/writer.py); None: at once.
+        self.writer = writer
         self.settings = settings
         self.catalogue = catalogue
         self.session = timedelta(minutes=settings.order_session_minutes)
+        self.snooze_cache_seconds = float(settings.snooze_cache_seconds)
+        # subject key → (monotonic time the entry stops being trusted, end of its snooze or None).
+        self._snooze_cache: dict[str, tuple[float, datetime | None]] = {}
         configured = settings.pseudonym_key
         self._key: bytes | None = configured.get_secret_value().encode() if configured else None
 
@@ -173,19 +191,19 @@ class CardPolicy:
             and definition.fatigue.snooze
         }
         if subjects:
-            active = await run_in_threadpool(stored.snoozed, self.store, subjects.values(), call.now)
+            active = await self._snoozed(set(subjects.values()), call.now)
             dropped |= {i: "snoozed" for i, subject in subjects.items() if subject in active}
 
         since = call.now - self.session
         if call.hook == "order-sign":
             marks = {i: self._shown_mark(key, call, cards[i]) for i in open_ - dropped.keys()}
-            seen = await run_in_threadpool(stored.marked, self.store, marks.values(), "shown", since)
+            seen = await self._marked(marks.values(), "shown", since)
             dropped |= {i: "duplicate" for i, mark in marks.items() if mark in seen}
 
         if call.hook in ORDER_HOOKS and call.drafts and open_ - dropped.keys():
             by_draft = {i: self._created_marks(key, call, resource) for i, resource in call.drafts.items()}
             every = set().union(*by_draft.values())
-            ours = await run_in_threadpool(stored.marked, self.store, every, "created", since)
+            ours = await self._marked(every, "created", since)
             own = {i for i, marks in by_draft.items() if marks & ours.keys()}
             if own:
                 still = {_identity(card) for card in await asyncio.to_thread(rerun, own)}
@@ -194,19 +212,57 @@ class CardPolicy:
                 }
         return dropped
 
+    async def _snoozed(self, subject_keys: set[str], now: datetime) -> set[str]:
+        """The subject keys snoozed at `now`: from the cache where fresh, else from the store."""
+        clock = time.monotonic()
+        active: set[str] = set()
+        unknown: list[str] = []
+        for subject in subject_keys:
+            cached = self._snooze_cache.get(subject)
+            if cached is None or cached[0] <= clock:
+                unknown.append(subject)
+            elif cached[1] is not None and cached[1] > now:
+                active.add(subject)
+        if unknown:
+            ends = await run_in_threadpool(stored.snooze_ends, self.store, unknown, now)
+            active.update(ends)
+            if self.snooze_cache_seconds > 0:
+                for subject in unknown:
+                    self._remember_snooze(subject, ends.get(subject), clock)
+        return active
+
+    def _remember_snooze(self, subject: str, until: datetime | None, clock: float) -> None:
+        if len(self._snooze_cache) >= SNOOZE_CACHE_ENTRIES:
+            for old in list(self._snooze_cache)[: SNOOZE_CACHE_ENTRIES // 2]:  # oldest first
+                del self._snooze_cache[old]
+        self._snooze_cache[subject] = (clock + self.snooze_cache_seconds, until)
+
+    async def _marked(self, marks: Collection[str], kind: str, since: datetime) -> dict[str, set[str]]:
+        """Marks stored, and those of this process's calls still queued for the writer."""
+        found = await run_in_threadpool(stored.marked, self.store, marks, kind, since)
+        if self.writer is not None:
+            for mark, rules in self.writer.pending_marks(marks, kind, since).items():
+                found.setdefault(mark, set()).update(rules)
+        return found
+
     # -- once the cards are final ----------------------------------------------------------------
 
-    async def record(self, call: HookCall, cards: Sequence[Card]) -> None:
-        """What was issued, per rule (`issued_items`), and the order session's marks. Never fails the
-        call: the cards matter more than our records."""
+    async def record(self, call: HookCall, cards: Sequence[Card]) -> IssuedRows:
+        """What was issued, per rule (`issued_items`), and the order session's marks. With a writer
+        they are returned, for the caller to queue with the call's issued cards as one record
+        (store/writer.py); without, written now. Never fails the call: the cards matter more than
+        our records."""
         if not cards:
-            return
+            return [], []
         try:
             key = await self.key(call.now)
             items, marks = self._issued(key, call, cards)
+            if self.writer is not None:
+                return items, marks
             await run_in_threadpool(stored.record_issue, self.store, items, marks)
         except Exception as exc:
             log.error("could not record issued items", extra={"error_type": type(exc).__name__})
+        return [], []
 
     def _issued(
         self, key: bytes, call: HookCall, cards: Sequence[Card]
@@ -255,6 +311,10 @@ class CardPolicy:
             issued = await run_in_threadpool(stored.items_of, self.store, service_id, {i.card for i in items})
             rows, snoozes = self._meaning(service_id, items, issued, now)
             await run_in_threadpool(stored.save_feedback_rules, self.store, rows, snoozes, now)
+            # Counted at once in this process: forgotten, so the next call reads the store's end
+            # (the later of this one and any set elsewhere).
+            for subject, _rule, _until in snoozes:
+                self._snooze_cache.pop(subject, None)
         except Exception as exc:
             log.error("could not apply feedback to snoozes", extra={"error_type": type(exc).__name__})
 

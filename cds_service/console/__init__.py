@@ -8,15 +8,19 @@ is a 404 and nothing of it is in the OpenAPI document.
 Why only with authentication off: the page calls the service's own hook and feedback endpoints,
 exactly as an EHR does (the same route, access log line, issued-card record and feedback rows), and
 it has no JWT to send. Giving it one would mean a signing key in a web page, or a second way into the
-engine that skips EHR authentication; it gets neither. Its own endpoints only read files of this
-repository (the fixture patients, their expectations) and the loaded card files.
+engine that skips EHR authentication; it gets neither. Its own endpoints read files of this
+repository (the fixture patients, their expectations), the loaded card files and, for the analytics
+page, the aggregate counts per rule that `GET /analytics/rules` serves (no patient data).
 
 * `GET /console`: fire patient-view, order-select or order-sign for a fixture patient, for a patient
   on a FHIR server (the service fetches the data), or for a pasted hook request; the cards rendered
   as an EHR renders them, with real feedback (`static/index.html`, `static/console.js`);
 * `GET /console/rules`: the rule review page (`static/rules.html`, `static/rules.js`);
-* `GET /console/api/fixtures`, `POST /console/api/request`, `GET /console/api/rules`: the data
-  behind the pages (`fixtures.py`, `review.py`).
+* `GET /console/analytics`: per rule and period, what became of the cards, with a CSV export: the
+  figures of `GET /analytics/rules` (`analytics.py`; `static/analytics.html`, `static/analytics.js`);
+* `GET /console/api/fixtures`, `POST /console/api/request`, `GET /console/api/rules`,
+  `GET /console/api/analytics`: the data behind the pages (`fixtures.py`, `review.py`,
+  `analytics.py`).
 
 No build chain: plain HTML, CSS and small ES modules in `static/`, nothing fetched from elsewhere.
 """
@@ -27,10 +31,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
+from cds_service import analytics
 from cds_service.console import fixtures as fixture_data
 from cds_service.console import review
 from cds_service.rules import CATALOGUE
@@ -95,6 +100,10 @@ def install(app: FastAPI, settings: Settings) -> None:
     async def rules_page() -> FileResponse:
         return _page("rules.html")
 
+    @router.get("/analytics", include_in_schema=False)
+    async def analytics_page() -> FileResponse:
+        return _page("analytics.html")
+
     @router.get("/api/fixtures", summary="Console: the fixture patients and the draft order library")
     async def fixtures_list() -> dict[str, Any]:
         found = fixture_data.load()
@@ -131,6 +140,23 @@ def install(app: FastAPI, settings: Settings) -> None:
             "fixturePatients": len(found.patients),
             "rules": rules,
         }
+
+    @router.get(
+        "/api/analytics",
+        summary="Console: per rule and period, what GET /analytics/rules answers (JSON or CSV)",
+    )
+    async def analytics_figures(
+        request: Request,
+        since: str | None = None,
+        until: str | None = None,
+        period: str | None = None,
+        rule: str | None = None,
+        format: str | None = None,
+    ) -> Response:
+        # No analytics token here: the console exists only with authentication off, when every
+        # endpoint is open anyway. The parameters are read and checked by analytics.py.
+        state = request.app.state.als
+        return await analytics.answer(request, state.store, state.engine.catalogue, state.clock())
 
     app.include_router(router)
     app.mount("/console/static", StaticFiles(directory=STATIC_DIR), name="console-static")

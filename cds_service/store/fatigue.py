@@ -133,6 +133,20 @@ def snoozed(store: Store, subject_keys: Iterable[str], now: datetime) -> set[str
         return {row.subject_key for row in rows}
 
 
+def snooze_ends(store: Store, subject_keys: Iterable[str], now: datetime) -> dict[str, datetime]:
+    """Subject key → the end of its snooze, for the keys among `subject_keys` snoozed at `now`."""
+    keys = sorted(set(subject_keys))
+    if not keys:
+        return {}
+    with store.engine.connect() as connection:
+        rows = connection.execute(
+            select(snoozes.c.subject_key, snoozes.c.until).where(
+                snoozes.c.subject_key.in_(keys), snoozes.c.until > _require_aware(now, "now")
+            )
+        )
+        return {row.subject_key: row.until for row in rows}
+
+
 def marked(store: Store, marks: Iterable[str], kind: str, since: datetime) -> dict[str, set[str]]:
     """Mark → the rules that left it since `since`, for the marks among `marks` that exist."""
     wanted = sorted(set(marks))

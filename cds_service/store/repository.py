@@ -361,6 +361,17 @@ class Store:
                 select(issued_cards.c.rule_id).where(issued_cards.c.card_uuid == card_uuid)
             ).scalar_one_or_none()
 
+    def issued_card_uuids(self, card_uuids: Iterable[str]) -> set[str]:
+        """The uuids among `card_uuids` whose issued-card record is stored (by any service)."""
+        wanted = sorted(set(card_uuids))
+        if not wanted:
+            return set()
+        with self._engine.connect() as connection:
+            rows = connection.execute(
+                select(issued_cards.c.card_uuid).where(issued_cards.c.card_uuid.in_(wanted))
+            )
+            return set(rows.scalars())
+
     def feedback_rows(self, service_id: str | None = None) -> list[dict[str, Any]]:
         """Stored feedback as plain dicts of its columns, oldest first (tests and analytics)."""
         query = select(feedback).order_by(feedback.c.id)

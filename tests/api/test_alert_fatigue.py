@@ -290,3 +290,28 @@ def test_an_order_we_suggested_does_not_bring_back_cards_about_itself(
         assert "riluzole-order-monitoring" in shown_rules(
             client.post("/cds-services/als-order-select", json=request).json()
         )
+
+
+def test_a_warning_cards_own_reason_is_stored_with_its_ballot_code_and_snoozes_nothing(
+    app: TestClient,
+) -> None:
+    body = app.post(VIEW, json=hook_request(QUICKSTART)).json()
+    override(app, "als-patient-view", card_of(body, "riluzole-lft-due"), "alt-done-elsewhere")
+    store = app.app.state.als.store  # type: ignore[attr-defined]
+    with store.engine.connect() as connection:
+        [row] = connection.execute(select(feedback_rules)).all()
+        assert connection.execute(select(snoozes)).all() == []
+    assert (row.rule_id, row.reason_system, row.reason_code) == (
+        "riluzole-lft-due", "urn:als-cds:override-reason", "alt-done-elsewhere",
+    )  # fmt: skip
+    assert row.standard_code == "action-completed"  # cards/riluzole-lft-due.toml [fatigue.standard_reasons]
+
+
+def test_every_card_with_override_reasons_maps_some_to_the_ballot_codes() -> None:
+    catalogue = load_catalogue(Settings(_env_file=None).cards_dir)
+    unmapped = sorted(
+        rule
+        for rule, definition in catalogue.definitions.items()
+        if definition.override_reasons and not definition.fatigue.standard_reasons
+    )
+    assert unmapped == []

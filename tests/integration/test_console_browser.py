@@ -20,6 +20,9 @@ as an EHR renders them, and that its feedback reaches the service. What is drive
 * a pasted hook request (a committed fixture) and a pasted request that is not JSON (the service's
   400 shown); a patient on the real FHIR server, which the service reads itself;
 * the rule review page lists every rule of the catalogue, and its links fire a fixture patient;
+* the rule analytics page: a care review item accepted in the console is counted for its rule (shown
+  and accepted, today), the table shows exactly what /console/api/analytics answers, a rule filter
+  and the CSV export agree, and a rule id that is not one gets the service's 400 on the page;
 * the markdown renderer escapes HTML; every control has a label; the pages load nothing from
   elsewhere (every non-loopback request is blocked and must not happen) and raise no error.
 
@@ -39,17 +42,20 @@ ALS_CDS_REQUIRE_BROWSER=1 or ALS_CDS_REQUIRE_SANDBOX=1, where they fail.
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import json
 import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+import httpx
 import pytest
 
 from cds_service.digest import RULE_ID_EXTENSION
@@ -81,6 +87,8 @@ ACCEPTED_RULE = "riluzole-lft-due"  # its suggestion: order liver function tests
 DIGEST = "care-review-digest"
 DIGEST_ITEM_RULE = "mdt-review-overdue"  # the item whose suggestion is accepted
 SNOOZE = "Snooze 1 month"  # the review overridden with it: each of its rules snoozed for this patient
+ANALYTICS_PATIENT = "care-mdt-overdue-no-acp"  # a care review of five items, genetic testing among them
+ANALYTICS_RULE = "genetic-testing-offer"
 HEPATIC_PATIENT = "riluzole-hepatic-contraindication"  # ALS (G12.21) and cirrhosis; a draft Tiglutik
 HEPATIC_ORDER = "Tiglutik 50 mg/10 mL oral suspension"
 HEPATIC_RULE = "riluzole-order-liver"
@@ -476,6 +484,84 @@ def test_the_rule_review_page_lists_every_rule_in_the_catalogue(console: Console
 
 
 # ------------------------------------------------------------------------------------------------
+# The rule analytics page
+
+
+def _figures(service: Service, **query: str) -> dict[str, Any]:
+    """What the console's analytics endpoint answers (the figures of GET /analytics/rules)."""
+    response = httpx.get(f"{service.url}/console/api/analytics", params=query, timeout=10)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def _today_row(answer: dict[str, Any], rule: str) -> dict[str, Any]:
+    return next((r for r in answer["rows"] if r["ruleId"] == rule), {"shown": 0, "acceptedCards": 0})
+
+
+def test_the_analytics_page_shows_what_was_shown_and_accepted(
+    console: Console, service: Service, tmp_path: Path
+) -> None:
+    today = datetime.now(UTC).date().isoformat()
+    before = _today_row(_figures(service, since=today, until=today, period="day"), ANALYTICS_RULE)
+    # A care review for another patient, and one of its items accepted, in the console.
+    console.open(patient=ANALYTICS_PATIENT, hook="patient-view")
+    _, _, answer = console.send("als-patient-view")
+    review = next(c for c in answer["cards"] if c["source"]["topic"]["code"] == DIGEST)
+    [item] = [s for s in review["suggestions"] if s["extension"][RULE_ID_EXTENSION] == ANALYTICS_RULE]
+    page = console.page
+    with page.expect_response(lambda r: r.url.endswith("/cds-services/als-patient-view/feedback")):
+        console.card(DIGEST).get_by_role("button", name=item["label"]).click()
+
+    figures = _wait_for(
+        lambda: (
+            (found := _figures(service, since=today, until=today, period="day"))
+            and _today_row(found, ANALYTICS_RULE)["shown"] == before["shown"] + 1
+            and found
+        ),
+        "the new card's record in the analytics",
+    )
+    row = _today_row(figures, ANALYTICS_RULE)
+    assert row["acceptedCards"] == before["acceptedCards"] + 1
+
+    console.open("/console/analytics")
+    page.get_by_label("From (included)").fill(today)
+    page.get_by_label("To (included)").fill(today)
+    page.get_by_label("Period", exact=True).select_option("day")
+    with page.expect_response(lambda r: "/console/api/analytics?" in r.url) as shown:
+        page.get_by_role("button", name="Show figures").click()
+    assert shown.value.json() == figures  # the page shows the answer the test read itself
+    table = page.locator("#figures tbody tr")
+    expect(table).to_have_count(len(figures["rows"]))
+    shown_row = page.locator(f'#figures tbody tr[data-rule-id="{ANALYTICS_RULE}"]')
+    expect(shown_row.locator("th")).to_have_text(ANALYTICS_RULE)
+    expect(shown_row.locator("td.shown")).to_have_text(str(row["shown"]))
+    expect(shown_row.locator("td.accepted-cards")).to_have_text(str(row["acceptedCards"]))
+    expect(shown_row.locator("td.accepted-suggestions")).to_contain_text(item["label"])
+    expect(page.locator("#analytics-status")).to_contain_text(f"{len(figures['rows'])} rows")
+    _screenshot(page, "console-analytics.png", tmp_path)
+
+    # The CSV export of the same figures.
+    page.get_by_label("Rule ids (optional, comma-separated)").fill(ANALYTICS_RULE)
+    page.get_by_role("button", name="Show figures").click()
+    expect(table).to_have_count(1)
+    href = page.get_by_role("link", name="Download CSV").get_attribute("href") or ""
+    exported = page.request.get(href)
+    assert exported.headers["content-type"] == "text/csv; charset=utf-8"
+    lines = list(csv.DictReader(io.StringIO(exported.text())))
+    assert {(line["rule_id"], line["measure"], line["value"]) for line in lines} >= {
+        (ANALYTICS_RULE, "shown", str(row["shown"])),
+        (ANALYTICS_RULE, "accepted_cards", str(row["acceptedCards"])),
+    }
+
+    # A rule id that is not one: the service's 400 said on the page, no table.
+    page.get_by_label("Rule ids (optional, comma-separated)").fill("no-such-rule")
+    page.get_by_role("button", name="Show figures").click()
+    expect(page.get_by_role("alert")).to_contain_text("The service answered 400: rule: not rule ids")
+    expect(table).to_have_count(0)
+    console.errors[:] = [e for e in console.errors if "400" not in e]  # the browser's own note of it
+
+
+# ------------------------------------------------------------------------------------------------
 # Safety and accessibility
 
 
@@ -505,7 +591,7 @@ def test_the_markdown_renderer_escapes_html_first(console: Console) -> None:
     )
 
 
-@pytest.mark.parametrize("path", ["/console", "/console/rules"])
+@pytest.mark.parametrize("path", ["/console", "/console/rules", "/console/analytics"])
 def test_every_control_has_a_label_and_headings_do_not_skip_levels(console: Console, path: str) -> None:
     console.open(path, **({"patient": PATIENT_VIEW_PATIENT} if path == "/console" else {}))
     if path == "/console":

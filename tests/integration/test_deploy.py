@@ -1,9 +1,9 @@
 """Deployment artefacts: linted here, and consistent with the code they deploy.
 
-No container engine or cluster runs on the test machines, so the image is not built and the
-manifests are not applied here; what can be checked is: the Dockerfile passes hadolint, every
-manifest validates against the Kubernetes schemas, the YAML is clean, and every setting, probe
-path and command the artefacts use exists in the service.
+The Dockerfiles pass hadolint, every manifest validates against the Kubernetes schemas, the YAML is
+clean, and every setting, probe path and command the artefacts use exists in the service. Running
+them (the image built and started, the compose stack up, the manifests played with podman) is
+`test_deploy_run.py`; no cluster runs here.
 """
 
 from __future__ import annotations
@@ -36,9 +36,13 @@ def _tool(name: str) -> str:
     return path
 
 
-def test_dockerfile_passes_hadolint() -> None:
+DOCKERFILES = [DEPLOY / "Dockerfile", ROOT / "fhir-server" / "Dockerfile"]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
     result = subprocess.run(
-        [_tool("hadolint"), "--failure-threshold", "warning", str(DEPLOY / "Dockerfile")],
+        [_tool("hadolint"), "--failure-threshold", "warning", str(dockerfile)],
         capture_output=True,
         text=True,
         check=False,
@@ -207,8 +211,8 @@ def _sqlite_folder(url: str, workdir: str) -> str:
 
 
 def test_the_images_default_sqlite_database_is_writable_by_its_user() -> None:
-    """No container engine runs here (`docker` is a client without a daemon, no podman): the
-    runtime stage is replayed instead. SQLite writes the database and its journal beside it, so the
+    """The runtime stage replayed without a container engine (test_deploy_run.py runs the image
+    itself where podman is installed). SQLite writes the database and its journal beside it, so the
     folder, not only the file, must be the non-root user's."""
     layout = image_layout((DEPLOY / "Dockerfile").read_text())
     uid = layout.uid(layout.user)

@@ -77,8 +77,8 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _serve(database_url: str, workdir: Path, workers: int = 1) -> Served:
-    """`als-cds serve` in a subprocess, ready to answer."""
+def _serve(database_url: str, workdir: Path, workers: int = 1, **settings: str) -> Served:
+    """`als-cds serve` in a subprocess, ready to answer; `settings`: more ALS_CDS_* variables."""
     port = _free_port()
     env = {
         **os.environ,
@@ -88,6 +88,7 @@ def _serve(database_url: str, workdir: Path, workers: int = 1) -> Served:
         "ALS_CDS_DATABASE_URL": database_url,
         "ALS_CDS_AUTH_REQUIRED": "false",
         "ALS_CDS_LOG_LEVEL": "info",
+        **settings,
     }
     script = Path(sys.executable).parent / "als-cds"
     command = (
@@ -282,3 +283,40 @@ def test_sigterm_ends_the_server_with_exit_status_0(workers: int, tmp_path: Path
         _stop(served.proc)
     assert "Application shutdown complete." in served.log_events()
     assert exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("database_url", "workers"),
+    [
+        pytest.param("sqlite", 2, id="sqlite-2-workers"),
+        pytest.param("postgresql", 2, id="postgresql-2-workers", marks=pytest.mark.postgres),
+    ],
+    indirect=["database_url"],
+)
+def test_sigterm_writes_the_issued_card_records_still_queued(
+    database_url: str, workers: int, tmp_path: Path
+) -> None:
+    """Records are written behind the answers (store/writer.py); held here by a ten-minute write
+    delay, they are written by the graceful shutdown, in every worker, before the process exits."""
+    served = _serve(database_url, tmp_path, workers, ALS_CDS_ISSUED_WRITE_DELAY_MS="600000")
+    keys = list(build_services()["als-patient-view"].prefetch(Settings(_env_file=None), date.today()))
+    hook = request_from_bundle(patient_bundle(PATIENT), "patient-view", keys)
+    store = Store(database_url)
+    try:
+        cards: set[str] = set()
+        # Several connections, so that the calls spread over the workers.
+        for _ in range(8):
+            with httpx.Client(base_url=served.url, timeout=30) as client:
+                answer = client.post("/cds-services/als-patient-view", json=hook)
+                assert answer.status_code == 200
+                cards |= {card["uuid"] for card in answer.json()["cards"]}
+        assert cards
+        assert store.issued_card_uuids(cards) == set(), "the records wait in the queue"
+        served.proc.send_signal(signal.SIGTERM)
+        exit_code = served.proc.wait(45)
+        assert store.issued_card_uuids(cards) == cards
+    finally:
+        _stop(served.proc)
+        store.close()
+    assert exit_code == 0, served.log_events()[-3000:]
+    assert "issued-card records dropped" not in served.log_events()
