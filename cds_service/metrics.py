@@ -102,6 +102,13 @@ ISSUED_DROPPED = Counter(
     "shutdown: not written in time). Feedback on their cards is stored without its rule.",
     ["reason"],
 )
+SUPPRESSED = Counter(
+    "als_cds_cards_suppressed_total",
+    "Cards the rules found and the service did not show (issue 12), by rule and reason: snoozed for "
+    "the patient, a duplicate of order-select on order-sign, or about an order the service suggested.",
+    ["rule_id", "reason"],
+)
+SUPPRESSION_REASONS = frozenset({"snoozed", "duplicate", "own-suggestion"})
 READ_TIMEOUTS = Counter(
     "als_cds_read_timeouts_total", "Connections closed for a request not read in time.", ["phase"]
 )

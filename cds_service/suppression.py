@@ -44,6 +44,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from cds_service import digest as digest_cards
+from cds_service import metrics
 from cds_service.cards import OVERRIDE_REASON_SYSTEM, CardCatalogue
 from cds_service.fatigue import NON_ADHERENCE_CODES, NON_ADHERENCE_SYSTEM
 from cds_service.hooks import Card, FeedbackItem
@@ -172,6 +173,8 @@ class CardPolicy:
                 "card suppressed",
                 extra={"rule_id": rule, "reason": reason, "service": call.service_id, "hook": call.hook},
             )
+            why = metrics.one_of(reason, metrics.SUPPRESSION_REASONS)
+            metrics.SUPPRESSED.labels(metrics.rule_label(rule), why).inc()
             rows.append(stored.Suppressed(rule, reason, call.service_id, call.hook, call.now))
         try:
             await run_in_threadpool(stored.record_suppressed, self.store, rows)

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from cds_service.app import create_app
@@ -167,6 +168,10 @@ def test_a_snoozed_reminder_stays_away_for_that_patient_only_and_comes_back_afte
 
     [line] = [r for r in caplog.records if r.getMessage() == "card suppressed"]
     assert (line.rule_id, line.reason) == ("mdt-review-overdue", "snoozed")  # type: ignore[attr-defined]
+    # ... and in the metrics, by rule and reason only (the count is process-wide: at least this one).
+    assert REGISTRY.get_sample_value(
+        "als_cds_cards_suppressed_total", {"rule_id": "mdt-review-overdue", "reason": "snoozed"}
+    )
     assert "als-riluzole-lft-overdue" not in json.dumps(line.__dict__, default=str)  # no patient id
 
 
