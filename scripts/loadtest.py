@@ -116,13 +116,16 @@ KINDS = {
 # Processes: the FHIR server (the service and /proc readings: scripts/service_process.py)
 
 
-def start_fhir_server(page_size: int, patients: Path, log_dir: Path) -> medplum.FhirServer:
-    """The Medplum FHIR server with every fixture patient's chart, one tenant per patient."""
+def start_fhir_server(page_size: int, patients: Path, log_dir: Path, delay_ms: int = 0) -> medplum.FhirServer:
+    """The Medplum FHIR server with every fixture patient's chart, one tenant per patient;
+    `delay_ms` added to each FHIR request once the charts are loaded (a distant FHIR server)."""
     server = medplum.start("--page-size", str(page_size), log_dir=log_dir)
     try:
         for fixture in medplum.fixture_patients(patients):
             server.load_patient(fixture, patients)
         server.reset()  # count only the load's requests
+        if delay_ms:
+            server.configure(delayMs=delay_ms)
     except BaseException:
         server.stop()
         raise
@@ -154,14 +157,19 @@ def prefetch_keys(url: str) -> dict[str, list[str]]:
 
 
 def prepare(
-    patients_dir: Path, fhir: medplum.FhirServer, down_base: str, keys: dict[str, list[str]]
+    patients_dir: Path,
+    fhir: medplum.FhirServer,
+    down_base: str,
+    keys: dict[str, list[str]],
+    kinds: list[str] | None = None,
 ) -> Prepared:
-    """Request bodies per kind. `down_base`: a FHIR base URL where nothing listens (pv-412)."""
+    """Request bodies per kind (`kinds`: those of the mix; default all). `down_base`: a FHIR base
+    URL where nothing listens (pv-412)."""
     paths = sorted(patients_dir.glob("*.json"))
     bundles = [(p.stem, json.loads(p.read_text(encoding="utf-8"))) for p in paths]
     prepared = Prepared()
     for kind in KINDS.values():
-        if kind.hook is None:
+        if kind.hook is None or (kinds is not None and kind.name not in kinds):
             continue
         bodies = []
         for fixture, bundle in bundles:
@@ -424,6 +432,7 @@ def build_report(args: argparse.Namespace, context: dict[str, Any]) -> dict[str,
         "fhir_server": {
             "origin": context["fhir_origin"],
             "page_size": args.fhir_page_size,
+            "delay_ms": args.fhir_delay_ms,
             "answers_by_status": context.get("fhir_stats"),
             "note": "Medplum FHIR engine (fhir-server/, in memory), one tenant per fixture patient",
         },
@@ -454,6 +463,13 @@ def build_report(args: argparse.Namespace, context: dict[str, Any]) -> dict[str,
         "feedback": feedback,
         "memory": memory,
         "cpu_seconds": context["cpu"],
+        # utime + stime of the server and its workers over the measured requests: unlike wall
+        # time, hardly moved by other load on a shared machine.
+        "server_cpu_ms_per_request": (
+            round(1000 * context["cpu_precise"] / completed, 2)
+            if completed and context["cpu_precise"]
+            else None
+        ),
         "server_shutdown": context.get("shutdown"),
         "ok": errors_total == 0 and not check_failed,
     }
@@ -525,6 +541,8 @@ def render_table(report: dict[str, Any]) -> str:
         "cpu seconds in the measured run: "
         + ", ".join(f"{k} {v:.1f}" if v is not None else f"{k} n/a" for k, v in cpu.items())
     )
+    if report["server_cpu_ms_per_request"] is not None:
+        lines.append(f"server cpu per request: {report['server_cpu_ms_per_request']} ms")
     fb = report["feedback"]
     lines.append(
         f"feedback (with warm-up): {fb['acknowledged']} of {fb['sent']} acknowledged; stored rows "
@@ -534,7 +552,8 @@ def render_table(report: dict[str, Any]) -> str:
     )
     fhir = report["fhir_server"]
     lines.append(
-        f"FHIR server (Medplum, page size {fhir['page_size']}) answers by HTTP status: "
+        f"FHIR server (Medplum, page size {fhir['page_size']}, {fhir['delay_ms']} ms added a request) "
+        "answers by HTTP status: "
         f"{fhir['answers_by_status']}"
     )
     if report["server_shutdown"]:
@@ -616,6 +635,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     load.add_argument(
         "--fhir-page-size", type=int, default=5, help="FHIR server page size where a search has no _count (5)"
     )
+    load.add_argument(
+        "--fhir-delay-ms",
+        type=int,
+        default=0,
+        help="added by the FHIR server to each request, as a distant server would (default 0)",
+    )
     load.add_argument("--patients", type=Path, default=PATIENTS, help="folder of patient Bundles")
     out = parser.add_argument_group("output")
     out.add_argument("--json", help="also write the report as JSON to this file ('-': stdout)")
@@ -670,7 +695,7 @@ def run_once(args: argparse.Namespace, workers: int, log_path: Path | None) -> d
         "workers": workers if args.url is None else None,
     }
     try:
-        fhir = start_fhir_server(args.fhir_page_size, args.patients, workdir)
+        fhir = start_fhir_server(args.fhir_page_size, args.patients, workdir, args.fhir_delay_ms)
         context["fhir_origin"] = fhir.origin
         database_url = args.database_url or f"sqlite:///{workdir / 'als-cds.db'}"
         log_path = log_path or workdir / "server.log"
@@ -689,7 +714,7 @@ def run_once(args: argparse.Namespace, workers: int, log_path: Path | None) -> d
         context["url"] = url
         # Nothing listens here once the probe socket is closed: a FHIR server that is down.
         down_base = f"http://127.0.0.1:{free_port()}/fhir"
-        prepared = prepare(args.patients, fhir, down_base, prefetch_keys(url))
+        prepared = prepare(args.patients, fhir, down_base, prefetch_keys(url), list(args.mix))
     except (RuntimeError, OSError, ValueError) as exc:
         print(f"loadtest: cannot start: {exc}", file=sys.stderr)
         if server is not None:
@@ -728,6 +753,7 @@ def run_once(args: argparse.Namespace, workers: int, log_path: Path | None) -> d
             "memory_samples": samples,
             "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         }
+        context["cpu_precise"] = (cpu_after[0] - cpu_before[0]) if root else None
         context["cpu"] = {
             name: round(after - before, 1) if (name != "server" or root) else None
             for name, before, after in zip(
@@ -770,6 +796,7 @@ def compare(reports: list[dict[str, Any]]) -> dict[str, Any]:
         "p95_ms": [r["latency_ms"]["overall"]["p95_ms"] for r in reports],
         "p99_ms": [r["latency_ms"]["overall"]["p99_ms"] for r in reports],
         "server_cpu_s": [r["cpu_seconds"]["server"] for r in reports],
+        "server_cpu_ms_per_request": [r["server_cpu_ms_per_request"] for r in reports],
         "rss_after_kb": [r["memory"].get("after_kb") for r in reports],
     }
 

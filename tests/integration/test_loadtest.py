@@ -45,6 +45,7 @@ TOP_LEVEL = {
     "feedback",
     "memory",
     "cpu_seconds",
+    "server_cpu_ms_per_request",
     "server_shutdown",
     "ok",
 }
@@ -112,6 +113,7 @@ def assert_complete_report(report: dict[str, Any], workers: int) -> None:
 
     assert set(report["cpu_seconds"]) == {"server", "load_driver", "fhir_server"}
     assert report["cpu_seconds"]["fhir_server"] > 0
+    assert report["server_cpu_ms_per_request"] > 0
     # The no-prefetch kinds made the service fetch from the real FHIR server, which answered them
     # all; pv-412's server is down (nobody listens), and its 412s are counted in by_kind above.
     # 404s are the reads of a Medication that one fixture names but no server holds (on purpose).
