@@ -21,7 +21,7 @@ reader could not read is never silently normal here:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -223,9 +223,16 @@ class MedicationFact:
     reasons: tuple[Concept, ...] = ()  # reasonCode
     reason_references: tuple[str, ...] = ()  # reasonReference, as 'Condition/123'
     unreadable: tuple[str, ...] = ()
-    #: The request as the sender sent it, the base of an "update" suggestion (e.g. stopping it);
-    #: the service validates what it sends. Not compared: facts are compared by what was read.
-    resource: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    #: Builds the request as the sender sent it (its list-shaped elements repaired), the base of an
+    #: "update" suggestion (e.g. stopping it); the service validates what it sends. A builder, not
+    #: the copy itself: a copy per request was a tenth of reading a chart, and few calls stop an
+    #: order. Not compared: facts are compared by what was read.
+    resource_builder: Callable[[], Mapping[str, Any]] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def resource(self) -> Mapping[str, Any] | None:
+        """A fresh copy of the request as sent (repaired), or None when it was not kept."""
+        return self.resource_builder() if self.resource_builder is not None else None
 
     @property
     def dosage(self) -> Dosage | None:

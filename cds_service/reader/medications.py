@@ -9,6 +9,7 @@ leaves the drug unknown, and says so (`unreadable` holds 'medication').
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -157,7 +158,7 @@ def read_medication_request(
         reasons=reasons,
         reason_references=reason_refs,
         unreadable=tuple(f.unreadable),
-        resource=repaired_json("MedicationRequest", raw),
+        resource_builder=functools.partial(repaired_json, "MedicationRequest", raw),
     )
 
 

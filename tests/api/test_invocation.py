@@ -77,8 +77,9 @@ def test_quickstart_request_gets_the_riluzole_card(client: TestClient) -> None:
     assert card["indicator"] == "warning"
     assert len(card["summary"]) < 140
     assert card["source"]["label"]
-    store = client.app.state.als.store  # type: ignore[attr-defined]
-    assert store.issued_card_rule(card["uuid"]) == "riluzole-lft-due"
+    state = client.app.state.als  # type: ignore[attr-defined]
+    assert state.issued.flush(5)  # issued-card records are written behind the answer (store/writer.py)
+    assert state.store.issued_card_rule(card["uuid"]) == "riluzole-lft-due"
 
 
 def test_patient_without_als_gets_no_card(client: TestClient) -> None:
