@@ -28,7 +28,7 @@ from cds_service.fhir_client import CallBudget, FhirClient
 from cds_service.hooks import HOOK_CONTEXTS, Card, CDSRequest, OrderSelectContext, OrderSignContext
 from cds_service.reader import ReadOptions, build_record, resources_from_bundle
 from cds_service.record import PatientRecord
-from cds_service.rules import RuleConfig, evaluate
+from cds_service.rules import RuleConfig, evaluate, gate_open
 from cds_service.services import ServiceDefinition
 from cds_service.settings import Settings
 from cds_service.suppression import CardPolicy, HookCall, IssuedRows, draft_entries, without_drafts
@@ -182,6 +182,7 @@ class Engine:
             selections=context.selections if isinstance(context, OrderSelectContext) else (),
             options=self.read_options,
             medications=medications,
+            gate=gate_open,
         )
 
         def decide(drafts: Any = draft_orders) -> tuple[PatientRecord, list[Card]]:

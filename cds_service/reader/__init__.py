@@ -16,7 +16,7 @@ reports (`reader/strict.py`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +34,9 @@ from cds_service.reader.orders import read_draft_orders
 from cds_service.reader.others import KEEP_STATUSES, read_concepts, read_generic, read_patient
 from cds_service.record import Interest, PatientRecord, ReadReport
 from cds_service.terminology import Concept
+
+#: What is read before the gate of `build_record` is asked: the patient and the diagnoses.
+GATE_TYPES = frozenset({"Patient", "Condition"})
 
 __all__ = [
     "ReadOptions",
@@ -55,11 +58,15 @@ def build_record(
     selections: Sequence[str] = (),
     options: ReadOptions | None = None,
     medications: Iterable[Mapping[str, Any]] = (),
+    gate: Callable[[PatientRecord], bool] | None = None,
 ) -> PatientRecord:
     """Read raw FHIR JSON into a PatientRecord.
 
     `resources` may repeat a resource (two prefetch keys can overlap): it is read once, the latest
     version kept. `medications` are Medication resources fetched for references (`prefetch.py`).
+    `gate`: asked once the Patient and the Conditions (`GATE_TYPES`) are read; when it says no, the
+    other resources are counted as not relevant and not read (unless every deviation is to be
+    kept, for `--strict`). Draft orders are always read.
     """
     options = options or ReadOptions()
     now = now.astimezone(options.site_tz)
@@ -87,30 +94,30 @@ def build_record(
             ):
                 index.add(entry["resource"], entry.get("fullUrl"))
 
-    for item in unique:
+    def read(item: Mapping[str, Any]) -> None:
         rtype = item["resourceType"]
         if rtype in ("Medication", "OperationOutcome"):
-            continue  # Medications are read through the requests that point at them
+            return  # Medications are read through the requests that point at them
         if rtype != "Patient" and not interest.wants_type(rtype):
             report.not_relevant[rtype] += 1
-            continue  # decided on the header: most of a large chart is never decoded
+            return  # decided on the header: most of a large chart is never decoded
         try:
             raw = materialise(item)
         except UnreadableResource:
             report.unreadable[rtype] += 1
             record.unread[rtype] += 1
-            continue
+            return
         rid = raw.get("id") if isinstance(raw.get("id"), str) else None
         if rtype == "Patient":
             if rid not in (None, patient_id):
                 report.other_patient[rtype] += 1
-                continue
+                return
             record.patient = read_patient(raw, reader(rtype, rid))
             report.read[rtype] += 1
-            continue
+            return
         if _names_other_patient(raw, patient_id):
             report.other_patient[rtype] += 1
-            continue
+            return
         f = reader(rtype, rid)
         if rtype == "MedicationRequest":
             concepts = (medication_concept(raw, index, f),)
@@ -123,8 +130,28 @@ def build_record(
             if not any(c.codes or c.text for c in concepts) and f.unreadable:
                 record.unread[rtype] += 1  # what it is about could not be read: it may have mattered
             report.not_relevant[rtype] += 1
-            continue
+            return
         _read_fact(record, rtype, raw, concepts, f)
+
+    if gate is None or options.keep_deviations:
+        for item in unique:
+            read(item)
+    else:
+        # The patient and the diagnoses first: when the gate stays shut (no MND diagnosis, the
+        # common case in a clinic), no rule reads the rest, which is counted and left undecoded.
+        rest = []
+        for item in unique:
+            if item["resourceType"] in GATE_TYPES:
+                read(item)
+            else:
+                rest.append(item)
+        if gate(record):
+            for item in rest:
+                read(item)
+        else:
+            for item in rest:
+                if item["resourceType"] not in ("Medication", "OperationOutcome"):  # as `read`
+                    report.not_relevant[item["resourceType"]] += 1
 
     if draft_orders:
         orders, unread, unsupported = read_draft_orders(draft_orders, selections, index, reader)

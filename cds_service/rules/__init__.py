@@ -52,6 +52,14 @@ def rules_for_hook(hook: str, catalogue: Iterable[Rule] = CATALOGUE) -> tuple[Ru
     return tuple(rule for rule in catalogue if hook in rule.hooks)
 
 
+def gate_open(record: PatientRecord) -> bool:
+    """Whether any gated rule can run for this record: an MND diagnosis is on it. Asked by the
+    reader once the patient and the diagnoses are read: when no, the rest of the chart is not read,
+    which only the rules without the gate could miss, and they read the diagnoses and the draft
+    orders alone (a test holds them to it)."""
+    return als.has_mnd(record)
+
+
 def evaluate(rules: Sequence[Rule], record: PatientRecord, config: RuleConfig) -> list[Finding]:
     """Run the rules on the record. One failing rule does not silence the others.
 

@@ -86,6 +86,58 @@ def test_large_chart_is_filtered_on_its_codes_before_fields_are_read() -> None:
     assert record.report.not_relevant["Claim"] > 0
 
 
+# -- the gate: without an MND diagnosis, the rest of the chart is not read -------------------
+
+
+def _gated(resources: list[dict[str, Any]], **options: Any) -> Any:
+    from cds_service.reader import ReadOptions
+    from cds_service.rules import gate_open
+
+    return build_record(
+        patient_id=synthea_patient_id(resources),
+        now=NOW,
+        resources=resources,
+        interest=service_interest(),
+        gate=gate_open,
+        options=ReadOptions(**options),
+    )
+
+
+def test_without_an_mnd_diagnosis_only_the_patient_and_diagnoses_are_read() -> None:
+    chart = max(bundled_charts(), key=lambda p: len(chart_bytes(p)))  # a Synthea chart, no MND
+    resources = [dict(r) for r in resources_from_bundle(load_chart(chart))]
+    observations = sum(r["resourceType"] == "Observation" for r in resources)
+    conditions = sum(r["resourceType"] == "Condition" for r in resources)
+    record = _gated(resources)
+    assert record.patient is not None and conditions > 0
+    # Every diagnosis looked at (the gate's question), none of them MND.
+    assert record.report.read["Condition"] + record.report.not_relevant["Condition"] == conditions
+    assert record.observations == [] and record.medications == [] and record.procedures == []
+    assert record.report.read["Observation"] == 0
+    assert record.report.not_relevant["Observation"] == observations  # counted, not decoded
+    # --strict keeps every deviation of every resource: it reads the whole chart.
+    assert _gated(resources, keep_deviations=True).report.read["Observation"] > 0
+
+
+def test_with_an_mnd_diagnosis_the_whole_chart_is_read_as_without_the_gate() -> None:
+    resources = patient_resources("als-riluzole-lft-overdue")
+    pid = next(r["id"] for r in resources if r["resourceType"] == "Patient")
+    resources = [r if r["resourceType"] != "Patient" else {**r, "id": pid} for r in resources]
+    gated = _gated(resources)
+    ungated = record_from(resources, patient_id=pid)
+    assert gated.report.read == ungated.report.read
+    assert gated.observations == ungated.observations and gated.medications == ungated.medications
+
+
+def test_rules_without_the_gate_read_nothing_the_gate_leaves_unread() -> None:
+    from cds_service.reader import GATE_TYPES
+    from cds_service.rules import CATALOGUE
+
+    for rule in CATALOGUE:
+        if not rule.gated:
+            assert set(rule.reads.by_type) <= GATE_TYPES, rule.id
+
+
 # -- resources that cannot be read ----------------------------------------------------------
 
 
