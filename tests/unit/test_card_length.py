@@ -120,3 +120,32 @@ def test_every_card_template_leaves_room_for_its_data_lines(rule_id: str) -> Non
         if rid == rule_id and word_count(text) > TEMPLATE_MAX_WORDS
     ]
     assert long == []
+
+
+def test_the_care_review_digest_stays_under_120_words_whatever_it_holds() -> None:
+    """The digest folds a call's reminders into one card (issue 12): with every reminder due, it is
+    still a card a clinician reads in seconds."""
+    from cds_service import digest
+    from cds_service.settings import Settings
+
+    catalogue = _catalogue()
+    wording = digest.load_wording(Settings(_env_file=None).cards_dir)
+    reminders = {rule_id for rule_id, d in catalogue.definitions.items() if d.fatigue.digest}
+    rules = [r for r in CATALOGUE if "patient-view" in r.hooks]
+    sizes = []
+    for name in PATIENTS:
+        chart, _ = split_bundle(patient_bundle(name))
+        record = record_from(chart, patient_id=name, interest=service_interest("als-patient-view"))
+        for profile in PROFILES:
+            shown = [
+                cards.render(f, catalogue[f.rule_id], profile)
+                for f in evaluate(rules, record, RuleConfig(profile=profile))
+            ]
+            for card in digest.fold(shown, catalogue, wording):
+                if digest.is_digest(card, wording):
+                    items = sum(line.startswith("- ") for line in (card.detail or "").splitlines())
+                    sizes.append((word_count(card.detail or ""), items, name, profile))
+    words, items, name, profile = max(sizes)
+    assert words <= DETAIL_MAX_WORDS, (words, name, profile)
+    # The fixtures hold a call with every reminder due: the worst case is measured, not imagined.
+    assert max(n for _, n, _, _ in sizes) == len(reminders)
