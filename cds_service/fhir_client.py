@@ -45,7 +45,7 @@ import msgspec
 
 from cds_service import metrics
 from cds_service.reader import resources_from_bundle
-from cds_service.reader.lazy import LazyResource
+from cds_service.reader.lazy import LazyResource, decode_bundle_lazily
 
 FHIR_JSON = "application/fhir+json"
 
@@ -58,8 +58,6 @@ DEFAULT_MAX_RESPONSE_BYTES = 5_000_000
 DEFAULT_MAX_CALL_BYTES = 10_000_000
 
 _DECODER = msgspec.json.Decoder()
-_OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])
-_ARRAY = msgspec.json.Decoder(list[msgspec.Raw])
 
 # httpx logs every request line at INFO, and our request lines carry the patient id
 # (`Observation?patient=...`). Its loggers are held at WARNING whatever the logging configuration,
@@ -462,7 +460,8 @@ def parse_resource(content: bytes | bytearray) -> dict[str, Any]:
     Raises FhirFetchError when it is not JSON, or not a JSON object with a `resourceType`.
     """
     try:
-        body = _DECODER.decode(content) if len(content) <= INLINE_PARSE_BYTES else _lazy_resource(content)
+        small = len(content) <= INLINE_PARSE_BYTES
+        body = _DECODER.decode(content) if small else decode_bundle_lazily(content)
     except (msgspec.DecodeError, RecursionError):
         # msgspec refuses what JSON forbids but servers send (NaN, 1e999); Python's json reads
         # them, so that such a defect costs a field (the reader's rule), not the whole key. Only
@@ -478,47 +477,6 @@ def parse_resource(content: bytes | bytearray) -> dict[str, Any]:
     if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
         raise FhirFetchError("FHIR server answered with JSON that is not a FHIR resource")
     return body
-
-
-def _lazy_resource(content: bytes | bytearray) -> Any:
-    """Like `_DECODER.decode`, but each Bundle entry's resource stays a `LazyResource`: decoded
-    only when the reader reaches it, so a large page is never alive as dicts all at once."""
-    try:
-        fields = _OBJECT.decode(content)
-    except msgspec.ValidationError:
-        return _DECODER.decode(content)  # valid JSON but not an object: refused by the caller
-    resource: dict[str, Any] = {}
-    for name, value in fields.items():
-        if name != "entry":
-            resource[name] = _DECODER.decode(value)
-            continue
-        try:
-            items = _ARRAY.decode(value)
-        except msgspec.ValidationError:
-            resource[name] = _DECODER.decode(value)
-            continue
-        resource[name] = [_lazy_entry(item) for item in items]
-    return resource
-
-
-def _lazy_entry(raw: msgspec.Raw) -> Any:
-    try:
-        fields = _OBJECT.decode(raw)
-    except msgspec.ValidationError:
-        return _DECODER.decode(raw)
-    entry: dict[str, Any] = {}
-    for name, value in fields.items():
-        if name == "resource":
-            entry[name] = LazyResource.of(value)
-            continue
-        decoded = _DECODER.decode(value)
-        if name == "search" and decoded == {"mode": "match"}:
-            # What nearly every search entry says (and all a reader asks of `search` is whether it
-            # is an outcome): left out, the entry holds no container, so the garbage collector
-            # does not track it (as wire.py does for prefetch).
-            continue
-        entry[name] = decoded
-    return entry
 
 
 def _next_link(bundle: Mapping[str, Any]) -> str | None:

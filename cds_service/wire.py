@@ -27,14 +27,13 @@ from pydantic import ValidationError
 
 from cds_service.engine import RequestError, issue, validation_issues
 from cds_service.hooks import CDSRequest, _not_unicode_at
-from cds_service.reader.lazy import LazyResource
+from cds_service.reader.lazy import decode_bundle_lazily
 
 #: Bodies up to this size are decoded in one pass, on the event loop (well under a millisecond:
 #: a typical chart is 5 to 30 kB); larger ones entry by entry, in a worker thread (app.py).
 INLINE_BODY_BYTES = 64_000
 _DECODER = msgspec.json.Decoder()
 _OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])
-_ARRAY = msgspec.json.Decoder(list[msgspec.Raw])
 
 
 def read_request(body: bytes) -> CDSRequest:
@@ -102,44 +101,7 @@ def _prefetch(raw: msgspec.Raw) -> Any:
 
 def _resource(raw: msgspec.Raw) -> Any:
     """One prefetch value; a Bundle's entries are decoded one by one (the event loop runs between)."""
-    try:
-        fields = _OBJECT.decode(raw)
-    except msgspec.ValidationError:
-        return _DECODER.decode(raw)
-    resource: dict[str, Any] = {}
-    for name, value in fields.items():
-        if name == "entry":
-            try:
-                items = _ARRAY.decode(value)
-            except msgspec.ValidationError:
-                resource[name] = _DECODER.decode(value)
-                continue
-            resource[name] = [_entry(item) for item in items]
-        else:
-            resource[name] = _DECODER.decode(value)
-    return resource
-
-
-def _entry(raw: msgspec.Raw) -> Any:
-    """A Bundle entry whose resource stays in its bytes until the reader reaches it (reader/lazy.py)."""
-    try:
-        fields = _OBJECT.decode(raw)
-    except msgspec.ValidationError:
-        return _DECODER.decode(raw)
-    entry: dict[str, Any] = {}
-    for name, value in fields.items():
-        if name == "resource":
-            entry[name] = LazyResource.of(value)
-            continue
-        decoded = _DECODER.decode(value)
-        if name == "search" and decoded == {"mode": "match"}:
-            # What nearly every search entry says, and all a reader asks of `search` is whether it
-            # is an outcome. Left out, the entry holds only strings and an untracked LazyResource,
-            # so CPython does not track the dict: 50,000 entries were 50,000 more objects for every
-            # full garbage collection to walk (a nested dict, even empty, makes its holder tracked).
-            continue
-        entry[name] = decoded
-    return entry
+    return decode_bundle_lazily(raw)
 
 
 def _tolerant(body: bytes) -> tuple[Any, Any]:

@@ -32,6 +32,8 @@ class _Header(msgspec.Struct):
 
 _HEADER = msgspec.json.Decoder(_Header)
 _DECODER = msgspec.json.Decoder()
+_OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_ARRAY = msgspec.json.Decoder(list[msgspec.Raw])
 
 
 class UnreadableResource(ValueError):
@@ -142,3 +144,47 @@ def materialise(resource: Mapping[str, Any]) -> Mapping[str, Any]:
     Raises UnreadableResource when the bytes cannot be decoded.
     """
     return resource.decode() if isinstance(resource, LazyResource) else resource
+
+
+def decode_bundle_lazily(raw: bytes | bytearray | msgspec.Raw) -> Any:
+    """Like decoding the JSON whole, but each Bundle entry's resource stays a `LazyResource`,
+    decoded only when the reader reaches it: a large Bundle (a prefetch value, a FHIR server's
+    page) is never alive as dicts all at once. Anything that is not a JSON object is decoded as is
+    (the caller refuses what it cannot use)."""
+    try:
+        fields = _OBJECT.decode(raw)
+    except msgspec.ValidationError:
+        return _DECODER.decode(raw)
+    resource: dict[str, Any] = {}
+    for name, value in fields.items():
+        if name != "entry":
+            resource[name] = _DECODER.decode(value)
+            continue
+        try:
+            items = _ARRAY.decode(value)
+        except msgspec.ValidationError:
+            resource[name] = _DECODER.decode(value)
+            continue
+        resource[name] = [_lazy_entry(item) for item in items]
+    return resource
+
+
+def _lazy_entry(raw: msgspec.Raw) -> Any:
+    try:
+        fields = _OBJECT.decode(raw)
+    except msgspec.ValidationError:
+        return _DECODER.decode(raw)
+    entry: dict[str, Any] = {}
+    for name, value in fields.items():
+        if name == "resource":
+            entry[name] = LazyResource.of(value)
+            continue
+        decoded = _DECODER.decode(value)
+        if name == "search" and decoded == {"mode": "match"}:
+            # What nearly every search entry says, and all a reader asks of `search` is whether it
+            # is an outcome. Left out, the entry holds only strings and an untracked LazyResource,
+            # so CPython does not track the dict: 50,000 entries were 50,000 more objects for every
+            # full garbage collection to walk (a nested dict, even empty, makes its holder tracked).
+            continue
+        entry[name] = decoded
+    return entry
