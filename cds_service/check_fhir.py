@@ -23,6 +23,7 @@ import httpx
 from cds_service import cards as card_rendering
 from cds_service.engine import Engine, RequestError
 from cds_service.fhir_client import FHIR_JSON, FhirClient, FhirFetchError, new_http_client
+from cds_service.fhir_http import FhirHttp
 from cds_service.hooks import CDSRequest
 from cds_service.prefetch import TYPE_BY_KEY, render_template
 from cds_service.reader.strict import StrictFinding, format_findings, strict_findings
@@ -97,7 +98,7 @@ def _hint(status: int | None, key: str) -> str:
     return ""
 
 
-async def _capability(http: httpx.AsyncClient, server: str, token: str | None, report: CheckReport) -> dict:
+async def _capability(http: FhirHttp, server: str, token: str | None, report: CheckReport) -> dict:
     headers = {"Accept": FHIR_JSON} | ({"Authorization": f"Bearer {token}"} if token else {})
     try:
         response = await http.get(f"{server}/metadata", headers=headers)

@@ -1,7 +1,7 @@
 """Reads and searches against the EHR's FHIR server, for prefetch keys the EHR did not fill.
 
-One `httpx.AsyncClient` is shared by the whole process (connection pooling matters at EHR call
-rates); this module adds what FHIR needs on top of it:
+The connections are `fhir_http.FhirHttp`'s (aiohttp's pool, kept per FHIR origin and reused:
+pooling matters at EHR call rates); this module adds what FHIR needs on top of them:
 
 * the access token goes only to the `fhirServer` origin: a `next` link that points anywhere else is
   not followed, so a hostile or misconfigured server cannot make us send the token elsewhere;
@@ -44,6 +44,7 @@ import httpx
 import msgspec
 
 from cds_service import metrics
+from cds_service.fhir_http import FhirHttp
 from cds_service.reader import resources_from_bundle
 from cds_service.reader.lazy import LazyResource, decode_bundle_lazily
 
@@ -144,7 +145,7 @@ class _Origin:
     """One FHIR origin's share of this process: its pool, its slots and its circuit breaker."""
 
     name: str  # scheme://host:port: the EHR's server, never a path (which may name a patient)
-    http: httpx.AsyncClient
+    http: FhirHttp
     owned: bool  # its pool is its own (closed with it), not the shared client of a test or the CLI
     slots: contextlib.AbstractAsyncContextManager[Any]
     in_flight: int = 0
@@ -200,12 +201,12 @@ class _Origin:
 class FhirClient:
     def __init__(
         self,
-        http: httpx.AsyncClient | None = None,
+        http: FhirHttp | None = None,
         *,
         max_pages: int,
         max_in_flight: int | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-        new_pool: Callable[[], httpx.AsyncClient] | None = None,
+        new_pool: Callable[[], FhirHttp] | None = None,
         breaker: BreakerPolicy | None = None,
         max_origins: int = 64,
     ) -> None:
@@ -391,7 +392,7 @@ class FhirClient:
 
     async def _exchange(
         self,
-        http: httpx.AsyncClient,
+        http: FhirHttp,
         url: str,
         headers: dict[str, str],
         read: bool,
@@ -399,7 +400,8 @@ class FhirClient:
     ) -> bytearray | None:
         """The request and its body (None: a read answered 404), every failure a FhirFetchError."""
         try:
-            async with http.stream("GET", url, headers=headers) as response:
+            response = await http.fetch(url, headers)
+            try:
                 if response.status_code == 404 and read:
                     return None  # a read of a resource that does not exist: the same as a null prefetch
                 if response.status_code in (401, 403):
@@ -412,6 +414,8 @@ class FhirClient:
                         f"FHIR server error (HTTP {response.status_code})", status=response.status_code
                     )
                 return await self._read_body(response, budget)
+            finally:
+                await response.aclose()  # an answer not read to its end closes its connection
         except httpx.TimeoutException as exc:
             raise FhirFetchError("FHIR server timed out", issue_code="timeout") from exc
         except httpx.HTTPError as exc:
@@ -514,11 +518,8 @@ def operation_outcome_is_error(outcome: Mapping[str, Any]) -> bool:
     )
 
 
-def new_http_client(*, max_connections: int, timeout_seconds: float) -> httpx.AsyncClient:
-    """The process-wide client. Redirects are not followed: a redirect could leave the origin."""
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout_seconds),
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-        follow_redirects=False,
-        headers={"User-Agent": "als-cds"},
-    )
+def new_http_client(*, max_connections: int, timeout_seconds: float) -> FhirHttp:
+    """Connections for one FHIR origin (the service) or for all (the CLI), at most
+    `max_connections` open (fhir_http.py: a tenth of httpx's CPU a request). Redirects are not
+    followed: a redirect could leave the origin."""
+    return FhirHttp(max_connections=max_connections, timeout_seconds=timeout_seconds)

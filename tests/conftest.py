@@ -24,11 +24,48 @@ import uuid
 from collections.abc import Iterator
 from glob import glob
 from pathlib import Path
+from typing import Any, ClassVar
 
+import httpx
 import psycopg
 import pytest
+import respx.mocks
 from psycopg import sql
 from sqlalchemy import make_url
+
+from cds_service.fhir_http import FhirHttp
+
+
+class _FhirHttpMocker(respx.mocks.HTTPCoreMocker):
+    """respx's default mock (httpcore's pools), and also `FhirHttp.fetch`: the service's FHIR
+    requests go through aiohttp (cds_service/fhir_http.py), which httpcore's patch never sees, and
+    a test's FHIR mock must answer them as it answers any httpx client. Patched there, not at
+    httpx's client (respx's "httpx" mocker), which would catch the tests' own calls to the app."""
+
+    name = "httpcore-and-fhir-http"
+    targets: ClassVar[list[str]] = [*respx.mocks.HTTPCoreMocker.targets, "cds_service.fhir_http.FhirHttp"]
+    target_methods: ClassVar[list[str]] = [*respx.mocks.HTTPCoreMocker.target_methods, "fetch"]
+
+    @classmethod
+    def to_httpx_request(cls, **kwargs: Any) -> httpx.Request:
+        if "request" in kwargs:
+            return super().to_httpx_request(**kwargs)
+        return httpx.Request("GET", kwargs["url"], headers=kwargs["headers"])
+
+    @classmethod
+    async def prepare_async_request(cls, httpx_request: httpx.Request, **kwargs: Any) -> Any:
+        if "request" in kwargs:
+            return await super().prepare_async_request(httpx_request, **kwargs)
+        return httpx_request, kwargs
+
+    @classmethod
+    def from_sync_httpx_response(cls, httpx_response: httpx.Response, target: Any, **kwargs: Any) -> Any:
+        if isinstance(target, FhirHttp):
+            return httpx_response
+        return super().from_sync_httpx_response(httpx_response, target, **kwargs)
+
+
+respx.mocks.DEFAULT_MOCKER = _FhirHttpMocker.name
 
 _PG_SUPERUSER = "postgres"  # database role created by initdb; also the OS user when run as root
 _PG_TEST_DATABASE = "als_cds_test"

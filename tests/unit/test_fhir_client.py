@@ -91,7 +91,7 @@ def server() -> Iterator[respx.MockRouter]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
+    async with new_http_client(max_connections=10, timeout_seconds=5) as client:
         yield client
 
 
@@ -715,7 +715,7 @@ def _stream(chunks: int, size: int, produced: list[int], pause: float = 0.0) -> 
 async def test_an_answer_declaring_more_than_the_cap_is_refused_unread(server: respx.MockRouter) -> None:
     server.get(OBS_URL).respond(200, content=json.dumps(bundle(observation("o1"))).encode() + b" " * 20_000)
 
-    async with httpx.AsyncClient() as http:
+    async with new_http_client(max_connections=10, timeout_seconds=5) as http:
         fhir = FhirClient(http, max_pages=5, max_response_bytes=10_000)
         with pytest.raises(FhirFetchError) as caught:
             await fhir.get(BASE, f"Observation?patient={PID}", TOKEN)
@@ -731,7 +731,7 @@ async def test_an_answer_without_a_length_is_stopped_at_the_cap_while_it_streams
     produced: list[int] = []
     server.get(OBS_URL).mock(return_value=httpx.Response(200, content=_stream(1000, 4096, produced)))
 
-    async with httpx.AsyncClient() as http:
+    async with new_http_client(max_connections=10, timeout_seconds=5) as http:
         fhir = FhirClient(http, max_pages=5, max_response_bytes=40_000)
         with pytest.raises(FhirFetchError) as caught:
             await fhir.get(BASE, f"Observation?patient={PID}", TOKEN)
@@ -822,7 +822,7 @@ async def test_a_hanging_origin_holds_only_its_own_slots(server: respx.MockRoute
 
     server.get(url__startswith=BASE).mock(side_effect=hang)
     healthy = server.get(f"{OTHER}/Patient/{PID}").respond(200, json=patient())
-    async with httpx.AsyncClient() as http:
+    async with new_http_client(max_connections=10, timeout_seconds=5) as http:
         fhir = FhirClient(http, max_pages=5, max_in_flight=2)
         hanging = [
             asyncio.ensure_future(fhir.get(BASE, f"Patient/p{i}", TOKEN, budget=CallBudget(1.0)))
@@ -865,7 +865,7 @@ async def test_the_least_recently_used_idle_origin_goes_beyond_the_table_size(
     made: list[httpx.AsyncClient] = []
 
     def new_pool() -> httpx.AsyncClient:
-        made.append(httpx.AsyncClient())
+        made.append(new_http_client(max_connections=10, timeout_seconds=5))
         return made[-1]
 
     fhir = FhirClient(new_pool=new_pool, max_pages=5, max_origins=2)
@@ -944,7 +944,7 @@ async def test_an_origin_cut_off_by_the_deadline_counts_as_failing(server: respx
         raise AssertionError("never answered")
 
     server.get(url__startswith=BASE).mock(side_effect=hang)
-    async with httpx.AsyncClient() as http:
+    async with new_http_client(max_connections=10, timeout_seconds=5) as http:
         fhir = _breaker_client(http)
         for _ in range(3):  # three calls, each with three requests cut off at its deadline
             budget = CallBudget(0.2)

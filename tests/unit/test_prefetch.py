@@ -21,7 +21,7 @@ import httpx
 import pytest
 import respx
 
-from cds_service.fhir_client import FhirClient
+from cds_service.fhir_client import FhirClient, new_http_client
 from cds_service.hooks import CDSRequest
 from cds_service.prefetch import (
     OBSERVATION_HISTORY_KEY,
@@ -441,7 +441,7 @@ def server() -> Iterator[respx.MockRouter]:
 
 @pytest.fixture
 async def fhir() -> AsyncIterator[FhirClient]:
-    async with httpx.AsyncClient() as http:
+    async with new_http_client(max_connections=10, timeout_seconds=5) as http:
         yield FhirClient(http, max_pages=5)
 
 
