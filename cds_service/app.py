@@ -51,6 +51,10 @@ from cds_service.suppression import CardPolicy
 
 log = logging.getLogger("cds_service")
 
+#: Allocations (less deallocations) of container objects between two collections of the youngest
+#: generation, in the served app (Python's default: 700). Why: in `create_app`'s lifespan.
+GC_THRESHOLD = 10_000
+
 #: On a graceful shutdown, how long the queued issued-card records may take to be written.
 SHUTDOWN_FLUSH_SECONDS = 10.0
 #: Feedback on a card whose record this process still queues: how long to wait for its write.
@@ -172,6 +176,12 @@ def create_app(
             # apps (the tests) would keep each one's cyclic garbage forever.
             gc.collect()
             gc.freeze()
+            # A hook call leaves some 700 container objects alive for a while (its issued-card
+            # record waits up to 50 ms for the writer thread), just past the default threshold of
+            # 700 allocations: nearly one collection a call, with a full collection every ~150
+            # calls, some 150-200 us a call (7 %, measured with gc.callbacks; docs/performance.md).
+            # At 10,000 a collection comes every few hundred calls, and memory stays flat.
+            gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
         try:
             yield
         finally:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import tomllib
-import uuid
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
@@ -33,6 +32,7 @@ from cds_service.cards import (
     CardCatalogue,
     CardFileError,
     SourceDef,
+    new_uuid,
 )
 from cds_service.hooks import Card, Coding, OverrideReason, Source, Suggestion
 from cds_service.record import UNREAD_PREFIX
@@ -110,7 +110,7 @@ def fold(cards: Sequence[Card], catalogue: CardCatalogue, wording: DigestDef) ->
     lines = "\n".join(_item_lines(card) for card in items)
     summary = wording.summary.format(count=len(items)).strip()
     digest = Card(
-        uuid=str(uuid.uuid4()),
+        uuid=new_uuid(),
         summary=summary[:SUMMARY_MAX],
         detail=wording.detail.format(items=lines).strip(),
         indicator="info",

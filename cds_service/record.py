@@ -581,15 +581,31 @@ class Interest:
     """Which resources the active rules can use: per type, value sets, or `None` for all."""
 
     by_type: Mapping[str, tuple[ValueSet, ...] | None]
+    # Per type, every code of its value sets in one set, and the value sets that also match names:
+    # asked of every resource read, one lookup per coding instead of one per value set.
+    _codes: Mapping[str, frozenset[tuple[str, str]]] = field(init=False, repr=False, compare=False)
+    _named: Mapping[str, tuple[ValueSet, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        chosen = {rtype: vss for rtype, vss in self.by_type.items() if vss is not None}
+        codes = {rtype: frozenset().union(*(vs.codes for vs in vss)) for rtype, vss in chosen.items()}
+        named = {rtype: tuple(vs for vs in vss if vs.match_names) for rtype, vss in chosen.items()}
+        object.__setattr__(self, "_codes", codes)
+        object.__setattr__(self, "_named", named)
 
     def wants_type(self, resource_type: str) -> bool:
         return resource_type in self.by_type
 
     def wants(self, resource_type: str, concepts: Sequence[Concept]) -> bool:
+        """Whether any of the type's value sets matches any of `concepts` (`ValueSet.match`)."""
         if resource_type not in self.by_type:
             return False
-        valuesets = self.by_type[resource_type]
-        return valuesets is None or any(vs.match(c) for vs in valuesets for c in concepts)
+        if self.by_type[resource_type] is None:
+            return True
+        codes = self._codes[resource_type]
+        if any(code.key in codes for concept in concepts for code in concept.codes):
+            return True
+        return any(vs.match(c) for vs in self._named[resource_type] for c in concepts)
 
     @classmethod
     def merge(cls, interests: Iterable[Interest]) -> Interest:

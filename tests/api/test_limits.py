@@ -154,3 +154,23 @@ async def test_hook_calls_beyond_the_in_flight_limit_are_answered_503_at_once_wi
         issue = response.json()["issue"][0]
         assert issue["code"] == "throttled" and "capacity" in issue["diagnostics"]
     assert shedding.shed == 4 and shedding.in_flight == 0
+
+
+def test_the_served_app_freezes_its_start_up_heap_and_collects_garbage_less_often(tmp_path: Path) -> None:
+    """Only the served app (freeze_gc): a hook call leaves ~700 objects alive for a while, so at
+    Python's default threshold it paid for a collection nearly every call (app.GC_THRESHOLD)."""
+    import gc
+
+    from cds_service.app import GC_THRESHOLD
+
+    before = gc.get_threshold()
+    settings = Settings(_env_file=None, database_url=f"sqlite:///{tmp_path}/g.db", auth_required=False)  # type: ignore[call-arg]
+    try:
+        with TestClient(create_app(settings)):
+            assert gc.get_threshold() == before  # an app of the tests: left alone
+        with TestClient(create_app(settings, freeze_gc=True)):
+            assert gc.get_threshold()[0] == GC_THRESHOLD
+            assert gc.get_freeze_count() > 0
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()

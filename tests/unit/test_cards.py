@@ -253,3 +253,81 @@ def test_evidence_about_data_that_could_not_be_read_is_never_cut() -> None:
 def test_three_lines_of_evidence_are_shown_whole_with_no_count() -> None:
     detail = _lft_due("one.", "two.", "three.")
     assert "**Data behind this card:**\n- one.\n- two.\n- three." in detail and "shown)" not in detail
+
+
+def _every_action_resource() -> list[tuple[str, Any]]:
+    found = []
+    for rule_id, definition in sorted(CATALOG.definitions.items()):
+        suggestion_sets = [definition.suggestions] + [
+            v.suggestions for v in definition.variants.values() if v.suggestions is not None
+        ]
+        for suggestions in suggestion_sets:
+            for suggestion in suggestions:
+                found += [(rule_id, a.resource) for a in suggestion.actions if a.resource]
+    return found
+
+
+def _placeholders(value: Any) -> set[str]:
+    if isinstance(value, str) and value.startswith("$"):
+        return {value[1:]}
+    if isinstance(value, dict):
+        return set().union(*map(_placeholders, value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*map(_placeholders, value)) if value else set()
+    return set()
+
+
+@pytest.mark.parametrize(("rule_id", "resource"), _every_action_resource())
+def test_a_compiled_suggestion_resource_binds_exactly_as_the_template_walk_does(
+    rule_id: str, resource: Any
+) -> None:
+    """Rendering binds a card file's resource from its compiled form (`_ResourceTemplate`, for
+    speed); it must give what walking the template gives, share nothing with the finding's values,
+    and refuse a missing value the same way."""
+    names = sorted(_placeholders(resource))
+    bindings: dict[str, Any] = {
+        name: {"reference": f"Patient/{i}", "nested": [{"n": i}]} if i % 2 else f"value-{i}"
+        for i, name in enumerate(names)
+    }
+    template = cards._ResourceTemplate.of(resource)
+    bound = template.bind(bindings)
+    assert bound == cards._bind(resource, bindings)
+    assert template.bind(bindings) == bound  # binding again: the template was not changed
+    expected = cards._bind(resource, bindings)
+    for value in bindings.values():
+        if isinstance(value, dict):  # a bound container is a copy: changing the finding's own...
+            value["nested"][0]["n"] = "changed"
+    assert bound == expected  # ...leaves what was rendered alone
+    if names:
+        with pytest.raises(cards.CardFileError, match="which the rule does not provide"):
+            template.bind({})
+
+
+def test_new_uuid_makes_distinct_version_4_uuids_in_the_canonical_form() -> None:
+    import uuid
+
+    made = [cards.new_uuid() for _ in range(5000)]  # several refills of the pool
+    assert len(set(made)) == len(made)
+    for text in made[:200] + made[-200:]:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+
+
+def test_a_forked_child_never_hands_out_its_parents_uuids() -> None:
+    import os
+
+    cards.new_uuid()  # the pool now holds bytes a child must not reuse
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next uuids, to the parent
+        os.write(write, ",".join(cards.new_uuid() for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = set(os.read(read, 4096).decode().split(","))
+    os.close(read)
+    parent = {cards.new_uuid() for _ in range(3)}
+    assert len(child) == 3
+    assert not child & parent
