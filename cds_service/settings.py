@@ -249,10 +249,13 @@ class Settings(BaseSettings):
         "sent before the body is read).",
     )
     http_keep_alive_seconds: float = Field(
-        5.0,
+        75.0,
         gt=0,
         le=600,
-        description="How long an idle keep-alive connection is kept between requests (`als-cds serve`).",
+        description="How long an idle keep-alive connection is kept between requests (`als-cds serve`). "
+        "Longer than the EHR's (or load balancer's) own idle time, so that the client closes an idle "
+        "connection first: at 5 s, as long as httpx keeps one, a call sent just as the server closed "
+        "its connection failed (a reset, seen by the load test every ~5 s with 2 workers).",
     )
 
     metrics_token: SecretStr | None = Field(
