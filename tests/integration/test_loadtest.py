@@ -160,5 +160,5 @@ def test_errors_make_the_exit_status_non_zero(tmp_path: Path) -> None:
     assert code == 1
     assert report["ok"] is False
     assert report["errors"]["total"] == 20
-    assert report["errors"]["by_cause"] == {"pv-prefetch: ConnectError": 20}
+    assert report["errors"]["by_cause"] == {"pv-prefetch: ClientConnectorError": 20}  # aiohttp's name
     assert "result: ERRORS" in table
