@@ -54,7 +54,12 @@ async def server() -> AsyncIterator[tuple[str, Seen, dict[str, Any]]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         peer = request.transport.get_extra_info("peername") if request.transport else None
         seen.requests.append(
-            {"path": request.path_qs, "headers": dict(request.headers), "port": peer[1] if peer else 0}
+            {
+                "path": request.path_qs,
+                "raw": request.raw_path,
+                "headers": dict(request.headers),
+                "port": peer[1] if peer else 0,
+            }
         )
         if behaviour.get("redirect"):
             return web.Response(status=302, headers={"Location": behaviour["redirect"]})
@@ -285,3 +290,32 @@ async def test_a_closed_pool_refuses_further_requests(server: Any) -> None:
     assert http.is_closed
     with pytest.raises(RuntimeError):
         await http.fetch(f"{base}/Patient/p1", {})
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "Observation?patient=p1&code=http://loinc.org|1742-6,http://loinc.org|1920-8",
+        "Observation?patient=p%201&code=http%3A%2F%2Floinc.org%7C1742-6",
+        "Patient/an id with spaces",
+        "Patient/patient-ü-ß",
+        'Observation?patient=p1&note="quoted"<b>{x}`',
+        "Observation?patient=p1&date=ge2026-01-01T00:00:00+00:00",
+    ],
+)
+async def test_the_request_target_is_the_one_httpx_sends(server: Any, query: str) -> None:
+    """Sent as httpx's own client sent it (what FHIR servers have been answering): as it is when
+    httpx would change nothing, quoted by httpx otherwise."""
+    base, seen, _ = server
+    async with FhirHttp(max_connections=2, timeout_seconds=5) as http:
+        await _read_all(await http.fetch(f"{base}/{query}", {}))
+    expected = httpx.URL(f"{base}/{query}").raw_path.decode()
+    assert seen.requests[0]["raw"] == expected
+
+
+async def test_a_control_character_in_a_url_is_refused_before_anything_is_sent(server: Any) -> None:
+    base, seen, _ = server
+    async with FhirHttp(max_connections=2, timeout_seconds=5) as http:
+        with pytest.raises(httpx.InvalidURL):
+            await http.fetch(f"{base}/Patient/p1\r\nX-Injected: 1", {})
+    assert seen.requests == []
