@@ -49,7 +49,8 @@ _TRACEBACK = "Traceback (most recent call last):"
 def _plain(value: Any) -> Any:
     """`value` with every ANSI escape sequence removed from its strings, however deep."""
     if isinstance(value, str):
-        return _ANSI.sub("", value)
+        # Every escape sequence begins with one of these two: most strings have neither.
+        return _ANSI.sub("", value) if "\x1b" in value or "\x9b" in value else value
     if isinstance(value, dict):
         return {_plain(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
