@@ -89,6 +89,19 @@ class Concept:
 
     codes: tuple[Code, ...] = ()
     text: str | None = None
+    # Concepts are looked up in dicts many times a call (a value set's memo, the record's groups):
+    # the hash of their codes and text, computed once.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.codes, self.text)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt, not restored: a string's hash differs between processes.
+        return (Concept, (self.codes, self.text))
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any] | None) -> Concept:
@@ -155,6 +168,11 @@ class Match:
         return None if self.kind == "code" else "named in free text, no code"
 
 
+#: Concepts a value set remembers its answer for (`ValueSet.match`).
+MATCH_MEMO_ENTRIES = 4096
+_UNKNOWN = object()
+
+
 @dataclass(frozen=True)
 class ValueSet:
     id: str
@@ -167,9 +185,26 @@ class ValueSet:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_name_re", _word_pattern(self.match_names))
         object.__setattr__(self, "_exclude_re", _word_pattern(self.exclude_names))
+        object.__setattr__(self, "_memo", {})
 
     def match(self, concept: Concept) -> Match | None:
-        """Match every coding first; fall back to names only where the value set allows it."""
+        """Match every coding first; fall back to names only where the value set allows it.
+
+        Remembered per concept (at most `MATCH_MEMO_ENTRIES`, then forgotten all at once): the same
+        few concepts (ALT, riluzole, ALS) arrive in call after call, and matching a name is a
+        regular-expression search. Concepts and matches are frozen, so a remembered answer is the
+        answer."""
+        memo: dict[Concept, Match | None] = self._memo  # type: ignore[attr-defined]
+        found = memo.get(concept, _UNKNOWN)
+        if found is not _UNKNOWN:
+            return found  # type: ignore[return-value]
+        found = self._match(concept)
+        if len(memo) >= MATCH_MEMO_ENTRIES:
+            memo.clear()
+        memo[concept] = found
+        return found
+
+    def _match(self, concept: Concept) -> Match | None:
         for code in concept.codes:
             if code.key in self.codes:
                 return Match(self.id, "code", code=code)

@@ -105,3 +105,31 @@ def test_concept_from_messy_json_never_raises() -> None:
         {"text": 5},
     ):
         assert Concept.from_json(value).codes == ()  # type: ignore[arg-type]
+
+
+def test_a_value_set_remembers_its_answers_and_they_stay_right() -> None:
+    """ValueSet.match memoises per concept: the remembered answer is the one computed, equal
+    concepts built anew get it, and a full memo starts again rather than growing."""
+    import copy
+    import pickle
+
+    from cds_service import terminology
+    from cds_service.terminology import Code, Concept, ValueSet
+
+    vs = ValueSet("t", "test", frozenset({("http://loinc.org", "1742-6")}), match_names=("alanine",))
+    by_code = Concept((Code("http://loinc.org", "1742-6", "ALT"),))
+    by_name = Concept((), "Alanine aminotransferase")
+    neither = Concept((Code("http://loinc.org", "2345-7"),), "Glucose")
+    for concept in (by_code, by_name, neither):
+        first = vs.match(concept)
+        again = vs.match(Concept(concept.codes, concept.text))  # equal, not the same object
+        assert again == first
+        assert vs.match(copy.deepcopy(concept)) == first
+        assert vs.match(pickle.loads(pickle.dumps(concept))) == first
+    assert vs.match(by_code) is not None and vs.match(by_code).kind == "code"
+    assert vs.match(by_name) is not None and vs.match(by_name).kind == "name"
+    assert vs.match(neither) is None
+    for i in range(terminology.MATCH_MEMO_ENTRIES + 10):
+        vs.match(Concept((Code("http://loinc.org", f"x-{i}"),)))
+    assert len(vs._memo) <= terminology.MATCH_MEMO_ENTRIES  # type: ignore[attr-defined]
+    assert vs.match(by_code) is not None
