@@ -61,9 +61,10 @@ DEFAULT_MAX_CALL_BYTES = 10_000_000
 _DECODER = msgspec.json.Decoder()
 
 # httpx logs every request line at INFO, and our request lines carry the patient id
-# (`Observation?patient=...`). Its loggers are held at WARNING whatever the logging configuration,
-# so that no deployment can leak patient ids into logs by turning on INFO.
-for _name in ("httpx", "httpcore"):
+# (`Observation?patient=...`). Its loggers (and aiohttp's, under fhir_http) are held at WARNING
+# whatever the logging configuration, so that no deployment can leak patient ids into logs by
+# turning on INFO.
+for _name in ("httpx", "httpcore", "aiohttp"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 log = logging.getLogger("cds_service.fhir")
@@ -212,10 +213,9 @@ class FhirClient:
     ) -> None:
         """`max_in_flight`: most requests open at once *per FHIR origin* (None: the pool decides).
 
-        The limit is kept here rather than left to the pool: httpcore's pool rescans all its
-        connections and queued requests on every request start and finish, so its CPU cost per
-        request grows with what it holds (1.3 ms at 1 in flight, 5-7 ms at 40, on the development
-        machine; docs/performance.md). Waiting here keeps its queue empty and its scans short.
+        The limit is kept here rather than left to the pool, so that a request waiting its turn
+        waits inside the call's deadline, where the breaker and the budget see it (the pool,
+        `fhir_http.FhirHttp`, holds as many connections as this lets be in flight).
 
         `new_pool` makes each origin's connection pool (the service: one per origin, kept and
         reused); without it every origin shares `http` (the CLI, unit tests), still with slots and
