@@ -13,6 +13,7 @@ import copy
 import logging
 import os
 import string
+import threading
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -335,17 +336,21 @@ def _detail(template: str, finding: Finding) -> str:
 
 
 _random_pool = bytearray()
+_random_lock = threading.Lock()
 
 
 def new_uuid() -> str:
     """A random UUID (version 4), as `str(uuid.uuid4())` makes, from 16 bytes of `os.urandom`
     taken from a pool filled 1 kB at a time: a card and each suggestion need one, and a system call
-    and a UUID object each was a twentieth of rendering's CPU. The pool is emptied in a forked
-    child, so no two processes ever hand out the same bytes."""
-    if not _random_pool:
-        _random_pool.extend(os.urandom(1024))
-    number = int.from_bytes(_random_pool[-16:])
-    del _random_pool[-16:]
+    and a UUID object each was a twentieth of rendering's CPU. Taken under a lock (a large chart's
+    cards are rendered in a worker thread), and the pool is emptied in a forked child: no two
+    threads or processes ever hand out the same bytes."""
+    with _random_lock:
+        if not _random_pool:
+            _random_pool.extend(os.urandom(1024))
+        taken = bytes(_random_pool[-16:])
+        del _random_pool[-16:]
+    number = int.from_bytes(taken, "big")
     number = (number & ~(0xF000 << 64)) | (0x4000 << 64)  # version 4
     number = (number & ~(0xC000 << 48)) | (0x8000 << 48)  # RFC 4122 variant
     text = f"{number:032x}"

@@ -331,3 +331,18 @@ def test_a_forked_child_never_hands_out_its_parents_uuids() -> None:
     parent = {cards.new_uuid() for _ in range(3)}
     assert len(child) == 3
     assert not child & parent
+
+
+def test_uuids_taken_from_many_threads_at_once_are_all_distinct() -> None:
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch all the time: a race would show
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            batches = list(pool.map(lambda _: [cards.new_uuid() for _ in range(2000)], range(8)))
+    finally:
+        sys.setswitchinterval(interval)
+    made = [u for batch in batches for u in batch]
+    assert len(set(made)) == len(made) == 16000
