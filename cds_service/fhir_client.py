@@ -124,9 +124,10 @@ class FetchResult:
 
 
 def _origin(url: str) -> tuple[str, str, int | None] | None:
-    """(scheme, host, port) of `url`; None when it has no valid origin (e.g. port out of range)."""
-    parts = urlsplit(url)
+    """(scheme, host, port) of `url`; None when it has no valid origin (a port out of range, an
+    unclosed IPv6 bracket: from a FHIR server's next link, such a URL once escaped as a 500)."""
     try:
+        parts = urlsplit(url)
         port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
     except ValueError:
         return None
@@ -317,7 +318,10 @@ class FhirClient:
         pages = 1
         next_url = _next_link(bundle)
         while next_url:
-            absolute = urljoin(base_url.rstrip("/") + "/", next_url)
+            try:
+                absolute = urljoin(base_url.rstrip("/") + "/", next_url)
+            except ValueError:  # e.g. an unclosed IPv6 bracket
+                raise FhirFetchError("a next link is not a valid URL; not followed") from None
             origin = _origin(absolute)
             if origin is None or origin != _origin(base_url):
                 raise FhirFetchError("a next link points outside the FHIR server; not followed")

@@ -370,6 +370,18 @@ async def test_a_next_link_outside_the_fhir_server_origin_is_not_requested(
     assert len(server.calls) == 1
 
 
+@pytest.mark.parametrize("next_url", ["https://[::1/fhir/Observation?page=2", "//[bad/fhir?page=2"])
+async def test_a_next_link_that_is_not_a_url_is_a_fetch_error_not_a_crash(
+    server: respx.MockRouter, fhir: FhirClient, next_url: str
+) -> None:
+    server.get(OBS_URL).respond(200, json=bundle(observation("o1"), next_url=next_url))
+    elsewhere = server.route().respond(200, json=bundle(observation("x")))
+
+    with pytest.raises(FhirFetchError, match="not a valid URL"):
+        await fhir.get(BASE, f"Observation?patient={PID}", TOKEN)
+    assert not elsewhere.called
+
+
 async def test_the_token_is_only_ever_sent_to_the_fhir_server_origin(
     server: respx.MockRouter, fhir: FhirClient
 ) -> None:
