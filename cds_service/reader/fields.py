@@ -40,6 +40,11 @@ class ReadOptions:
     keep_deviations: bool = False  # list every deviation (for `--strict` reports), not only counts
 
 
+#: Concepts read through the fast path, by their raw strings (`FieldReader._well_formed_concept`).
+CONCEPT_MEMO_ENTRIES = 4096
+_CONCEPTS: dict[tuple[Any, ...], Concept] = {}
+
+
 class FieldReader:
     """Reads the fields of one resource, noting repairs and unreadable fields in the report."""
 
@@ -239,12 +244,20 @@ class FieldReader:
         raw_key = tuple(key)
         found = self.interned.get(raw_key)
         if found is None:
-            codes = tuple(
-                Code(_system(key[i]) if key[i] is not None else "", key[i + 1], key[i + 2])
-                for i in range(1, len(key), 3)
-                if key[i + 1].strip()
-            )
-            found = self.interned[raw_key] = self.intern(Concept(codes, text))
+            # The same few concepts arrive in call after call: built once per process (at most
+            # CONCEPT_MEMO_ENTRIES, then forgotten all at once), then shared within this read.
+            found = _CONCEPTS.get(raw_key)
+            if found is None:
+                codes = tuple(
+                    Code(_system(key[i]) if key[i] is not None else "", key[i + 1], key[i + 2])
+                    for i in range(1, len(key), 3)
+                    if key[i + 1].strip()
+                )
+                found = Concept(codes, text)
+                if len(_CONCEPTS) >= CONCEPT_MEMO_ENTRIES:
+                    _CONCEPTS.clear()
+                _CONCEPTS[raw_key] = found
+            found = self.interned[raw_key] = self.intern(found)
         return found  # type: ignore[no-any-return]
 
     def _concept(self, value: Any, path: str) -> Concept:

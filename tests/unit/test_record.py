@@ -536,3 +536,29 @@ def test_patient_sex_comes_from_the_patient_resource() -> None:
 
     assert record_from([f.patient("male")], patient_id=f.PID).sex == "male"
     assert record_from([], patient_id=f.PID).sex is None
+
+
+def test_a_concept_read_again_in_a_later_call_is_the_same_and_the_memo_stays_bounded() -> None:
+    """Concepts are built once per process from their raw strings (reader/fields.py): the next
+    call's read gives an equal concept (the same object), a different spelling a different one,
+    and the memo starts again when full."""
+    from cds_service.reader import fields
+    from cds_service.record import ReadReport
+
+    raw = {"coding": [{"system": "http://loinc.org", "code": "1742-6", "display": "ALT"}], "text": "ALT"}
+
+    def read(value: dict[str, Any]) -> terminology.Concept:
+        reader = fields.FieldReader(
+            "Observation", "o1", datetime(2026, 1, 1, tzinfo=UTC), fields.ReadOptions(), ReadReport()
+        )
+        return reader.concept(value, "code")
+
+    first, again = read(raw), read(json.loads(json.dumps(raw)))
+    assert again is first
+    assert first.codes[0].key == ("http://loinc.org", "1742-6") and first.text == "ALT"
+    other = read({**raw, "text": "Alanine aminotransferase"})
+    assert other != first and other.text == "Alanine aminotransferase"
+    for i in range(fields.CONCEPT_MEMO_ENTRIES + 5):
+        read({"coding": [{"system": "http://loinc.org", "code": f"x-{i}"}]})
+    assert len(fields._CONCEPTS) <= fields.CONCEPT_MEMO_ENTRIES
+    assert read(raw) == first
