@@ -19,6 +19,7 @@ record types), and a coded ADRT or DNACPR decision.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -51,6 +52,13 @@ NONE_ON_RECORD = "none in the data received"
 
 def site_encounter_codes(codes: Iterable[str]) -> ValueSet:
     """The site's own MDT clinic codes ('system|code') as a value set; malformed entries are ignored."""
+    return _site_encounter_codes(tuple(codes))
+
+
+@functools.lru_cache(maxsize=16)
+def _site_encounter_codes(codes: tuple[str, ...]) -> ValueSet:
+    # Built once per setting, not per call: a value set compiles its name patterns, and keeps
+    # what it matched (ValueSet.match).
     keys = set()
     for entry in codes:
         system, sep, code = entry.partition("|")
