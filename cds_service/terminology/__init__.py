@@ -169,7 +169,7 @@ class Match:
 
 
 #: Concepts a value set remembers its answer for (`ValueSet.match`).
-MATCH_MEMO_ENTRIES = 4096
+MATCH_MEMO_ENTRIES = 1024  # per value set (about a hundred): a few MB at most in all
 _UNKNOWN = object()
 
 
