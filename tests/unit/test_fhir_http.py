@@ -7,6 +7,7 @@ bytes on a socket: what the client's byte caps, time-outs and fault outcomes rel
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -75,10 +76,14 @@ async def server() -> AsyncIterator[tuple[str, Seen, dict[str, Any]]]:
     await runner.cleanup()
 
 
-async def _raw_server(serve: Raw) -> tuple[asyncio.Server, str]:
+@contextlib.asynccontextmanager
+async def _raw_server(serve: Raw) -> AsyncIterator[str]:
+    """A server on loopback that answers with whatever bytes `serve` writes: its base URL."""
     srv = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = srv.sockets[0].getsockname()[1]
-    return srv, f"http://127.0.0.1:{port}"
+    try:
+        yield f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+    finally:
+        srv.close()
 
 
 async def _read_all(response: httpx.Response) -> bytes:
@@ -193,9 +198,8 @@ async def test_a_proxy_from_the_environment_carries_the_request(monkeypatch: pyt
 
 
 async def test_no_listener_is_a_connect_error_that_does_not_quote_the_url() -> None:
-    srv, base = await _raw_server(lambda r, w: asyncio.sleep(0))
-    srv.close()
-    await srv.wait_closed()
+    async with _raw_server(lambda r, w: asyncio.sleep(0)) as base:
+        pass  # closed: nothing listens at `base` any more
     async with FhirHttp(max_connections=2, timeout_seconds=5) as http:
         with pytest.raises(httpx.ConnectError) as caught:
             await http.fetch(f"{base}/Patient/patient-secret-id", {})
@@ -210,14 +214,10 @@ async def test_a_server_silent_after_its_headers_is_a_read_timeout() -> None:
         await asyncio.sleep(10)
         writer.close()
 
-    srv, base = await _raw_server(stall)
-    try:
-        async with FhirHttp(max_connections=2, timeout_seconds=0.3) as http:
-            response = await http.fetch(f"{base}/Patient/p1", {})
-            with pytest.raises(httpx.ReadTimeout):
-                await _read_all(response)
-    finally:
-        srv.close()
+    async with _raw_server(stall) as base, FhirHttp(max_connections=2, timeout_seconds=0.3) as http:
+        response = await http.fetch(f"{base}/Patient/p1", {})
+        with pytest.raises(httpx.ReadTimeout):
+            await _read_all(response)
 
 
 async def test_a_server_that_never_answers_is_a_timeout_within_the_configured_seconds() -> None:
@@ -225,15 +225,11 @@ async def test_a_server_that_never_answers_is_a_timeout_within_the_configured_se
         await asyncio.sleep(10)
         writer.close()
 
-    srv, base = await _raw_server(silent)
-    try:
-        async with FhirHttp(max_connections=2, timeout_seconds=0.3) as http:
-            started = asyncio.get_running_loop().time()
-            with pytest.raises(httpx.TimeoutException):
-                await http.fetch(f"{base}/Patient/p1", {})
-            assert asyncio.get_running_loop().time() - started < 3
-    finally:
-        srv.close()
+    async with _raw_server(silent) as base, FhirHttp(max_connections=2, timeout_seconds=0.3) as http:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(httpx.TimeoutException):
+            await http.fetch(f"{base}/Patient/p1", {})
+        assert asyncio.get_running_loop().time() - started < 3
 
 
 async def test_a_connection_cut_mid_body_is_a_protocol_error() -> None:
@@ -243,14 +239,10 @@ async def test_a_connection_cut_mid_body_is_a_protocol_error() -> None:
         await writer.drain()
         writer.close()
 
-    srv, base = await _raw_server(cut)
-    try:
-        async with FhirHttp(max_connections=2, timeout_seconds=5) as http:
-            response = await http.fetch(f"{base}/Patient/p1", {})
-            with pytest.raises(httpx.RemoteProtocolError):
-                await _read_all(response)
-    finally:
-        srv.close()
+    async with _raw_server(cut) as base, FhirHttp(max_connections=2, timeout_seconds=5) as http:
+        response = await http.fetch(f"{base}/Patient/p1", {})
+        with pytest.raises(httpx.RemoteProtocolError):
+            await _read_all(response)
 
 
 async def test_an_answer_that_is_not_http_is_a_protocol_error() -> None:
@@ -260,13 +252,9 @@ async def test_an_answer_that_is_not_http_is_a_protocol_error() -> None:
         await writer.drain()
         writer.close()
 
-    srv, base = await _raw_server(garbage)
-    try:
-        async with FhirHttp(max_connections=2, timeout_seconds=5) as http:
-            with pytest.raises(httpx.RemoteProtocolError):
-                await http.fetch(f"{base}/Patient/p1", {})
-    finally:
-        srv.close()
+    async with _raw_server(garbage) as base, FhirHttp(max_connections=2, timeout_seconds=5) as http:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await http.fetch(f"{base}/Patient/p1", {})
 
 
 async def test_at_most_max_connections_are_open_at_once(server: Any) -> None:
