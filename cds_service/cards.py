@@ -90,8 +90,8 @@ class ActionDef(_Model):
     # Order text this card adds to the resource as a FHIR Annotation (`note`), e.g. precautions
     # on a physiotherapy order: wording, so it lives here and not in the rule.
     add_note: str | None = None
-    #: `resource` compiled for binding (`_ResourceTemplate`), made on first use.
-    _template: Any = PrivateAttr(default=None)
+    #: `resource` and `resourceId` compiled for binding (`_ResourceTemplate`), made on first use.
+    _templates: dict[str, Any] = PrivateAttr(default_factory=dict)
 
 
 class SuggestionDef(_Model):
@@ -206,29 +206,15 @@ def _fill(template: str, fields: Mapping[str, str]) -> str:
     return template.format_map(_StrictFields(fields)).strip()
 
 
-def _bind(value: Any, bindings: Mapping[str, Any]) -> Any:
-    """Replace "$name" strings in a suggestion resource with values from the finding.
-
-    The result shares nothing with the card file or the finding: containers of the template are
-    built anew here, and a bound container (a whole resource the rule built) is copied, since the
-    finding may be rendered again or its resource edited (`add_note`)."""
-    if isinstance(value, str) and value.startswith("$"):
-        if value[1:] not in bindings:
-            raise CardFileError(f"a suggestion uses {value}, which the rule does not provide")
-        bound = bindings[value[1:]]
-        return copy.deepcopy(bound) if isinstance(bound, Mapping | list) else bound
-    if isinstance(value, dict):
-        return {k: _bind(v, bindings) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_bind(v, bindings) for v in value]
-    return value
-
-
 @dataclass(frozen=True)
 class _ResourceTemplate:
-    """A card file's suggestion resource, ready to bind: its fixed parts as JSON bytes (decoding
-    them is a fresh copy, made in C: walking the template in Python to copy it was the largest
-    single cost of rendering), and where each "$name" goes."""
+    """A card file's suggestion resource (or resource id), ready to bind: its fixed parts as JSON
+    bytes (decoding them is a fresh copy, made in C: walking the template in Python to copy it was
+    the largest single cost of rendering), and where each "$name" goes.
+
+    Bound, it shares nothing with the card file or the finding: a bound container (a whole
+    resource the rule built) is copied, since the finding may be rendered again or its resource
+    edited (`add_note`)."""
 
     fixed: bytes
     holes: tuple[tuple[tuple[str | int, ...], str], ...]  # (path, name), in the template's order
@@ -250,7 +236,7 @@ class _ResourceTemplate:
         return _ResourceTemplate(msgspec.json.encode(walk(template, ())), tuple(holes))
 
     def bind(self, bindings: Mapping[str, Any]) -> Any:
-        """The same as `_bind(template, bindings)`."""
+        """The template with each "$name" replaced by the finding's value of that name."""
         value = _DECODE_JSON(self.fixed)
         for path, name in self.holes:
             if name not in bindings:
@@ -270,12 +256,18 @@ class _ResourceTemplate:
 _DECODE_JSON = msgspec.json.Decoder().decode
 
 
+def _bound(action: ActionDef, field_name: str, finding: Finding) -> Any:
+    """The action's `resource` or `resourceId` with the finding's values in its "$name" places."""
+    template = action._templates.get(field_name)
+    if template is None:
+        template = action._templates[field_name] = _ResourceTemplate.of(getattr(action, field_name))
+    return template.bind(finding.bindings)
+
+
 def _action_resource(action: ActionDef, finding: Finding) -> dict[str, Any] | None:
     if not action.resource:
         return None
-    if action._template is None:
-        action._template = _ResourceTemplate.of(action.resource)
-    resource = action._template.bind(finding.bindings)
+    resource = _bound(action, "resource", finding)
     if action.add_note:
         if not isinstance(resource, dict):
             raise CardFileError("add_note needs the action's resource to be a FHIR resource")
@@ -382,7 +374,7 @@ def render(finding: Finding, definition: CardDef, profile: str | None = None) ->
                     type=a.type,  # type: ignore[arg-type]
                     description=_fill(a.description, finding.fields),
                     resource=_action_resource(a, finding),
-                    resourceId=_bind(a.resourceId, finding.bindings) if a.resourceId else None,
+                    resourceId=_bound(a, "resourceId", finding) if a.resourceId else None,
                 )
                 for a in s.actions
             ],
