@@ -31,6 +31,7 @@ answer (repository.py), exactly once.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -40,11 +41,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, Dialect, Insert, select
 
 from cds_service.store.fatigue import IssuedItem, Mark
 from cds_service.store.repository import IssuedCard, Store, _issued_row, _require_aware
-from cds_service.store.tables import issued_cards, issued_items, order_marks
+from cds_service.store.tables import UTCDateTime, issued_cards, issued_items, order_marks
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,59 @@ LOG_EVERY_SECONDS = 10.0
 
 #: Called with (reason, number of calls) whenever records are dropped: the metric (app.py).
 DropCounter = Callable[[str, int], None]
+
+
+def _fields(record: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(record))
+
+
+class _BulkInsert:
+    """An INSERT of many rows, compiled once for a dialect; each value converted by its column's
+    own bind processor, as SQLAlchemy does, then the rows handed to the driver's executemany.
+
+    Why not `connection.execute(table.insert(), rows)`: SQLAlchemy's per-row parameter handling
+    (construct_params and the type processors, called through several layers for every value)
+    cost about 200 us of CPU per hook call's ten rows, more than SQLite's own inserts, some 6 % of
+    a typical call. Here the same processors run once per value (a call's rows share one timestamp:
+    converted once per batch), and nothing else is done per row. The statement text and the order
+    of its parameters come from SQLAlchemy's compiler, so both dialects get what they would have.
+    """
+
+    def __init__(self, statement: Insert, keys: Sequence[str], dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+        names = list(compiled.positiontup or ()) if compiled.positional else sorted(compiled.binds)
+        if sorted(names) != sorted(keys) or compiled.escaped_bind_names:
+            raise ValueError(f"unexpected parameters {names} for the columns {list(keys)}")
+        self.sql = compiled.string
+        self.keys = tuple(names)  # the statement's order (positional) or any order (named)
+        self.positional = compiled.positional
+        columns = statement.table.c  # type: ignore[attr-defined]
+        self.processors = tuple(
+            columns[key].type.dialect_impl(dialect).bind_processor(dialect) for key in self.keys
+        )
+        # Timestamps are converted once per distinct value: every row of a call carries its `now`.
+        self.shared = tuple(isinstance(columns[key].type, UTCDateTime) for key in self.keys)
+
+    def execute(self, connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        converted: dict[tuple[int, Any], Any] = {}
+        params: list[Any] = []
+        for row in rows:
+            values = []
+            for index, key in enumerate(self.keys):
+                value = row[key]
+                process = self.processors[index]
+                if process is not None and value is not None:
+                    if self.shared[index]:
+                        memo = (index, value)
+                        found = converted.get(memo)
+                        if found is None:
+                            found = converted[memo] = process(value)
+                        value = found
+                    else:
+                        value = process(value)
+                values.append(value)
+            params.append(tuple(values) if self.positional else dict(zip(self.keys, values, strict=True)))
+        connection.exec_driver_sql(self.sql, params)
 
 
 @dataclass
@@ -99,6 +153,7 @@ class IssueWriter:
         self.dropped = 0  # calls whose records were dropped, since start (tests, diagnostics)
         self._unlogged: dict[str, int] = {}
         self._logged_at = float("-inf")
+        self._compiled: tuple[_BulkInsert, _BulkInsert, _BulkInsert] | None = None
 
     # -- the request path ------------------------------------------------------------------------
 
@@ -250,15 +305,27 @@ class IssueWriter:
                     ).scalars()
                 )
                 items = [row for row in items if row["card_uuid"] not in written]
+            insert_cards, insert_items, insert_marks = self._inserts(connection)
             if cards:
-                statement = self.store._insert(connection, issued_cards).on_conflict_do_nothing(
-                    index_elements=[issued_cards.c.card_uuid]
-                )
-                connection.execute(statement, list(cards.values()))
+                insert_cards.execute(connection, list(cards.values()))
             if items:
-                connection.execute(issued_items.insert(), items)
+                insert_items.execute(connection, items)
             if marks:  # a repeated mark is harmless: marks are looked up as sets
-                connection.execute(order_marks.insert(), marks)
+                insert_marks.execute(connection, marks)
+
+    def _inserts(self, connection: Connection) -> tuple[_BulkInsert, _BulkInsert, _BulkInsert]:
+        """The three INSERTs for the store's dialect, compiled on the first write."""
+        if self._compiled is None:
+            dialect = connection.dialect
+            cards = self.store._insert(connection, issued_cards).on_conflict_do_nothing(
+                index_elements=[issued_cards.c.card_uuid]
+            )
+            self._compiled = (
+                _BulkInsert(cards, tuple(issued_cards.c.keys()), dialect),  # as `_issued_row`
+                _BulkInsert(issued_items.insert(), _fields(IssuedItem), dialect),
+                _BulkInsert(order_marks.insert(), _fields(Mark), dialect),
+            )
+        return self._compiled
 
     def _dropped(self, reason: str, calls: int) -> None:
         with self._cond:

@@ -163,3 +163,67 @@ def test_with_the_database_down_the_queue_stays_bounded_and_what_is_dropped_is_c
     assert drops.counted == {"queue-full": 7, "shutdown": 3}
     assert writer.dropped == 10
     down.close()
+
+
+def test_the_writers_bulk_inserts_store_exactly_what_sqlalchemys_own_inserts_store(store: Store) -> None:
+    """The writer converts values itself (store/writer.py `_BulkInsert`): every column, as the
+    database holds it, must be what SQLAlchemy's insert of the same rows writes. Timestamps in
+    another zone and with microseconds, JSON with non-ASCII text, and a repeated card uuid (ignored)."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from sqlalchemy import select
+
+    from cds_service.store.repository import _issued_row
+    from cds_service.store.tables import issued_cards
+
+    when = datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=timezone(timedelta(hours=-5)))
+    later = when + timedelta(seconds=1)
+
+    def rows(prefix: str) -> tuple[list[IssuedCard], list[IssuedItem], list[Mark]]:
+        cards = [
+            IssuedCard(f"{prefix}-a", "rule-a", "svc", "patient-view", "hi", "warning", ("s1", "s2"), when),
+            IssuedCard(f"{prefix}-b", "rule-b", "svc", "order-sign", "hi2", "critical", (), later),
+        ]
+        items = [
+            IssuedItem(
+                f"{prefix}-a", "rule-a", "3", "svc", "patient-view", "warning", "k1", {"s1": "Ordér"}, when
+            ),
+            IssuedItem(f"{prefix}-b", "rule-b", "1", "svc", "order-sign", "critical", "k2", {}, later),
+        ]
+        marks = [
+            Mark(f"{prefix}-m", "created", "rule-a", when),
+            Mark(f"{prefix}-n", "shown", "rule-b", later),
+        ]
+        return cards, items, marks
+
+    fast_cards, fast_items, fast_marks = rows("fast")
+    writer = IssueWriter(store, linger_seconds=HELD)
+    writer.start()
+    writer.submit(cards=fast_cards, items=fast_items, marks=fast_marks)
+    writer.submit(cards=fast_cards[:1], items=[], marks=[])  # the same card again: nothing new
+    assert writer.flush(30)
+    writer.close(30)
+
+    own_cards, own_items, own_marks = rows("own")
+    with store._writing() as connection:
+        connection.execute(issued_cards.insert(), [_issued_row(card) for card in own_cards])
+        connection.execute(issued_items.insert(), [vars(item) for item in own_items])
+        connection.execute(order_marks.insert(), [vars(mark) for mark in own_marks])
+
+    def stored_rows(table: Any, key: str, prefix: str) -> list[tuple[Any, ...]]:
+        columns = [c for c in table.c if c.key not in ("id", key)]
+        # The raw values as the driver returns them: no result processing, so a different text
+        # form of the same timestamp (SQLite) would show.
+        statement = select(*columns).where(table.c[key].like(f"{prefix}-%")).order_by(table.c[key])
+        with store.engine.connect() as connection:
+            raw = connection.exec_driver_sql(
+                str(statement.compile(store.engine, compile_kwargs={"literal_binds": True}))
+            ).all()
+        return [tuple(row) for row in raw]
+
+    for table, key in ((issued_cards, "card_uuid"), (issued_items, "card_uuid"), (order_marks, "mark")):
+        fast, own = stored_rows(table, key, "fast"), stored_rows(table, key, "own")
+        assert len(fast) == len(own) == 2, table.name
+        assert fast == own, table.name
+    assert store.issued_card_uuids(["fast-a", "fast-b"]) == {"fast-a", "fast-b"}
+    assert stored.marked(store, ["fast-m"], "created", when.astimezone(UTC)) == {"fast-m": {"rule-a"}}
