@@ -149,6 +149,12 @@ class AccessLog:
 
     def _route_path(self, scope: Scope) -> str | None:
         """The template of the route that serves this path (any method), or None."""
+        # The router leaves the route it chose (a full match, else the first partial one, as
+        # below) in the scope; matching every route again cost ~1 % of a hook call's CPU. A call
+        # answered before the router (413, 503, a CORS refusal) has none: matched here.
+        chosen = scope.get("route")
+        if chosen is not None:
+            return getattr(chosen, "path", None)
         partial = None
         for route in self._routes:
             match, _ = route.matches(scope)
