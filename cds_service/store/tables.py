@@ -93,7 +93,7 @@ class IssuedCardRow(Base):
 
     __tablename__ = "issued_cards"
 
-    # Our own uuid4 strings; 64 leaves room should the format ever change.
+    # Our own UUID strings (version 7, cards.new_uuid); 64 leaves room should the format ever change.
     card_uuid: Mapped[str] = mapped_column(String(64), primary_key=True)
     rule_id: Mapped[str] = mapped_column(String(128), nullable=False)
     service_id: Mapped[str] = mapped_column(String(128), nullable=False)

@@ -317,16 +317,31 @@ def test_a_compiled_suggestion_resource_binds_exactly_as_the_template_walk_does(
             template.bind({})
 
 
-def test_new_uuid_makes_distinct_version_4_uuids_in_the_canonical_form() -> None:
+def test_new_uuid_makes_distinct_version_7_uuids_in_the_canonical_form_ordered_by_time() -> None:
+    import time
     import uuid
 
+    before = time.time_ns() // 1_000_000
     made = [cards.new_uuid() for _ in range(5000)]  # several refills of the pool
+    after = time.time_ns() // 1_000_000
     assert len(set(made)) == len(made)
     for text in made[:200] + made[-200:]:
         parsed = uuid.UUID(text)
         assert str(parsed) == text
-        assert parsed.version == 4
+        assert parsed.version == 7
         assert parsed.variant == uuid.RFC_4122
+        assert before <= parsed.int >> 80 <= after  # RFC 9562: unix milliseconds first
+    # Ordered by the time they were made (the index locality they are for); within a millisecond
+    # the random bits decide.
+    millis = [uuid.UUID(text).int >> 80 for text in made]
+    assert millis == sorted(millis)
+    # The 74 random bits vary: no two uuids of one millisecond share them, and each bit is seen both ways.
+    random_bits = [
+        uuid.UUID(text).int & ((1 << 62) - 1) | (uuid.UUID(text).int >> 64 & 0xFFF) << 62 for text in made
+    ]
+    assert len(set(random_bits)) == len(made)
+    for bit in range(74):
+        assert {r >> bit & 1 for r in random_bits} == {0, 1}
 
 
 def test_a_forked_child_never_hands_out_its_parents_uuids() -> None:
