@@ -4,7 +4,10 @@ A hook call with full prefetch of a large chart is megabytes of JSON. Decoding i
 and validating it with pydantic (as FastAPI would) is one long call that holds the GIL: 50,000
 Observations stalled every other request of the worker for over a second. Here:
 
-* A body up to 64 kB (a typical chart) is decoded in one pass: one C call is cheapest.
+* A body up to 64 kB (a typical chart) is decoded in one pass, on the event loop: one C call is
+  cheapest. Up to 2 MB (a thousand results or so) it is still decoded in one pass, in a worker
+  thread: splitting it entry by entry cost more than the whole decode (7 against 6.5 ms for
+  1,000 Observations), then each resource was decoded again (5 ms more).
 * A larger body is scanned by msgspec (a fast C pass that only finds where each value starts and
   ends, `msgspec.Raw`, and checks that the JSON is well formed), then each prefetch Bundle entry
   is split on its own and its resource left in its bytes (`reader/lazy.py`): decoded only when the
@@ -29,9 +32,13 @@ from cds_service.engine import RequestError, issue, validation_issues
 from cds_service.hooks import CDSRequest, _not_unicode_at
 from cds_service.reader.lazy import decode_bundle_lazily
 
-#: Bodies up to this size are decoded in one pass, on the event loop (well under a millisecond:
-#: a typical chart is 5 to 30 kB); larger ones entry by entry, in a worker thread (app.py).
+#: Bodies up to this size are decoded on the event loop (well under a millisecond: a typical chart
+#: is 5 to 30 kB); larger ones in a worker thread (app.py).
 INLINE_BODY_BYTES = 64_000
+#: Bodies up to this size are decoded in one pass; larger ones entry by entry, each resource left in
+#: its bytes until read (`reader/lazy.py`). One pass holds the GIL about 6 ms a MB, so the event
+#: loop of a worker decoding 2 MB waits some 13 ms; decoded, 1 MB of resources is some 5 MB of dicts.
+WHOLE_BODY_BYTES = 2_000_000
 _DECODER = msgspec.json.Decoder()
 _OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
@@ -74,8 +81,8 @@ def _validate(data: Any) -> CDSRequest:
 
 def _fast(body: bytes) -> tuple[Any, Any]:
     """(the request without prefetch, prefetch) by msgspec, one Bundle entry at a time."""
-    if len(body) <= INLINE_BODY_BYTES:
-        data = _DECODER.decode(body)  # a typical chart: one pass is cheaper than many small ones
+    if len(body) <= WHOLE_BODY_BYTES:
+        data = _DECODER.decode(body)  # one pass is cheaper than many small ones
         return (data, data.pop("prefetch", None)) if isinstance(data, dict) else (data, None)
     try:
         top = _OBJECT.decode(body)

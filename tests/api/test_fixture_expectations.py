@@ -114,7 +114,7 @@ def _fixture_hooks() -> list[Any]:
 def test_a_body_read_entry_by_entry_gets_the_same_cards_as_one_read_whole(
     client: TestClient, monkeypatch: pytest.MonkeyPatch, fixture: str, hook: str
 ) -> None:
-    """Bodies over 64 kB keep each prefetch resource in its bytes until the reader reaches it
+    """Bodies over 2 MB keep each prefetch resource in its bytes until the reader reaches it
     (wire.py, reader/lazy.py). Every fixture is sent both ways; the cards must be identical."""
     from cds_service import wire
 
@@ -132,4 +132,5 @@ def test_a_body_read_entry_by_entry_gets_the_same_cards_as_one_read_whole(
 
     whole = answer()
     monkeypatch.setattr(wire, "INLINE_BODY_BYTES", 0)
+    monkeypatch.setattr(wire, "WHOLE_BODY_BYTES", 0)
     assert answer() == whole

@@ -64,10 +64,11 @@ def api(
     """The app on SQLite; unexpected exceptions become the 500 an EHR would see, not a test error.
 
     Each case twice: decoded in one pass (a typical body) and entry by entry, each resource kept
-    in its bytes until read (a body over 64 kB, `wire.py`): a hostile shape must cost no more there.
+    in its bytes until read (a body over 2 MB, `wire.py`): a hostile shape must cost no more there.
     """
     if request.param == "read entry by entry":
         monkeypatch.setattr(wire, "INLINE_BODY_BYTES", 0)
+        monkeypatch.setattr(wire, "WHOLE_BODY_BYTES", 0)
     app = create_app(_settings(f"sqlite:///{tmp_path / 'als-cds.db'}"), clock=lambda: NOW)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client
