@@ -76,6 +76,7 @@ def build_record(
         report.deviations = []
 
     interned: dict[Any, Any] = {}  # shared values of this read (FieldReader.intern)
+    own = f"Patient/{patient_id}"  # the subject nearly every resource names
 
     def reader(rtype: str, rid: str | None) -> FieldReader:
         return FieldReader(rtype, rid, now, options, report, interned)
@@ -115,7 +116,7 @@ def build_record(
             record.patient = read_patient(raw, reader(rtype, rid))
             report.read[rtype] += 1
             return
-        if _names_other_patient(raw, patient_id):
+        if _names_other_patient(raw, patient_id, own):
             report.other_patient[rtype] += 1
             return
         f = reader(rtype, rid)
@@ -269,9 +270,9 @@ def _version(raw: Mapping[str, Any]) -> tuple[int, str]:
     return (number, instant.astimezone(UTC).isoformat() if instant is not None else "")
 
 
-def _names_other_patient(raw: Mapping[str, Any], patient_id: str) -> bool:
-    """True only when the resource clearly belongs to another patient (urn:uuid refs are kept)."""
-    own = f"Patient/{patient_id}"
+def _names_other_patient(raw: Mapping[str, Any], patient_id: str, own: str) -> bool:
+    """True only when the resource clearly belongs to another patient (urn:uuid refs are kept).
+    `own`: 'Patient/<patient_id>'."""
     for element in ("subject", "patient"):
         ref = raw.get(element)
         if isinstance(ref, Mapping):

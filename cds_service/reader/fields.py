@@ -311,7 +311,11 @@ class FieldReader:
     def concepts(self, value: Any, path: str) -> tuple[Concept, ...]:
         if value is None:
             return ()
-        concepts = tuple(self.concept(item, path) for item in self.as_list(value, path))
+        if type(value) is list and len(value) == 1:
+            # Nearly every interpretation and category: one concept, without a generator's cost.
+            concepts: tuple[Concept, ...] = (self.concept(value[0], path),)
+        else:
+            concepts = tuple(self.concept(item, path) for item in self.as_list(value, path))
         if not concepts:
             return ()
         # Keyed by the members' identities: they are shared already, and hashing the concepts
@@ -486,7 +490,7 @@ def parse_when(value: str, site_tz: tzinfo) -> tuple[datetime, str | None] | Non
     ('2026-03-09', '2026-03', '2026') is the start of that day, month or year at the site.
     """
     text = value.strip()
-    if _DATE_ONLY.match(text):
+    if len(text) <= 10 and _DATE_ONLY.match(text):  # a date is at most 10 characters: no search else
         parts = text.split("-")
         try:
             year = int(parts[0])

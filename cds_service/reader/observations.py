@@ -98,11 +98,12 @@ def _value(
 def _reference_range(value: Any, result: Quantity | None, f: FieldReader) -> ReferenceRange | None:
     """The first reference range; low/high when given, else read from its text."""
     for item in f.as_list(value, "referenceRange"):
-        if not isinstance(item, Mapping):
+        if type(item) is not dict and not isinstance(item, Mapping):  # the ABC's check is slow
             continue
         low = f.quantity(item.get("low"), "referenceRange.low", "reference_range")
         high = f.quantity(item.get("high"), "referenceRange.high", "reference_range")
-        text = item.get("text") if isinstance(item.get("text"), str) else None
+        text = item.get("text")
+        text = text if type(text) is str else None
         if low is None and high is None and text:
             from_text = f.range_from_text(text, result, "referenceRange.text")
             if from_text is not None:
