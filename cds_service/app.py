@@ -53,7 +53,7 @@ log = logging.getLogger("cds_service")
 
 #: Allocations (less deallocations) of container objects between two collections of the youngest
 #: generation, in the served app (Python's default: 700). Why: in `create_app`'s lifespan.
-GC_THRESHOLD = 10_000
+GC_THRESHOLD = 100_000
 
 #: On a graceful shutdown, how long the queued issued-card records may take to be written.
 SHUTDOWN_FLUSH_SECONDS = 10.0
@@ -180,7 +180,13 @@ def create_app(
             # record waits up to 50 ms for the writer thread), just past the default threshold of
             # 700 allocations: nearly one collection a call, with a full collection every ~150
             # calls, some 150-200 us a call (7 %, measured with gc.callbacks; docs/performance.md).
-            # At 10,000 a collection comes every few hundred calls, and memory stays flat.
+            # A thousand results decoded whole (wire.py) are some 40,000 containers alive until the
+            # call ends: at 10,000 that was four collections a call, each walking all of them
+            # again (4 ms of a 40 ms call by gc.callbacks); at 100,000 none, as they are freed
+            # before the count is reached. Typical calls see a collection every few thousand
+            # calls; the cyclic garbage waiting for it is bounded by the count, and memory stays
+            # flat. The largest bodies are read resource by resource (reader/lazy.py), so no call
+            # comes near the count with its own objects alone.
             gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
         try:
             yield

@@ -174,3 +174,52 @@ def test_the_served_app_freezes_its_start_up_heap_and_collects_garbage_less_ofte
     finally:
         gc.set_threshold(*before)
         gc.unfreeze()
+
+
+def test_a_thousand_results_are_read_without_a_garbage_collection(tmp_path: Path) -> None:
+    """1,000 Observations are decoded whole (wire.WHOLE_BODY_BYTES): tens of thousands of
+    containers alive until the call ends. Under app.GC_THRESHOLD they are freed before a collection
+    comes; at 10,000 each such call paid four, each walking all of them again."""
+    import copy
+    import gc
+
+    from cds_service import wire
+    from cds_service.bundles import request_from_bundle
+    from cds_service.services import build_services
+    from tests.support import patient_bundle
+
+    bundle = copy.deepcopy(patient_bundle("als-riluzole-lft-overdue"))
+    alt = next(e for e in bundle["entry"] if e["resource"].get("id") == "alt-5")
+    bundle["entry"] += [
+        {**copy.deepcopy(alt), "resource": {**copy.deepcopy(alt["resource"]), "id": f"alt-x{i}"}}
+        for i in range(1000)
+    ]
+    service = next(s for s in build_services().values() if s.hook == "patient-view")
+    keys = list(service.prefetch(Settings(_env_file=None), NOW.date()))
+    body = json.dumps(request_from_bundle(bundle, "patient-view", keys)).encode()
+    assert wire.INLINE_BODY_BYTES < len(body) <= wire.WHOLE_BODY_BYTES
+
+    collections: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    before = gc.get_threshold()
+    settings = Settings(_env_file=None, database_url=f"sqlite:///{tmp_path}/g.db", auth_required=False)  # type: ignore[call-arg]
+    try:
+        with TestClient(create_app(settings, clock=lambda: NOW, freeze_gc=True)) as client:
+            url = f"/cds-services/{service.id}"
+            headers = {"content-type": "application/json"}
+            assert client.post(url, content=body, headers=headers).status_code == 200  # warm
+            gc.collect()
+            gc.callbacks.append(count)
+            try:
+                response = client.post(url, content=body, headers=headers)
+            finally:
+                gc.callbacks.remove(count)
+            assert response.status_code == 200
+            assert response.json()["cards"]
+            assert collections == []
+    finally:
+        gc.set_threshold(*before)
