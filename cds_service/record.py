@@ -27,6 +27,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import msgspec
+
 from cds_service.terminology import NO_CONCEPT, Concept, Match, ValueSet, units
 
 #: How an evidence line about data that was sent but could not be read begins. Cards always show
@@ -155,8 +157,12 @@ class Component:
     value_string: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ObservationFact:
+class ObservationFact(msgspec.Struct, frozen=True, gc=False):
+    """One result. A msgspec Struct rather than a frozen dataclass like the other facts: a large
+    chart holds thousands, and a frozen dataclass sets each of its twelve fields through
+    `object.__setattr__` (2 us a result against 0.2). Immutable, compared and hashed by its fields
+    alike; `gc=False`, as it holds only values that never refer back to a fact (no cycle)."""
+
     id: str | None
     concept: Concept
     status: str
