@@ -80,7 +80,8 @@ def _validate(data: Any) -> CDSRequest:
 
 
 def _fast(body: bytes) -> tuple[Any, Any]:
-    """(the request without prefetch, prefetch) by msgspec, one Bundle entry at a time."""
+    """(the request without prefetch, prefetch) by msgspec: whole up to WHOLE_BODY_BYTES, else one
+    Bundle entry at a time."""
     if len(body) <= WHOLE_BODY_BYTES:
         data = _DECODER.decode(body)  # one pass is cheaper than many small ones
         return (data, data.pop("prefetch", None)) if isinstance(data, dict) else (data, None)
