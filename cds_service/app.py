@@ -386,14 +386,16 @@ def _add_routes(app: FastAPI) -> None:
         state = _state(request)
         service = _service(state, service_id)
         raw = await request.body()
-        # A large body is decoded in a worker thread, entry by entry, so this worker keeps serving
-        # other calls meanwhile (wire.py); a small one costs less than the hand-off.
-        if len(raw) > wire.INLINE_BODY_BYTES:
-            body = await asyncio.to_thread(wire.read_request, raw)
-        else:
-            body = wire.read_request(raw)
-        access_log.note(request, hook=body.hook, hook_instance=body.hookInstance)
-        outcome = await state.engine.run(service, body, issuer=_ehr_issuer(request))
+        # Decoded whole or entry by entry as the process's budget allows, held for the whole call
+        # (wire.py); a large body in a worker thread, so this worker keeps serving other calls
+        # meanwhile; a small one costs less than the hand-off.
+        with wire.room_to_decode(len(raw)) as whole:
+            if len(raw) > wire.INLINE_BODY_BYTES:
+                body = await asyncio.to_thread(wire.read_request, raw, whole=whole)
+            else:
+                body = wire.read_request(raw, whole=whole)
+            access_log.note(request, hook=body.hook, hook_instance=body.hookInstance)
+            outcome = await state.engine.run(service, body, issuer=_ehr_issuer(request))
         _record_issued(state, service, body, outcome)
         access_log.note(
             request,

@@ -7,7 +7,9 @@ Observations stalled every other request of the worker for over a second. Here:
 * A body up to 64 kB (a typical chart) is decoded in one pass, on the event loop: one C call is
   cheapest. Up to 2 MB (a thousand results or so) it is still decoded in one pass, in a worker
   thread: splitting it entry by entry cost more than the whole decode (7 against 6.5 ms for
-  1,000 Observations), then each resource was decoded again (5 ms more).
+  1,000 Observations), then each resource was decoded again (5 ms more). Its dicts, five times
+  its size, live until the call ends, so a process holds at most WHOLE_BUDGET_BYTES of bodies so
+  decoded at once (`room_to_decode`); the rest are read as larger bodies are.
 * A larger body is scanned by msgspec (a fast C pass that only finds where each value starts and
   ends, `msgspec.Raw`, and checks that the JSON is well formed), then each prefetch Bundle entry
   is split on its own and its resource left in its bytes (`reader/lazy.py`): decoded only when the
@@ -22,7 +24,9 @@ Observations stalled every other request of the worker for over a second. Here:
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -39,16 +43,52 @@ INLINE_BODY_BYTES = 64_000
 #: its bytes until read (`reader/lazy.py`). One pass holds the GIL about 6 ms a MB, so the event
 #: loop of a worker decoding 2 MB waits some 13 ms; decoded, 1 MB of resources is some 5 MB of dicts.
 WHOLE_BODY_BYTES = 2_000_000
+#: Body bytes over INLINE_BODY_BYTES that one process holds decoded whole at once (`room_to_decode`).
+#: The dicts of a body read whole live until its call ends: 64 calls of 1 MB at once took a worker
+#: from 120 to 580 MB read whole, 280 MB read entry by entry. Past this budget, entry by entry.
+WHOLE_BUDGET_BYTES = 8_000_000
 _DECODER = msgspec.json.Decoder()
 _OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
-def read_request(body: bytes) -> CDSRequest:
-    """Decode and validate a hook call body; RequestError (400) says what was wrong and where."""
+class _Budget:
+    """Body bytes decoded whole and still held by their calls, in this process. Taken and given
+    back on the event loop only (`room_to_decode`), so it needs no lock."""
+
+    def __init__(self) -> None:
+        self.held = 0
+
+
+_WHOLE = _Budget()
+
+
+@contextlib.contextmanager
+def room_to_decode(size: int) -> Iterator[bool]:
+    """Whether a body of `size` bytes may be decoded whole (`read_request(whole=...)`), for as long
+    as the call that holds it lasts: always up to INLINE_BODY_BYTES, never over WHOLE_BODY_BYTES,
+    in between while the process holds less than WHOLE_BUDGET_BYTES so decoded."""
+    if size <= INLINE_BODY_BYTES or size > WHOLE_BODY_BYTES:
+        yield size <= INLINE_BODY_BYTES
+        return
+    if _WHOLE.held + size > WHOLE_BUDGET_BYTES:
+        yield False
+        return
+    _WHOLE.held += size
+    try:
+        yield True
+    finally:
+        _WHOLE.held -= size
+
+
+def read_request(body: bytes, *, whole: bool | None = None) -> CDSRequest:
+    """Decode and validate a hook call body; RequestError (400) says what was wrong and where.
+
+    `whole`: decode it in one pass (True) or entry by entry (False); by default, one pass up to
+    WHOLE_BODY_BYTES. A server asks `room_to_decode` first."""
     if not body.strip():
         raise RequestError.single(400, "The request body: a JSON object is required (the body is empty)")
     try:
-        data, prefetch = _fast(body)
+        data, prefetch = _fast(body, len(body) <= WHOLE_BODY_BYTES if whole is None else whole)
         checked = True
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         data, prefetch = _tolerant(body)
@@ -79,10 +119,9 @@ def _validate(data: Any) -> CDSRequest:
         raise RequestError(400, validation_issues(exc.errors(include_input=False))) from exc
 
 
-def _fast(body: bytes) -> tuple[Any, Any]:
-    """(the request without prefetch, prefetch) by msgspec: whole up to WHOLE_BODY_BYTES, else one
-    Bundle entry at a time."""
-    if len(body) <= WHOLE_BODY_BYTES:
+def _fast(body: bytes, whole: bool) -> tuple[Any, Any]:
+    """(the request without prefetch, prefetch) by msgspec: whole, or one Bundle entry at a time."""
+    if whole:
         data = _DECODER.decode(body)  # one pass is cheaper than many small ones
         return (data, data.pop("prefetch", None)) if isinstance(data, dict) else (data, None)
     try:
@@ -138,4 +177,4 @@ def _tolerant(body: bytes) -> tuple[Any, Any]:
     return data, data.pop("prefetch", None)
 
 
-__all__ = ["INLINE_BODY_BYTES", "read_request"]
+__all__ = ["INLINE_BODY_BYTES", "WHOLE_BODY_BYTES", "WHOLE_BUDGET_BYTES", "read_request", "room_to_decode"]

@@ -223,3 +223,25 @@ def test_a_thousand_results_are_read_without_a_garbage_collection(tmp_path: Path
             assert collections == []
     finally:
         gc.set_threshold(*before)
+        gc.unfreeze()  # as the test above: the tests' own heap must stay collectable
+
+
+def test_a_large_body_refused_with_400_gives_back_its_room_to_decode(small_client: TestClient) -> None:
+    """wire.room_to_decode: the room a call takes comes back however it ends."""
+    from cds_service import wire
+
+    request = hook_request("patient-view-als-riluzole-lft-overdue")
+    request["hook"] = 42  # a client mistake, found after the body was decoded
+    request["prefetch"] = {
+        "padding": {
+            "resourceType": "Bundle",
+            "entry": [{"resource": {"resourceType": "Basic", "id": "x" * 100}}] * 1000,
+        }
+    }
+    body = json.dumps(request).encode()
+    assert wire.INLINE_BODY_BYTES < len(body) <= wire.WHOLE_BODY_BYTES
+    response = small_client.post(
+        "/cds-services/als-patient-view", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert wire._WHOLE.held == 0

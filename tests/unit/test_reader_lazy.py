@@ -130,6 +130,48 @@ def test_a_body_of_a_thousand_results_is_decoded_whole_and_a_far_larger_one_entr
     assert all(isinstance(e["resource"], LazyResource) for e in split)
 
 
+def test_bodies_decoded_whole_at_once_are_bounded_and_the_room_comes_back_when_the_call_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Decoded whole, a body's dicts (five times its size) live as long as its call: past
+    WHOLE_BUDGET_BYTES held at once, further bodies are read entry by entry."""
+    monkeypatch.setattr(wire, "WHOLE_BUDGET_BYTES", 1_000_000)
+    size = 400_000
+    with wire.room_to_decode(size) as first, wire.room_to_decode(size) as second:
+        assert (first, second) == (True, True)
+        with wire.room_to_decode(size) as third:
+            assert third is False  # 1.2 MB would be held: entry by entry
+        with wire.room_to_decode(10_000) as typical:
+            assert typical is True  # a typical body: always whole, no budget asked
+    with wire.room_to_decode(size) as again:
+        assert again is True  # both calls ended: their room is back
+    with pytest.raises(RuntimeError), wire.room_to_decode(size):
+        raise RuntimeError("a call that failed")
+    with wire.room_to_decode(2 * size) as after_failure, wire.room_to_decode(size) as last:
+        assert (after_failure, last) == (True, False)
+    with wire.room_to_decode(wire.WHOLE_BODY_BYTES + 1) as huge:
+        assert huge is False  # over the one-pass size: never whole
+
+
+def test_a_body_read_entry_by_entry_for_want_of_room_reads_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    resources = [alt(f"a{i}", 30 + i) for i in range(300)]
+    body = json.dumps(
+        {
+            "hook": "patient-view",
+            "hookInstance": "x",
+            "context": {"patientId": PATIENT},
+            "prefetch": {
+                "observations": {"resourceType": "Bundle", "entry": [{"resource": r} for r in resources]}
+            },
+        }
+    ).encode()
+    whole = wire.read_request(body, whole=True).prefetch["observations"]["entry"]
+    split = wire.read_request(body, whole=False).prefetch["observations"]["entry"]
+    assert all(type(e["resource"]) is dict for e in whole)
+    assert all(isinstance(e["resource"], LazyResource) for e in split)
+    assert [materialise(e["resource"]) for e in split] == [e["resource"] for e in whole]
+
+
 def test_a_lazy_resource_answers_its_header_undecoded_and_the_rest_as_a_mapping() -> None:
     resource = lazy({**alt("a1", 40), "meta": {"versionId": "3", "lastUpdated": "2026-11-01T00:00:00Z"}})
     assert isinstance(resource, Mapping)
