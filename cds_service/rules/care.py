@@ -208,12 +208,14 @@ def acp_evidence(record: PatientRecord) -> tuple[list[PlanRecord], list[str]]:
         when = condition.onset or condition.recorded
         found.append(PlanRecord(when, f"Recorded finding: {condition.concept.label} ({day(when)})."))
     # Every observation, dated or not: an undated plan still shows that a plan exists.
+    plans = {id(o) for vs in (ACP, ACP_UK) for o in record.observations_matching(vs)}
+    directives = {id(o) for o in record.observations_matching(AD_OBSERVATION)}
     for obs in record.observations:
-        if ACP.match(obs.concept) is not None or ACP_UK.match(obs.concept) is not None:
+        if id(obs) in plans:
             found.append(
                 PlanRecord(obs.effective, f"Recorded finding: {obs.concept.label} ({day(obs.effective)}).")
             )
-        elif AD_OBSERVATION.match(obs.concept) is not None:
+        elif id(obs) in directives:
             if _positive(obs):
                 found.append(PlanRecord(obs.effective, f"{obs.concept.label}: yes ({day(obs.effective)})."))
             else:

@@ -61,7 +61,7 @@ def slt_or_aac_on_record(record: PatientRecord) -> list[GenericFact | Observatio
         *record.documents_in(SLT_AAC),
     ]
     # Every observation, dated or not: an undated referral still shows SLT is involved.
-    found += [obs for obs in record.observations if SLT_AAC.match(obs.concept) is not None]
+    found += record.observations_matching(SLT_AAC)
     return found
 
 

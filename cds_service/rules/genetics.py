@@ -111,9 +111,7 @@ def _other_genetic_tests(record: PatientRecord) -> list[str]:
         for proc in record.procedures_in(GENETIC_TEST)
         if not genes_named(list(proc.concepts))
     ]
-    for obs in record.observations:
-        if dmt.GENETIC_VARIANT_OBSERVATION.match(obs.concept) is None:
-            continue
+    for obs in record.observations_matching(dmt.GENETIC_VARIANT_OBSERVATION):
         concepts = list(_gene_concepts(obs))
         if genes_named(concepts):
             continue

@@ -562,3 +562,36 @@ def test_a_concept_read_again_in_a_later_call_is_the_same_and_the_memo_stays_bou
         read({"coding": [{"system": "http://loinc.org", "code": f"x-{i}"}]})
     assert len(fields._CONCEPTS) <= fields.CONCEPT_MEMO_ENTRIES
     assert read(raw) == first
+
+
+def test_observations_matching_keeps_undated_results_in_arrival_order_and_matches_each_concept_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """For findings whose presence alone counts (an advance care plan, an SLT referral): every
+    result of the value set, dated or not, in the order it came; `observations_in` keeps the dated."""
+
+    def alt(oid: str, when: str | None) -> dict[str, Any]:
+        resource = {
+            "resourceType": "Observation",
+            "id": oid,
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "1742-6"}]},
+        }
+        return resource | ({"effectiveDateTime": when} if when else {})
+
+    ast = {"coding": [{"system": "http://loinc.org", "code": "1920-8"}]}
+    other = alt("ast", "2026-11-02") | {"code": ast}
+    record = record_from(
+        [alt("old", "2026-01-01"), alt("undated", None), other, alt("new", "2026-11-01")], patient_id="p"
+    )
+    asked = Counter[str]()
+    match = type(ALT).match
+
+    def counted(self: terminology.ValueSet, concept: terminology.Concept) -> Any:
+        asked[concept.codes[0].code] += 1
+        return match(self, concept)
+
+    monkeypatch.setattr(type(ALT), "match", counted)
+    assert [o.id for o in record.observations_matching(ALT)] == ["old", "undated", "new"]
+    assert [o.id for o in record.observations_in(ALT)] == ["new", "old"]
+    assert asked == {"1742-6": 1, "1920-8": 1}  # once per concept, not once per result
