@@ -42,10 +42,13 @@ What counts as a result here:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
+
+import msgspec
 
 from cds_service import terminology
 from cds_service.record import (
@@ -130,16 +133,24 @@ FVC = _Spirometry("FVC", FVC_VOLUME, FVC_PREDICTED, FVC_PERCENT)
 VC = _Spirometry("VC", VC_VOLUME, VC_PREDICTED, VC_PERCENT)
 
 
-@dataclass(frozen=True)
-class Reading:
-    """One result, read in the unit its threshold is written in, with words saying how."""
+class Reading(msgspec.Struct, frozen=True, gc=False):
+    """One result, read in the unit its threshold is written in, with words saying how.
+
+    The words are written when a card cites the reading (`text`), not for every reading: a chart
+    can hold hundreds of results of one test, and the cards name one or two (writing them all was
+    a twentieth of a call with a hundred results). A msgspec Struct, as `ObservationFact`."""
 
     test: str  # 'FVC', 'VC', 'SNIP', 'SpO2', 'PaCO2'
     value: Decimal  # in `unit`
     unit: str  # as shown to the clinician: '% predicted', 'cmH2O', '%', 'kPa'
     when: datetime
-    text: str  # e.g. "FVC 45 % predicted on 2026-10-02 (LOINC 19872-1)"
     observation: ObservationFact
+    words: Callable[[], str]  # -> e.g. "FVC 45 % predicted on 2026-10-02 (LOINC 19872-1)"
+    computed: bool = False  # % predicted computed from a volume and a predicted volume
+
+    @property
+    def text(self) -> str:
+        return self.words()
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,9 +188,8 @@ def percent_predicted_readings(record: PatientRecord, test: _Spirometry) -> list
     for obs in record.observations_in(test.percent):
         value = obs.value_in(_PERCENT)
         if value is not None and obs.effective is not None:
-            how = aside(test.percent.match(obs.concept))
-            text = f"{test.name} {obs.value} predicted on {day(obs.effective)}{how}"
-            readings.append(Reading(test.name, value, "% predicted", obs.effective, text, obs))
+            words = functools.partial(_percent_words, test, obs)
+            readings.append(Reading(test.name, value, "% predicted", obs.effective, obs, words))
     predicted_by_day: dict[str, list[ObservationFact]] = {}
     for obs in record.observations_in(test.predicted):
         if obs.effective is not None and obs.value_in(_LITRES) is not None:
@@ -191,9 +201,8 @@ def percent_predicted_readings(record: PatientRecord, test: _Spirometry) -> list
         in_component = _component(obs, test.percent, _PERCENT)
         if in_component is not None:
             quantity, value = in_component
-            measured = f"{test.name} {obs.value}" if obs.value is not None else test.name
-            text = f"{measured} = {quantity} predicted on {day(when)} (component of the {test.name} result)"
-            readings.append(Reading(test.name, value, "% predicted", when, text, obs))
+            words = functools.partial(_component_words, test, obs, quantity, when)
+            readings.append(Reading(test.name, value, "% predicted", when, obs, words))
             continue
         volume = obs.value_in(_LITRES)
         if volume is None:
@@ -213,14 +222,35 @@ def percent_predicted_readings(record: PatientRecord, test: _Spirometry) -> list
         if predicted is None or predicted <= 0:
             continue
         value = volume * 100 / predicted
-        text = (
-            f"{test.name} {obs.value} with predicted {predicted_quantity} ({source}) = {_num(value)} % "
-            f"predicted on {day(when)} (computed)"
-        )
-        readings.append(Reading(test.name, value, "% predicted", when, text, obs))
+        words = functools.partial(_computed_words, test, obs, predicted_quantity, source, value, when)
+        readings.append(Reading(test.name, value, "% predicted", when, obs, words, computed=True))
     # Newest first; at the same instant a reported % predicted wins over a computed one.
-    readings.sort(key=lambda r: (r.when, "computed" not in r.text), reverse=True)
+    readings.sort(key=lambda r: (r.when, not r.computed), reverse=True)
     return readings
+
+
+def _percent_words(test: _Spirometry, obs: ObservationFact) -> str:
+    how = aside(test.percent.match(obs.concept))
+    return f"{test.name} {obs.value} predicted on {day(obs.effective)}{how}"
+
+
+def _component_words(test: _Spirometry, obs: ObservationFact, quantity: Quantity, when: datetime) -> str:
+    measured = f"{test.name} {obs.value}" if obs.value is not None else test.name
+    return f"{measured} = {quantity} predicted on {day(when)} (component of the {test.name} result)"
+
+
+def _computed_words(
+    test: _Spirometry,
+    obs: ObservationFact,
+    predicted: Quantity | None,
+    source: str,
+    value: Decimal,
+    when: datetime,
+) -> str:
+    return (
+        f"{test.name} {obs.value} with predicted {predicted} ({source}) = {_num(value)} % "
+        f"predicted on {day(when)} (computed)"
+    )
 
 
 def _simple_readings(
@@ -232,12 +262,20 @@ def _simple_readings(
         value = obs.value_in(unit)
         if value is None or obs.effective is None or obs.value is None:
             continue
-        shown = str(obs.value)
-        if units.convert(obs.value, unit) != obs.value.value:
-            shown = f"{shown} (= {_num(value, places)} {shown_unit})"
-        text = f"{test} {shown} on {day(obs.effective)}{aside(valueset.match(obs.concept))}"
-        readings.append(Reading(test, value, shown_unit, obs.effective, text, obs))
+        words = functools.partial(_simple_words, valueset, test, obs, value, shown_unit, places)
+        readings.append(Reading(test, value, shown_unit, obs.effective, obs, words))
     return readings
+
+
+def _simple_words(
+    valueset: ValueSet, test: str, obs: ObservationFact, value: Decimal, shown_unit: str, places: int
+) -> str:
+    """'SpO2 93 % on 2026-10-02', with the value converted beside the reported one where they differ."""
+    quantity = obs.value
+    shown = str(quantity)
+    if quantity is not None and value != quantity.value:
+        shown = f"{shown} (= {_num(value, places)} {shown_unit})"
+    return f"{test} {shown} on {day(obs.effective)}{aside(valueset.match(obs.concept))}"
 
 
 def snip_readings(record: PatientRecord) -> list[Reading]:

@@ -933,3 +933,17 @@ def test_fixture_patients_get_exactly_the_expected_breathing_cards() -> None:
         found = [f.rule_id for f in evaluate(rules, record, RuleConfig())]
         assert found == hooks["patient-view"], name
         assert hooks["order-select"] == hooks["order-sign"] == []
+
+
+@pytest.mark.parametrize("reported_first", [True, False])
+def test_a_reported_percent_predicted_wins_over_one_computed_at_the_same_instant(
+    reported_first: bool,
+) -> None:
+    """Newest first; at the same instant the lab's own % predicted decides, whichever came first."""
+    reported = fvc_percent(5, 45)  # < 50 %: the referral criterion
+    computed = fvc_volume(5, 2.0, components=[component("19869-7", 3.3, "L")])  # 60.6 %: not
+    resources = [reported, computed] if reported_first else [computed, reported]
+    [finding] = run(NIV_REFERRAL, als(), *resources)
+    assert finding.fields["criteria"] == "FVC < 50 % predicted"
+    assert "FVC 45 % predicted on" in finding.evidence[0]
+    assert "(computed)" not in finding.evidence[0]
