@@ -378,3 +378,64 @@ def test_call_log_line_has_no_patient_data_or_token(
     assert len(calls) == 2 and all(r.rule_ids == QUICKSTART_CARDS for r in calls)  # type: ignore[attr-defined]
     for secret in (PATIENT, "Hartley", "Margaret", "1961-05-14", "opaque-test-access-token", "E1001"):
         assert secret not in text
+
+
+# -- after the answer ---------------------------------------------------------------------------
+
+
+async def test_the_call_s_body_and_record_are_freed_after_the_answer_is_sent_not_before(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """app.invoke: freeing a large chart's objects is a twentieth of its call; the EHR does not wait
+    for it. They are held until the answer's body is sent, then let go (nothing kept after)."""
+    import gc
+    import weakref
+
+    from cds_service import app as app_module
+    from cds_service.engine import HookOutcome
+    from cds_service.hooks import CDSRequest
+
+    events: list[str] = []
+    held: list[weakref.ref[Any]] = []
+
+    async def freed_after_sending(*objects: object) -> None:
+        events.append("released")
+        assert [type(o) for o in objects] == [CDSRequest, HookOutcome]
+        held.append(weakref.ref(objects[1].record))  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(app_module, "_freed_after_sending", freed_after_sending)
+    app = app_module.create_app(settings, clock=lambda: NOW)
+    body = json.dumps(hook_request("patient-view-als-riluzole-lft-overdue")).encode()
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/cds-services/als-patient-view",
+        "raw_path": b"/cds-services/als-patient-view", "query_string": b"", "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 5000), "server": ("testserver", 80),
+    }  # fmt: skip
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    answer = bytearray()
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            events.append(f"status {message['status']}")
+        elif message["type"] == "http.response.body":
+            answer.extend(message.get("body", b""))
+            if not message.get("more_body"):
+                events.append("answer sent")
+
+    async with app.router.lifespan_context(app):
+        await app(scope, receive, send)
+        gc.collect()
+        assert events == ["status 200", "answer sent", "released"]
+        assert json.loads(answer)["cards"]
+        assert held and held[0]() is None  # let go once the answer was sent: nothing keeps it
