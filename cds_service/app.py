@@ -389,14 +389,15 @@ def _add_routes(app: FastAPI) -> None:
         raw = await request.body()
         # Decoded whole or entry by entry as the process's budget allows, held for the whole call
         # (wire.py); a large body in a worker thread, so this worker keeps serving other calls
-        # meanwhile; a small one costs less than the hand-off.
+        # meanwhile; a smaller one costs less than the hand-off (wire.HANDOFF_BODY_BYTES).
         with wire.room_to_decode(len(raw)) as whole:
-            if len(raw) > wire.INLINE_BODY_BYTES:
+            large = len(raw) > wire.HANDOFF_BODY_BYTES
+            if large:
                 body = await asyncio.to_thread(wire.read_request, raw, whole=whole)
             else:
                 body = wire.read_request(raw, whole=whole)
             access_log.note(request, hook=body.hook, hook_instance=body.hookInstance)
-            outcome = await state.engine.run(service, body, issuer=_ehr_issuer(request))
+            outcome = await state.engine.run(service, body, issuer=_ehr_issuer(request), large_body=large)
         _record_issued(state, service, body, outcome)
         access_log.note(
             request,

@@ -35,8 +35,10 @@ from cds_service.suppression import CardPolicy, HookCall, IssuedRows, draft_entr
 
 Clock = Callable[[], datetime]
 
-#: Up to this many resources, the record is read on the event loop (about 25 µs a resource).
-INLINE_READ_RESOURCES = 100
+#: Up to this many resources, the record is read and the rules run on the event loop (some 15 to 30
+#: µs a resource); more in a worker thread. As `wire.HANDOFF_BODY_BYTES` (about a resource a kB),
+#: whose comment has the measurements: below this the hand-off costs more than the loop gives up.
+INLINE_READ_RESOURCES = 500
 
 
 def issue(diagnostics: str, *, where: Sequence[str] = (), code: str = "invalid") -> dict[str, Any]:
@@ -131,10 +133,18 @@ class Engine:
         return self._templates[key]
 
     async def run(
-        self, service: ServiceDefinition, request: CDSRequest, *, issuer: str | None = None
+        self,
+        service: ServiceDefinition,
+        request: CDSRequest,
+        *,
+        issuer: str | None = None,
+        large_body: bool = False,
     ) -> HookOutcome:
         """Answer one hook call. Raises RequestError (400, 412) for what the caller must fix.
-        `issuer`: the EHR that called (its JWT's `iss`), which snoozes are kept per."""
+        `issuer`: the EHR that called (its JWT's `iss`), which snoozes are kept per. `large_body`:
+        the body was decoded in a worker thread (`wire.HANDOFF_BODY_BYTES`), so the record is read
+        in one too, whatever its size: data built in one thread and read on the loop costs the
+        hand-off without its benefit."""
         if request.hook != service.hook:
             raise RequestError.single(
                 400,
@@ -191,8 +201,8 @@ class Engine:
             return record, card_rendering.render_all(findings, self.catalogue, self.settings.profile)
 
         # Reading a large chart, and the rules over it, is CPU work: off the event loop, so the
-        # process keeps answering. A typical chart takes a millisecond, less than the hand-off.
-        if len(resources) > INLINE_READ_RESOURCES:
+        # process keeps answering. Up to a few hundred resources, less than the hand-off costs.
+        if large_body or len(resources) > INLINE_READ_RESOURCES:
             record, cards = await asyncio.to_thread(decide)
         else:
             record, cards = decide()

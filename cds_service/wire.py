@@ -36,14 +36,22 @@ from cds_service.engine import RequestError, issue, validation_issues
 from cds_service.hooks import CDSRequest, _not_unicode_at
 from cds_service.reader.lazy import decode_bundle_lazily
 
-#: Bodies up to this size are decoded on the event loop (well under a millisecond: a typical chart
-#: is 5 to 30 kB); larger ones in a worker thread (app.py).
-INLINE_BODY_BYTES = 64_000
+#: Bodies up to this size are always decoded whole, outside the budget below (a typical chart is 5
+#: to 30 kB).
+ALWAYS_WHOLE_BYTES = 64_000
+#: Bodies up to this size are decoded on the event loop, larger ones in a worker thread (app.py),
+#: and the engine decides the same for the record and the rules (`engine.INLINE_READ_RESOURCES`).
+#: The hand-off is dear below this: served by uvicorn, a call with 100 Observations (107 kB) took
+#: 4.3-5.2 ms on the loop against 7.2-8.1 ms with its body and record handed to worker threads (data
+#: built in one thread and read in another), 300 Observations 9.2-11.9 against 13.9-16.1 ms; at 1,000
+#: the same either way. What the loop gives up: a 500 kB call holds it some 15 ms, a tenth of the
+#: issue's bound (bench/run.py prints the longest stall).
+HANDOFF_BODY_BYTES = 512_000
 #: Bodies up to this size are decoded in one pass; larger ones entry by entry, each resource left in
 #: its bytes until read (`reader/lazy.py`). One pass holds the GIL about 6 ms a MB, so the event
 #: loop of a worker decoding 2 MB waits some 13 ms; decoded, 1 MB of resources is some 5 MB of dicts.
 WHOLE_BODY_BYTES = 2_000_000
-#: Body bytes over INLINE_BODY_BYTES that one process holds decoded whole at once (`room_to_decode`).
+#: Body bytes over ALWAYS_WHOLE_BYTES that one process holds decoded whole at once (`room_to_decode`).
 #: The dicts of a body read whole live until its call ends: 64 calls of 1 MB at once took a worker
 #: from 120 to 580 MB read whole, 280 MB read entry by entry. Past this budget, entry by entry.
 WHOLE_BUDGET_BYTES = 8_000_000
@@ -65,10 +73,10 @@ _WHOLE = _Budget()
 @contextlib.contextmanager
 def room_to_decode(size: int) -> Iterator[bool]:
     """Whether a body of `size` bytes may be decoded whole (`read_request(whole=...)`), for as long
-    as the call that holds it lasts: always up to INLINE_BODY_BYTES, never over WHOLE_BODY_BYTES,
+    as the call that holds it lasts: always up to ALWAYS_WHOLE_BYTES, never over WHOLE_BODY_BYTES,
     in between while the process holds less than WHOLE_BUDGET_BYTES so decoded."""
-    if size <= INLINE_BODY_BYTES or size > WHOLE_BODY_BYTES:
-        yield size <= INLINE_BODY_BYTES
+    if size <= ALWAYS_WHOLE_BYTES or size > WHOLE_BODY_BYTES:
+        yield size <= ALWAYS_WHOLE_BYTES
         return
     if _WHOLE.held + size > WHOLE_BUDGET_BYTES:
         yield False
@@ -177,4 +185,11 @@ def _tolerant(body: bytes) -> tuple[Any, Any]:
     return data, data.pop("prefetch", None)
 
 
-__all__ = ["INLINE_BODY_BYTES", "WHOLE_BODY_BYTES", "WHOLE_BUDGET_BYTES", "read_request", "room_to_decode"]
+__all__ = [
+    "ALWAYS_WHOLE_BYTES",
+    "HANDOFF_BODY_BYTES",
+    "WHOLE_BODY_BYTES",
+    "WHOLE_BUDGET_BYTES",
+    "read_request",
+    "room_to_decode",
+]

@@ -131,6 +131,6 @@ def test_a_body_read_entry_by_entry_gets_the_same_cards_as_one_read_whole(
         ]
 
     whole = answer()
-    monkeypatch.setattr(wire, "INLINE_BODY_BYTES", 0)
+    monkeypatch.setattr(wire, "ALWAYS_WHOLE_BYTES", 0)
     monkeypatch.setattr(wire, "WHOLE_BODY_BYTES", 0)
     assert answer() == whole

@@ -67,7 +67,7 @@ def api(
     in its bytes until read (a body over 2 MB, `wire.py`): a hostile shape must cost no more there.
     """
     if request.param == "read entry by entry":
-        monkeypatch.setattr(wire, "INLINE_BODY_BYTES", 0)
+        monkeypatch.setattr(wire, "ALWAYS_WHOLE_BYTES", 0)
         monkeypatch.setattr(wire, "WHOLE_BODY_BYTES", 0)
     app = create_app(_settings(f"sqlite:///{tmp_path / 'als-cds.db'}"), clock=lambda: NOW)
     with TestClient(app, raise_server_exceptions=False) as client:

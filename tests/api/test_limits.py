@@ -197,7 +197,7 @@ def test_a_thousand_results_are_read_without_a_garbage_collection(tmp_path: Path
     service = next(s for s in build_services().values() if s.hook == "patient-view")
     keys = list(service.prefetch(Settings(_env_file=None), NOW.date()))
     body = json.dumps(request_from_bundle(bundle, "patient-view", keys)).encode()
-    assert wire.INLINE_BODY_BYTES < len(body) <= wire.WHOLE_BODY_BYTES
+    assert wire.ALWAYS_WHOLE_BYTES < len(body) <= wire.WHOLE_BODY_BYTES
 
     collections: list[int] = []
 
@@ -239,9 +239,67 @@ def test_a_large_body_refused_with_400_gives_back_its_room_to_decode(small_clien
         }
     }
     body = json.dumps(request).encode()
-    assert wire.INLINE_BODY_BYTES < len(body) <= wire.WHOLE_BODY_BYTES
+    assert wire.ALWAYS_WHOLE_BYTES < len(body) <= wire.WHOLE_BODY_BYTES
     response = small_client.post(
         "/cds-services/als-patient-view", content=body, headers={"content-type": "application/json"}
     )
     assert response.status_code == 400
     assert wire._WHOLE.held == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Where a call runs: on the event loop, or handed to worker threads
+
+
+def _chart_with_results(count: int) -> bytes:
+    import copy
+
+    from cds_service.bundles import request_from_bundle
+    from cds_service.services import build_services
+    from tests.support import patient_bundle
+
+    bundle = copy.deepcopy(patient_bundle("als-riluzole-lft-overdue"))
+    alt = next(e for e in bundle["entry"] if e["resource"].get("id") == "alt-5")
+    bundle["entry"] += [
+        {**copy.deepcopy(alt), "resource": {**copy.deepcopy(alt["resource"]), "id": f"alt-x{i}"}}
+        for i in range(count)
+    ]
+    service = next(s for s in build_services().values() if s.hook == "patient-view")
+    keys = list(service.prefetch(Settings(_env_file=None), NOW.date()))
+    return json.dumps(request_from_bundle(bundle, "patient-view", keys)).encode()
+
+
+@pytest.mark.parametrize(
+    ("results", "handed_off"),
+    [(100, []), (150, []), (300, ["read_request", "decide"]), (900, ["read_request", "decide"])],
+)
+def test_a_call_is_handed_to_worker_threads_only_when_large(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, results: int, handed_off: list[str]
+) -> None:
+    """wire.HANDOFF_BODY_BYTES, engine.INLINE_READ_RESOURCES: a chart of a few hundred results is
+    decoded, read and judged on the event loop (handing its data from thread to thread cost more
+    than it spared the loop); a larger one has both its body and its record read in a thread, also
+    when its resources alone would not have been handed off (300 results of 1.9 kB: 570 kB)."""
+    import asyncio
+
+    from cds_service import engine, wire
+
+    body = _chart_with_results(results)
+    large = len(body) > wire.HANDOFF_BODY_BYTES
+    assert large is bool(handed_off)
+    assert results + 20 < engine.INLINE_READ_RESOURCES or large
+    seen: list[str] = []
+    to_thread = asyncio.to_thread
+
+    async def counted(func, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(getattr(func, "__name__", type(func).__name__))
+        return await to_thread(func, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", counted)
+    with TestClient(create_app(settings, clock=lambda: NOW)) as client:
+        response = client.post(
+            "/cds-services/als-patient-view", content=body, headers={"Content-Type": "application/json"}
+        )
+    assert response.status_code == 200, response.text
+    assert response.json()["cards"]
+    assert seen == handed_off

@@ -47,7 +47,7 @@ def api(
     """Each case twice: as a typical body (decoded in one pass) and as a large one (each prefetch
     resource kept in its bytes until read, wire.py): the deviations must be read the same way."""
     if request.param == "read entry by entry":
-        monkeypatch.setattr(wire, "INLINE_BODY_BYTES", 0)
+        monkeypatch.setattr(wire, "ALWAYS_WHOLE_BYTES", 0)
         monkeypatch.setattr(wire, "WHOLE_BODY_BYTES", 0)
     with TestClient(create_app(_settings(tmp_path), clock=lambda: NOW), raise_server_exceptions=False) as c:
         yield c

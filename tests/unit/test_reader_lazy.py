@@ -123,7 +123,7 @@ def test_a_body_of_a_thousand_results_is_decoded_whole_and_a_far_larger_one_entr
             "prefetch": {"observations": bundle},
         }
     ).encode()
-    assert wire.INLINE_BODY_BYTES < len(body) <= wire.WHOLE_BODY_BYTES
+    assert wire.ALWAYS_WHOLE_BYTES < len(body) <= wire.WHOLE_BODY_BYTES
     entries = wire.read_request(body).prefetch["observations"]["entry"]
     assert all(type(e["resource"]) is dict for e in entries)
     split = large_request(resources).prefetch["observations"]["entry"]
