@@ -32,8 +32,9 @@ What it does, all on loopback and bounded (a fixed number of calls, each with a 
 
 Per case: one probe call while a second connection polls GET /healthz every --poll-ms (the
 longest /healthz round trip seen is "max stall", how long the worker's event loop was unavailable
-to other requests), then --repeat timed calls without the poller (their median is the round trip,
-and the worker's CPU over them gives CPU per call). The worker's peak RSS (VmHWM, reset per case
+to other requests), then --repeat timed calls (more for a small body) without the poller, each after
+a json.loads of the body timed in this process: their medians are the ratio's two sides, and the
+worker's CPU over the calls gives CPU per call. The worker's peak RSS (VmHWM, reset per case
 through /proc/PID/clear_refs where the kernel allows it) and its RSS after the case come from
 /proc/PID/status.
 
@@ -96,6 +97,10 @@ EVERY_KEY_SIZE = 1_000
 MAX_BODY_LIMIT = 100_000_000
 #: Stands in for the hookInstance in a prepared body; each call gets its own uuid (same length).
 PLACEHOLDER = "00000000-0000-4000-8000-0000000be9c4"
+#: A case's timed calls carry at least this many body bytes in all (`Bench.calls_for`): some 20
+#: calls at 100 Observations, --repeat from 1,000 up.
+MIN_TIMED_BYTES = 2_000_000
+MAX_TIMED_CALLS = 50
 PATIENT_ID = "bench-als-1"
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -514,7 +519,7 @@ def post(connection: Connection, path: str, body: bytes) -> Call:
     return Call(ms, 200, len(cards))
 
 
-def json_loads_ms(body: bytes, runs: int) -> float:
+def json_loads_ms(body: bytes, runs: int, *, collect: bool = True) -> float:
     """Median time of `json.loads` over the body: the floor of reading it, in this interpreter.
 
     Timed with the garbage collector paused, as `timeit` does. With it running, a large body's
@@ -522,7 +527,8 @@ def json_loads_ms(body: bytes, runs: int) -> float:
     process happens to hold (here: 1.8 to 3.8 s for a 52 MB body, against 0.55 to 0.77 s paused),
     which would make the denominator of every ratio noise. What collections cost the service while
     it reads a body is the service's own cost, and stays in the round trip."""
-    gc.collect()
+    if collect:
+        gc.collect()
     times = []
     for _ in range(runs):
         gc.disable()
@@ -581,6 +587,7 @@ class Bench:
     timeout: float
     peak_resettable: bool = True
     run_peak_kb: int = 0  # the worker's peak over the whole run, across the per-case resets
+    min_timed_bytes: int = MIN_TIMED_BYTES  # 0: exactly `repeat` timed calls (--quick)
     client: Connection = field(init=False)
 
     def __post_init__(self) -> None:
@@ -590,17 +597,33 @@ class Bench:
     def endpoint(self) -> str:
         return f"/cds-services/{SERVICE}"
 
-    def _timed(self, body: bytes, calls: int) -> tuple[list[Call], float]:
-        """`calls` sequential calls, and the worker's CPU over them (ms; /proc ticks, 10 ms each)."""
+    def _timed(
+        self, body: bytes, calls: int, baseline: list[float] | None = None
+    ) -> tuple[list[Call], float]:
+        """`calls` sequential calls, and the worker's CPU over them (ms; /proc ticks, 10 ms each).
+        With `baseline`: one `json.loads` of the body timed before each call, appended to it, so the
+        ratio's two sides are measured at the same moments (a shared machine's speed drifts by a
+        factor of two within minutes: measured apart, the ratio moved with it)."""
         before = cpu_seconds([self.pid])
-        results = [post(self.client, self.endpoint, body) for _ in range(calls)]
+        results = []
+        for _ in range(calls):
+            if baseline is not None:
+                # Three in a row, their median: the parse at its best at this moment (a parse right
+                # after a call, its caches taken by the service, took up to 1.7 times as long).
+                baseline.append(json_loads_ms(body, 3, collect=False))
+            results.append(post(self.client, self.endpoint, body))
         return results, (cpu_seconds([self.pid]) - before) * 1000
+
+    def calls_for(self, body: bytes) -> int:
+        """Timed calls for a body: --repeat, or more for a small one (at least MIN_TIMED_BYTES of
+        bodies in all): a median of three 5 ms calls on a shared machine is mostly its noise."""
+        return max(self.repeat, min(MAX_TIMED_CALLS, -(-self.min_timed_bytes // max(1, len(body)))))
 
     def measure(self, case: Case, body: bytes, *, settle: float = 0.5) -> Case:
         """A probe call under the /healthz poller (the stall), then `repeat` timed calls without it
         (the round trip and CPU: the poller's own requests would be counted in them); the worker's
         memory before, at its peak across both, and after."""
-        case.json_loads_ms = json_loads_ms(body, max(5, self.repeat))
+        gc.collect()  # the bench's own garbage, before any json.loads is timed
         self.peak_kb()  # the peak so far, before the reset forgets it
         self.peak_resettable = reset_peak_rss(self.pid) and self.peak_resettable
         case.rss_before_kb = status_kb(self.pid)["VmRSS"]
@@ -612,7 +635,9 @@ class Bench:
         if probe.error:
             case.errors.append(f"probe call: {probe.error}")
         case.cards = probe.cards
-        timed, cpu_ms = self._timed(body, self.repeat)
+        baseline: list[float] = []
+        timed, cpu_ms = self._timed(body, self.calls_for(body), baseline)
+        case.json_loads_ms = statistics.median(baseline)
         case.calls = 1 + len(timed)
         case.finish(timed, cpu_ms)
         time.sleep(settle)  # let the call's garbage go before "after"
@@ -914,7 +939,8 @@ def render(report: dict[str, Any], typical: list[Case], cases: list[Case]) -> st
         "",
         "round trip: client wall time of the POST (keep-alive connection, http.client), median of the",
         "timed calls;",
-        "json.loads: the same bytes in this process, median, garbage collector paused (as timeit);",
+        "json.loads: the same bytes in this process, three in a row before each timed call, median,",
+        "garbage collector paused (as timeit);",
         "ratio: round trip / json.loads; ms/MB: round trip per MB of body; CPU ms/call: the worker's",
         "utime+stime over the timed calls (10 ms ticks); max stall: longest GET /healthz round trip during",
         f"the probe call; peak RSS: the worker's VmHWM, {peak}; RSS after: its VmRSS after the case.",
@@ -948,7 +974,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", type=parse_sizes, help="Observation counts (default 100,1000,10000,50000)")
-    parser.add_argument("--repeat", type=int, help="timed calls per case, after its probe call (default 3)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        help="timed calls per case at least, after its probe call (default 3; more for small bodies)",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -1024,6 +1054,8 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         pid = serving_pid(server.pid)
         report["server"] |= {"url": url, "pid": pid, "rss_start_kb": status_kb(pid)["VmRSS"]}
         bench = Bench(url, pid, args.repeat, args.poll_ms / 1000, args.timeout)
+        if args.quick:
+            bench.min_timed_bytes = 0  # a smoke run: one timed call a case
         report["server"]["client_floor_ms"] = bench.client.floor_ms()
         typical, cases, charts = run_cases(bench, args, discovery(url, args.timeout), report)
         report["server"]["peak_resettable"] = bench.peak_resettable
