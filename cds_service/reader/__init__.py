@@ -78,8 +78,10 @@ def build_record(
     interned: dict[Any, Any] = {}  # shared values of this read (FieldReader.intern)
     own = f"Patient/{patient_id}"  # the subject nearly every resource names
 
+    trusted_until = now + options.clock_skew
+
     def reader(rtype: str, rid: str | None) -> FieldReader:
-        return FieldReader(rtype, rid, now, options, report, interned)
+        return FieldReader(rtype, rid, now, options, report, interned, trusted_until)
 
     unique = dedupe(resources, report)
     # A large chart repeats a few codes many times over: whether rules read a concept is decided once.
@@ -103,12 +105,14 @@ def build_record(
             report.not_relevant[rtype] += 1
             return  # decided on the header: most of a large chart is never decoded
         try:
-            raw = materialise(item)
+            raw = item if type(item) is dict else materialise(item)
         except UnreadableResource:
             report.unreadable[rtype] += 1
             record.unread[rtype] += 1
             return
-        rid = raw.get("id") if isinstance(raw.get("id"), str) else None
+        rid = raw.get("id")
+        if type(rid) is not str:
+            rid = rid if isinstance(rid, str) else None
         if rtype == "Patient":
             if rid not in (None, patient_id):
                 report.other_patient[rtype] += 1

@@ -48,7 +48,16 @@ _CONCEPTS: dict[tuple[Any, ...], Concept] = {}
 class FieldReader:
     """Reads the fields of one resource, noting repairs and unreadable fields in the report."""
 
-    __slots__ = ("interned", "now", "options", "report", "resource_id", "rtype", "unreadable")
+    __slots__ = (
+        "interned",
+        "now",
+        "options",
+        "report",
+        "resource_id",
+        "rtype",
+        "trusted_until",
+        "unreadable",
+    )
 
     def __init__(
         self,
@@ -58,11 +67,14 @@ class FieldReader:
         options: ReadOptions,
         report: ReadReport,
         interned: dict[Any, Any] | None = None,
+        trusted_until: datetime | None = None,
     ) -> None:
         self.rtype = rtype
         self.resource_id = resource_id
         self.now = now
         self.options = options
+        #: The latest instant believed (`when`): now plus the clock-skew allowance, once per read.
+        self.trusted_until = now + options.clock_skew if trusted_until is None else trusted_until
         self.report = report
         self.unreadable: list[str] = []
         # One table for the whole read (see `intern`); a reader on its own gets its own.
@@ -198,7 +210,7 @@ class FieldReader:
         instant, how = parsed
         if how is not None:
             self.repaired(path, how)
-        if instant > self.now + self.options.clock_skew:
+        if instant > self.trusted_until:
             self.dropped(path, "in the future beyond the clock-skew allowance", field_name)
             return None
         return instant
@@ -502,7 +514,7 @@ def parse_when(value: str, site_tz: tzinfo) -> tuple[datetime, str | None] | Non
     if len(text) > 40:
         return None
     try:
-        parsed = datetime.fromisoformat(text.replace("z", "Z"))
+        parsed = datetime.fromisoformat(text.replace("z", "Z") if "z" in text else text)
     except ValueError:
         return None
     if parsed.tzinfo is None:

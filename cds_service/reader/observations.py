@@ -27,7 +27,9 @@ _VALUE_KEYS = ("valueQuantity", "valueString", "valueCodeableConcept", "valueBoo
 
 
 def read_observation(raw: Mapping[str, Any], concept: Concept, f: FieldReader) -> ObservationFact | None:
-    status = f.code(raw.get("status"), "status")
+    status = raw.get("status")
+    if type(status) is not str or status not in OBSERVATION_RESULT_STATUSES:
+        status = f.code(status, "status")  # as sent, nearly always: nothing to note, no call
     if status not in OBSERVATION_RESULT_STATUSES:
         if status is None:
             f.dropped("status", "no readable status: not known to be a result")
@@ -41,13 +43,14 @@ def read_observation(raw: Mapping[str, Any], concept: Concept, f: FieldReader) -
             f.repaired("value", "unit taken from the result's reference range")
             value = Quantity(value.value, unit_from.unit, unit_from.code, unit_from.system, value.comparator)
     components = []
-    for item in f.as_list(raw.get("component"), "component"):
-        if not isinstance(item, Mapping):
-            continue
-        c_value, c_concept, _, c_string = _value(item, f, "component.value")
-        components.append(
-            Component(f.concept(item.get("code"), "component.code"), c_value, c_concept, c_string)
-        )
+    if "component" in raw:
+        for item in f.as_list(raw["component"], "component"):
+            if not isinstance(item, Mapping):
+                continue
+            c_value, c_concept, _, c_string = _value(item, f, "component.value")
+            components.append(
+                Component(f.concept(item.get("code"), "component.code"), c_value, c_concept, c_string)
+            )
     return ObservationFact(
         id=f.resource_id,
         concept=concept,

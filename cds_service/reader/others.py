@@ -91,8 +91,18 @@ CONCEPT_ELEMENTS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: The types whose only concept element is `code` (and no reaction or class to add).
+_CODE_ONLY = frozenset(t for t, elements in CONCEPT_ELEMENTS.items() if elements == ("code",)) - {
+    "AllergyIntolerance"
+}
+
+
 def read_concepts(rtype: str, raw: Mapping[str, Any], f: FieldReader) -> tuple[Concept, ...]:
     """Every concept that says what a (non-medication) resource is about; the first is its code."""
+    if rtype in _CODE_ONLY:
+        code = raw.get("code")
+        if type(code) is dict:  # nearly always: one concept, without the general loop
+            return f.intern((f.concept(code, "code"),))
     found: list[Concept] = []
     for element in CONCEPT_ELEMENTS.get(rtype, ()):
         value = raw.get(element)
