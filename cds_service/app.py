@@ -414,7 +414,8 @@ def _add_routes(app: FastAPI) -> None:
             media_type="application/json",
             # The body and the record are freed once the answer is sent, not before: freeing the
             # objects of a large chart is a twentieth of its call, and the EHR need not wait for it.
-            # (When the answer cannot be sent, the task never runs and they are freed with it.)
+            # (When the answer cannot be sent, the task never runs and they are freed with it. The
+            # room to decode went back a send earlier: the answer is a few kB, sent at once.)
             background=BackgroundTask(_freed_after_sending, body, outcome),
         )
 

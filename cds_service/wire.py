@@ -44,8 +44,8 @@ ALWAYS_WHOLE_BYTES = 64_000
 #: The hand-off is dear below this: served by uvicorn, a call with 100 Observations (107 kB) took
 #: 4.3-5.2 ms on the loop against 7.2-8.1 ms with its body and record handed to worker threads (data
 #: built in one thread and read in another), 300 Observations 9.2-11.9 against 13.9-16.1 ms; at 1,000
-#: the same either way. What the loop gives up: a 500 kB call holds it some 15 ms, a tenth of the
-#: issue's bound (bench/run.py prints the longest stall).
+#: the same either way. What the loop gives up: a 500 kB call holds it some 15 to 20 ms, a fifth
+#: of the issue's bound (bench/run.py prints the longest stall).
 HANDOFF_BODY_BYTES = 512_000
 #: Bodies up to this size are decoded in one pass; larger ones entry by entry, each resource left in
 #: its bytes until read (`reader/lazy.py`). One pass holds the GIL about 6 ms a MB, so the event
