@@ -383,7 +383,7 @@ def test_call_log_line_has_no_patient_data_or_token(
 # -- after the answer ---------------------------------------------------------------------------
 
 
-async def test_the_call_s_body_and_record_are_freed_after_the_answer_is_sent_not_before(
+async def test_the_body_and_record_of_a_call_are_freed_only_after_its_answer_is_sent(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """app.invoke: freeing a large chart's objects is a twentieth of its call; the EHR does not wait
