@@ -15,7 +15,9 @@ import contextlib
 import hashlib
 import json
 import logging
+import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -143,7 +145,7 @@ def _install_sqlite_transaction_control(engine: Engine, *, wal: bool) -> None:
             cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_MS)}")
             cursor.execute("PRAGMA foreign_keys = ON")
             if wal:
-                cursor.execute("PRAGMA journal_mode = WAL")
+                _enable_wal(cursor)
                 cursor.execute("PRAGMA synchronous = NORMAL")  # durable enough with WAL, much faster
         finally:
             cursor.close()
@@ -152,6 +154,26 @@ def _install_sqlite_transaction_control(engine: Engine, *, wal: bool) -> None:
     def _on_begin(connection: Connection) -> None:
         immediate = connection.get_execution_options().get(_WRITE_OPTION, False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _enable_wal(cursor: Any) -> None:
+    """PRAGMA journal_mode = WAL, tried again while another connection holds the lock it needs.
+
+    Switching a new file to WAL takes an exclusive lock, and SQLite answers "database is locked" at
+    once instead of waiting out the busy timeout (it skips its busy handler where waiting could
+    deadlock): two workers starting on a fresh file at the same instant (the image runs two) had
+    one of them fail its start-up. The mode is kept in the file, so only the first connections of
+    a new database ever meet this; they wait up to the busy timeout, as for any other lock."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+            if code not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def alembic_config(database_url: str | None = None) -> Config:

@@ -158,6 +158,49 @@ def test_concurrent_migrations_of_a_fresh_database_all_succeed(database_url: str
         migrated.close()
 
 
+_RACE_SCRIPT = """
+import json, sys, time
+from cds_service.store import Store
+start, urls = float(sys.argv[1]), json.loads(sys.argv[2])
+stores = [Store(url) for url in urls]  # engines only: nothing connects before its instant
+failures = []
+for i, store in enumerate(stores):
+    while time.time() < start + i * 0.15:
+        pass  # a sleep wakes up late by a scheduler tick: the workers would not meet
+    try:
+        store.migrate()
+    except Exception as exc:
+        failures.append(f"{i}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+    finally:
+        store.close()
+print(json.dumps(failures))
+"""
+
+
+def test_workers_connecting_at_the_same_instant_to_a_fresh_sqlite_file_all_start(tmp_path: Path) -> None:
+    """Switching a new SQLite file to WAL takes an exclusive lock that SQLite does not wait for:
+    two workers of a fresh deployment (the image runs two) connecting at the same instant had one
+    fail its start-up with "database is locked" (26 of 120 starts in a loop). Two processes, as
+    many as this machine's cores, and twenty fresh files, each migrated by both at the same instant
+    (the test above starts its processes an import apart, which hid this)."""
+    import json
+    import time
+
+    urls = [f"sqlite:///{tmp_path / f'race-{i}.db'}" for i in range(20)]
+    start = time.time() + 3  # the interpreters have imported the store by then
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACE_SCRIPT, str(start), json.dumps(urls)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    results = [worker.communicate(timeout=120) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], [err.decode()[-2000:] for _, err in results]
+    assert [json.loads(out) for out, _ in results] == [[], []]
+
+
 def test_concurrent_migrations_in_one_process_all_succeed(database_url: str) -> None:
     stores = [Store(database_url) for _ in range(4)]
     barrier = threading.Barrier(len(stores))
