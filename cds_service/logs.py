@@ -44,6 +44,7 @@ _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])|\x1b|\x9b[0-?]*[ -/]*
 #: A message that is itself a Python traceback (Starlette hands uvicorn the text of a failed
 #: start-up that way): only the exception's type is kept.
 _TRACEBACK = "Traceback (most recent call last):"
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::|$)")
 
 
 def _plain(value: Any) -> Any:
@@ -68,9 +69,11 @@ def _event(record: logging.LogRecord) -> tuple[str, str | None]:
         except (TypeError, ValueError):  # arguments that do not fit the template: the template
             return record.msg, None
     if record.msg.lstrip().startswith(_TRACEBACK):
-        last = record.msg.strip().splitlines()[-1]
-        error_type = last.split(":", 1)[0].rsplit(".", 1)[-1].strip() or None
-        return "traceback withheld", error_type
+        # The exception's own line: the last that starts with a dotted name and a colon (or ends
+        # there). Not simply the last line: SQLAlchemy's errors end with "[SQL: ...]" and
+        # "(Background on this error at: ...)" lines.
+        named = [m.group(1) for m in map(_EXCEPTION_LINE.match, record.msg.strip().splitlines()) if m]
+        return "traceback withheld", named[-1].rsplit(".", 1)[-1] if named else None
     return record.msg, None
 
 
