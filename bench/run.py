@@ -57,6 +57,7 @@ import os
 import platform
 import random
 import re
+import select
 import shutil
 import statistics
 import sys
@@ -474,6 +475,12 @@ class Connection:
         """(status, body); a connection the server closed is opened again, once."""
         headers = {"Content-Type": "application/json"} if body is not None else {}
         for attempt in (1, 2):
+            if self._conn is not None and self._conn.sock is not None:
+                # Readable while idle means closed by the server (its keep-alive timeout): open a
+                # new one now rather than send a body into a dead connection and send it again.
+                readable, _, _ = select.select([self._conn.sock], [], [], 0)
+                if readable:
+                    self.close()
             if self._conn is None:
                 self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
             try:
