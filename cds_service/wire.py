@@ -4,12 +4,13 @@ A hook call with full prefetch of a large chart is megabytes of JSON. Decoding i
 and validating it with pydantic (as FastAPI would) is one long call that holds the GIL: 50,000
 Observations stalled every other request of the worker for over a second. Here:
 
-* A body up to 64 kB (a typical chart) is decoded in one pass, on the event loop: one C call is
-  cheapest. Up to 2 MB (a thousand results or so) it is still decoded in one pass, in a worker
-  thread: splitting it entry by entry cost more than the whole decode (7 against 6.5 ms for
-  1,000 Observations), then each resource was decoded again (5 ms more). Its dicts, five times
-  its size, live until the call ends, so a process holds at most WHOLE_BUDGET_BYTES of bodies so
-  decoded at once (`room_to_decode`); the rest are read as larger bodies are.
+* A body up to 2 MB (a thousand results or so) is decoded in one pass: one C call is cheapest, and
+  splitting it entry by entry cost more than the whole decode (7 against 6.5 ms for 1,000
+  Observations), then each resource was decoded again (5 ms more). Up to HANDOFF_BODY_BYTES on the
+  event loop, larger in a worker thread (app.py: the hand-off costs more than it spares below
+  that). Its dicts, five times its size, live until the call ends, so beyond ALWAYS_WHOLE_BYTES a
+  process holds at most WHOLE_BUDGET_BYTES of bodies so decoded at once (`room_to_decode`); the
+  rest are read as larger bodies are.
 * A larger body is scanned by msgspec (a fast C pass that only finds where each value starts and
   ends, `msgspec.Raw`, and checks that the JSON is well formed), then each prefetch Bundle entry
   is split on its own and its resource left in its bytes (`reader/lazy.py`): decoded only when the
