@@ -4,11 +4,15 @@ A hook call with full prefetch of a large chart is megabytes of JSON. Decoding i
 and validating it with pydantic (as FastAPI would) is one long call that holds the GIL: 50,000
 Observations stalled every other request of the worker for over a second. Here:
 
-* A body up to 2 MB (a thousand results or so) is decoded in one pass: one C call is cheapest, and
-  splitting it entry by entry cost more than the whole decode (7 against 6.5 ms for 1,000
-  Observations), then each resource was decoded again (5 ms more). Up to HANDOFF_BODY_BYTES on the
-  event loop, larger in a worker thread (app.py: the hand-off costs more than it spares below
-  that). Its dicts, five times its size, live until the call ends, so beyond ALWAYS_WHOLE_BYTES a
+* A body up to 2 MB (a thousand results or so) is decoded whole, its prefetch values each in one
+  pass, but for the results among them (`reader/lazy.py`, `decode_for_reading`): each is decoded
+  by msgspec straight into the Structs the reader's well-formed path reads
+  (`reader/observations.py`), no dict built, and kept with its bytes; one of another shape is
+  decoded plainly and read the long way. The two first passes (the request, then each Bundle's
+  entries, as `msgspec.Raw`) only find where values end; with them, decoding a body costs what one
+  plain pass did, and reading its results a third. Up to HANDOFF_BODY_BYTES on the event loop,
+  larger in a worker thread (app.py: the hand-off costs more than it spares below that). What it
+  decodes, some five times its size, lives until the call ends, so beyond ALWAYS_WHOLE_BYTES a
   process holds at most WHOLE_BUDGET_BYTES of bodies so decoded at once (`room_to_decode`); the
   rest are read as larger bodies are.
 * A larger body is scanned by msgspec (a fast C pass that only finds where each value starts and
@@ -31,11 +35,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import msgspec
+from msgspec import UNSET, UnsetType
 from pydantic import ValidationError
 
 from cds_service.engine import RequestError, issue, validation_issues
 from cds_service.hooks import CDSRequest, _not_unicode_at
-from cds_service.reader.lazy import decode_bundle_lazily
+from cds_service.reader.lazy import decode_bundle_lazily, decode_for_reading
 
 #: Bodies up to this size are always decoded whole, outside the budget below (a typical chart is 5
 #: to 30 kB).
@@ -48,9 +53,9 @@ ALWAYS_WHOLE_BYTES = 64_000
 #: the same either way. What the loop gives up: a 500 kB call holds it some 15 to 20 ms, a fifth
 #: of the issue's bound (bench/run.py prints the longest stall).
 HANDOFF_BODY_BYTES = 512_000
-#: Bodies up to this size are decoded in one pass; larger ones entry by entry, each resource left in
-#: its bytes until read (`reader/lazy.py`). One pass holds the GIL about 6 ms a MB, so the event
-#: loop of a worker decoding 2 MB waits some 13 ms; decoded, 1 MB of resources is some 5 MB of dicts.
+#: Bodies up to this size are decoded whole; larger ones entry by entry, each resource left in its
+#: bytes until read (`reader/lazy.py`). Decoding holds the GIL about 6 ms a MB, so the event loop
+#: of a worker decoding 2 MB waits some 13 ms; decoded, 1 MB of resources is some 5 MB of objects.
 WHOLE_BODY_BYTES = 2_000_000
 #: Body bytes over ALWAYS_WHOLE_BYTES that one process holds decoded whole at once (`room_to_decode`).
 #: The dicts of a body read whole live until its call ends: 64 calls of 1 MB at once took a worker
@@ -128,11 +133,37 @@ def _validate(data: Any) -> CDSRequest:
         raise RequestError(400, validation_issues(exc.errors(include_input=False))) from exc
 
 
+class _Request(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A hook call's body with its prefetch values left in their bytes, for a first pass that does
+    not decode them; the fields of CDS Hooks 2.0 (any other: `_OBJECT`, which keeps it)."""
+
+    hook: Any = UNSET
+    hookInstance: Any = UNSET
+    fhirServer: Any = UNSET
+    fhirAuthorization: Any = UNSET
+    context: Any = UNSET
+    prefetch: dict[str, msgspec.Raw] | UnsetType | None = UNSET
+
+
+_REQUEST = msgspec.json.Decoder(_Request)
+
+
 def _fast(body: bytes, whole: bool) -> tuple[Any, Any]:
     """(the request without prefetch, prefetch) by msgspec: whole, or one Bundle entry at a time."""
-    if whole:
-        data = _DECODER.decode(body)  # one pass is cheaper than many small ones
-        return (data, data.pop("prefetch", None)) if isinstance(data, dict) else (data, None)
+    try:
+        request = _REQUEST.decode(body)
+    except msgspec.ValidationError:
+        pass  # not an object, another field, or a prefetch that is not an object: the general way
+    else:
+        data = {
+            name: value
+            for name in ("hook", "hookInstance", "fhirServer", "fhirAuthorization", "context")
+            if (value := getattr(request, name)) is not UNSET
+        }
+        if request.prefetch is UNSET or request.prefetch is None:
+            return data, None
+        decode = decode_for_reading if whole else decode_bundle_lazily
+        return data, {key: decode(value) for key, value in request.prefetch.items()}
     try:
         top = _OBJECT.decode(body)
     except msgspec.ValidationError:
@@ -141,23 +172,21 @@ def _fast(body: bytes, whole: bool) -> tuple[Any, Any]:
     prefetch: Any = None
     for key, raw in top.items():
         if key == "prefetch":
-            prefetch = _prefetch(raw)
+            prefetch = _prefetch(raw, whole)
         else:
             data[key] = _DECODER.decode(raw)
     return data, prefetch
 
 
-def _prefetch(raw: msgspec.Raw) -> Any:
+def _prefetch(raw: msgspec.Raw, whole: bool) -> Any:
+    """Each prefetch value decoded whole, but for its well-formed Observations (decoded once, for
+    the reader: `decode_for_reading`), or its Bundle's resources left in their bytes."""
     try:
         keys = _OBJECT.decode(raw)
     except msgspec.ValidationError:
         return _DECODER.decode(raw)  # null, or not an object (refused by the caller)
-    return {key: _resource(value) for key, value in keys.items()}
-
-
-def _resource(raw: msgspec.Raw) -> Any:
-    """One prefetch value; a Bundle's entries are decoded one by one (the event loop runs between)."""
-    return decode_bundle_lazily(raw)
+    decode = decode_for_reading if whole else decode_bundle_lazily
+    return {key: decode(value) for key, value in keys.items()}
 
 
 def _tolerant(body: bytes) -> tuple[Any, Any]:

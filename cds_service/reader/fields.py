@@ -253,24 +253,7 @@ class FieldReader:
             ):
                 return None
             key += (system, code, display)
-        raw_key = tuple(key)
-        found = self.interned.get(raw_key)
-        if found is None:
-            # The same few concepts arrive in call after call: built once per process (at most
-            # CONCEPT_MEMO_ENTRIES, then forgotten all at once), then shared within this read.
-            found = _CONCEPTS.get(raw_key)
-            if found is None:
-                codes = tuple(
-                    Code(_system(key[i]) if key[i] is not None else "", key[i + 1], key[i + 2])
-                    for i in range(1, len(key), 3)
-                    if key[i + 1].strip()
-                )
-                found = Concept(codes, text)
-                if len(_CONCEPTS) >= CONCEPT_MEMO_ENTRIES:
-                    _CONCEPTS.clear()
-                _CONCEPTS[raw_key] = found
-            found = self.interned[raw_key] = self.intern(found)
-        return found  # type: ignore[no-any-return]
+        return concept_of_strings(tuple(key), self.interned)
 
     def _concept(self, value: Any, path: str) -> Concept:
         if value is None:
@@ -330,21 +313,13 @@ class FieldReader:
             concepts = tuple(self.concept(item, path) for item in self.as_list(value, path))
         if not concepts:
             return ()
-        # Keyed by the members' identities: they are shared already, and hashing the concepts
-        # themselves (dataclasses) would cost more than the tuple saves. The stored tuple keeps
-        # its members alive, so the identities cannot be reused while the key exists.
-        key = ("concepts", *map(id, concepts))
-        return self.interned.setdefault(key, concepts)  # type: ignore[no-any-return]
+        return shared_concepts(concepts, self.interned)
 
     def reference_range(
         self, low: Quantity | None, high: Quantity | None, text: str | None
     ) -> ReferenceRange:
-        """One shared ReferenceRange per (low, high, text) in this read (keyed as `concepts`)."""
-        key = ("range", id(low), id(high), text)
-        found = self.interned.get(key)
-        if found is None:
-            found = self.interned[key] = ReferenceRange(low, high, text)
-        return found  # type: ignore[no-any-return]
+        """One shared ReferenceRange per (low, high, text) in this read (`shared_range`)."""
+        return shared_range(low, high, text, self.interned)
 
     def status_code(self, value: Any, path: str) -> str | None:
         """A status held in a CodeableConcept (Condition.clinicalStatus): its first code."""
@@ -370,12 +345,7 @@ class FieldReader:
                     and (system is None or type(system) is str)
                     and (comparator is None or (type(comparator) is str and comparator in _COMPARATORS))
                 ):
-                    key = (kind, number, unit, code, system, comparator)
-                    found = self.interned.get(key)
-                    if found is None:
-                        decimal = Decimal(number) if kind is int else Decimal(repr(number))
-                        found = self.interned[key] = Quantity(decimal, unit, code, system, comparator)
-                    return found  # type: ignore[no-any-return]
+                    return quantity_of_number(number, unit, code, system, comparator, self.interned)
         return self._quantity(value, path, field_name)
 
     def _quantity(self, value: Any, path: str, field_name: str | None) -> Quantity | None:
@@ -455,6 +425,75 @@ class FieldReader:
             return ref.strip()
         self.dropped(path, "not a reference")
         return None
+
+
+# -- shared values ------------------------------------------------------------------------------------
+# Built from values already checked, by the FieldReader's fast paths and by the reading of a
+# well-formed resource (`observations.read_well_formed_observation`), so that both give the same
+# objects: one shared value per distinct concept, quantity and range in one read (`interned`).
+
+
+def concept_of_strings(key: tuple[Any, ...], interned: dict[Any, Any]) -> Concept:
+    """The concept of a well-formed CodeableConcept, from its raw strings: `(text, system, code,
+    display, system, code, display...)`, each code a string, the rest strings or None.
+
+    The same few concepts arrive in call after call: built once per process (at most
+    CONCEPT_MEMO_ENTRIES, then forgotten all at once), then shared within this read. A blank code
+    is no code, as on the long way (`FieldReader._concept`)."""
+    found = interned.get(key)
+    if found is None:
+        found = _CONCEPTS.get(key)
+        if found is None:
+            codes = tuple(
+                Code(_system(key[i]) if key[i] is not None else "", key[i + 1], key[i + 2])
+                for i in range(1, len(key), 3)
+                if key[i + 1].strip()
+            )
+            found = Concept(codes, key[0])
+            if len(_CONCEPTS) >= CONCEPT_MEMO_ENTRIES:
+                _CONCEPTS.clear()
+            _CONCEPTS[key] = found
+        found = interned.setdefault(found, found)
+        interned[key] = found
+    return found  # type: ignore[no-any-return]
+
+
+def quantity_of_number(
+    number: int | float,
+    unit: str | None,
+    code: str | None,
+    system: str | None,
+    comparator: str | None,
+    interned: dict[Any, Any],
+) -> Quantity:
+    """The Quantity of a finite JSON number and its strings (checked by the caller). The number's
+    type is part of the key: 5 and 5.0 are equal, but their Decimals print differently."""
+    key = (type(number), number, unit, code, system, comparator)
+    found = interned.get(key)
+    if found is None:
+        decimal = Decimal(number) if type(number) is int else Decimal(repr(number))
+        found = interned[key] = Quantity(decimal, unit, code, system, comparator)
+    return found  # type: ignore[no-any-return]
+
+
+def shared_concepts(concepts: tuple[Concept, ...], interned: dict[Any, Any]) -> tuple[Concept, ...]:
+    """One shared tuple per sequence of shared concepts. Keyed by the members' identities: they are
+    shared already, and hashing the concepts themselves (dataclasses) would cost more than the
+    tuple saves. The stored tuple keeps its members alive, so the identities cannot be reused while
+    the key exists."""
+    key = ("concepts", *map(id, concepts))
+    return interned.setdefault(key, concepts)  # type: ignore[no-any-return]
+
+
+def shared_range(
+    low: Quantity | None, high: Quantity | None, text: str | None, interned: dict[Any, Any]
+) -> ReferenceRange:
+    """One shared ReferenceRange per (low, high, text) in this read (keyed as `shared_concepts`)."""
+    key = ("range", id(low), id(high), text)
+    found = interned.get(key)
+    if found is None:
+        found = interned[key] = ReferenceRange(low, high, text)
+    return found  # type: ignore[no-any-return]
 
 
 #: A Quantity's comparator as R4 spells it; None: the value is exact.

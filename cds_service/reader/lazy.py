@@ -22,6 +22,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import msgspec
+from msgspec import UNSET, UnsetType
+
+from cds_service.reader.observations import decode_well_formed
 
 
 class _Header(msgspec.Struct):
@@ -53,6 +56,10 @@ class LazyResource(msgspec.Struct, gc=False):
     id: Any = None
     version_id: Any = None
     last_updated: Any = None
+    #: The resource already decoded for the reader's well-formed path, when the body's decoding
+    #: found it in that shape (`wire.py`; `observations.WellFormedObservation`): a tree of Structs,
+    #: strings and lists that holds no reference back, so it can be in no cycle either.
+    typed: Any = None
 
     @classmethod
     def of(cls, raw: msgspec.Raw) -> Any:
@@ -167,6 +174,102 @@ def decode_bundle_lazily(raw: bytes | bytearray | msgspec.Raw) -> Any:
             continue
         resource[name] = [_lazy_entry(item) for item in items]
     return resource
+
+
+class _Entry(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A Bundle entry, every element of R4's (an unknown one: decoded the plain way)."""
+
+    resource: msgspec.Raw | UnsetType = UNSET
+    fullUrl: Any = UNSET
+    search: Any = UNSET
+    id: Any = UNSET
+    extension: Any = UNSET
+    modifierExtension: Any = UNSET
+    link: Any = UNSET
+    request: Any = UNSET
+    response: Any = UNSET
+
+
+class _Bundle(msgspec.Struct, tag_field="resourceType", tag="Bundle", forbid_unknown_fields=True):
+    """A Bundle, every element of R4's, its entries split (an unknown element: decoded plainly)."""
+
+    entry: list[_Entry] | UnsetType | None = UNSET
+    id: Any = UNSET
+    meta: Any = UNSET
+    implicitRules: Any = UNSET
+    language: Any = UNSET
+    identifier: Any = UNSET
+    type: Any = UNSET
+    timestamp: Any = UNSET
+    total: Any = UNSET
+    link: Any = UNSET
+    signature: Any = UNSET
+
+
+class _NotABundle(msgspec.Struct, tag_field="resourceType", tag="\x00"):
+    """Never matches: makes `resourceType` required (see `observations._NotAnObservation`)."""
+
+
+_BUNDLE = msgspec.json.Decoder(_Bundle | _NotABundle)
+
+
+def decode_for_reading(raw: bytes | msgspec.Raw) -> Any:
+    """Like decoding the JSON whole, but each Observation in a Bundle's entries that has the
+    well-formed shape stays in its bytes, as a LazyResource holding that decode
+    (`observations.WellFormedObservation`), so the reader reads it without a dict. A body small
+    enough to decode whole (`wire.py`) has its prefetch values decoded here. Anything else is decoded
+    as plain JSON, as before: other resources, an Observation of another shape, a value that is not
+    a Bundle, a Bundle with an element R4 does not have."""
+    if b'"Observation"' not in bytes(raw):
+        # No result in it (a byte search, some microseconds): one pass is cheapest. A result whose
+        # type is spelled with escapes is only read the long way.
+        return _DECODER.decode(raw)
+    try:
+        bundle = _BUNDLE.decode(raw)
+    except msgspec.ValidationError:
+        return _DECODER.decode(raw)
+    decoded: dict[str, Any] = {"resourceType": "Bundle"}
+    for name in _BUNDLE_ELEMENTS:
+        if (value := getattr(bundle, name)) is not UNSET:
+            decoded[name] = value
+    if bundle.entry is not UNSET:
+        decoded["entry"] = None if bundle.entry is None else [_entry_for_reading(e) for e in bundle.entry]
+    return decoded
+
+
+_BUNDLE_ELEMENTS = tuple(name for name in _Bundle.__struct_fields__ if name != "entry")
+
+
+def _entry_for_reading(entry: _Entry) -> dict[str, Any]:
+    decoded: dict[str, Any] = {}
+    if entry.fullUrl is not UNSET:
+        decoded["fullUrl"] = entry.fullUrl
+    raw = entry.resource
+    if raw is not UNSET:
+        typed = decode_well_formed(raw)
+        if typed is None:
+            decoded["resource"] = _DECODER.decode(raw)
+        else:
+            meta = typed.meta
+            if type(meta) is dict:
+                version, updated = _atomic(meta.get("versionId")), _atomic(meta.get("lastUpdated"))
+            else:
+                version = updated = None
+            decoded["resource"] = LazyResource(raw, "Observation", typed.id, version, updated, typed)
+    if entry.search is not UNSET:
+        decoded["search"] = entry.search
+    if not (
+        entry.id is UNSET
+        and entry.extension is UNSET
+        and entry.modifierExtension is UNSET
+        and entry.link is UNSET
+        and entry.request is UNSET
+        and entry.response is UNSET
+    ):
+        for name in ("id", "extension", "modifierExtension", "link", "request", "response"):
+            if (value := getattr(entry, name)) is not UNSET:
+                decoded[name] = value
+    return decoded
 
 
 def _lazy_entry(raw: msgspec.Raw) -> Any:

@@ -5,14 +5,36 @@ number sent as text is a number, a range given only as text is a range in the re
 lab's interpretation flag (H, HH, L, LL...) is kept, so a rule can act on a flag where no value can
 be read. A value in a unit that cannot be read stays a Quantity in that unit; conversion (or its
 refusal) is the rules' business (`terminology/units.py`).
+
+Two ways to one fact. `read_observation` reads a decoded dict field by field, repairing and noting
+as it goes. `read_well_formed_observation` reads a `WellFormedObservation`: the result decoded by
+msgspec straight from its JSON bytes into Structs of only the fields read, typed as R4 types them.
+That decode refuses any other shape, and the reading refuses anything the long way would repair,
+drop or read from text, so what it accepts is exactly what the long way reads without a note, and
+it gives the same fact (tests/unit/test_reader_well_formed.py holds the two side by side). Anything
+refused is read the long way from the same bytes. Why two: a lab result is most of a chart, nearly
+every one is well formed, and the long way's dict (decoded, then asked for each field and its type)
+cost some 25 us a result against some 8 (docs/performance.md, "Issue 9, fifth pass").
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from datetime import datetime, tzinfo
+from typing import Any, Union
 
-from cds_service.reader.fields import FieldReader
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from cds_service.reader.fields import (
+    _COMPARATORS,
+    FieldReader,
+    concept_of_strings,
+    parse_when,
+    quantity_of_number,
+    shared_concepts,
+    shared_range,
+)
 from cds_service.record import (
     OBSERVATION_RESULT_STATUSES,
     Component,
@@ -124,3 +146,174 @@ def _reference_range(value: Any, result: Quantity | None, f: FieldReader) -> Ref
                 )
         return f.reference_range(low, high, text)
     return None
+
+
+# -- the well-formed fast path ----------------------------------------------------------------------
+# Structs of the fields `read_observation` reads, each typed as R4 types it. Unknown fields are
+# skipped, as the long way skips them. Fields whose presence alone sends a result the long way
+# (other value[x] kinds, components, other effective[x] kinds, a `patient` element) are `Any`,
+# UNSET when absent.
+
+
+class _Coding(msgspec.Struct, gc=False):
+    system: str | None = None
+    code: str | None = None
+    display: str | None = None
+
+
+class _CodeableConcept(msgspec.Struct, gc=False):
+    coding: list[_Coding] | None = None
+    text: str | None = None
+
+
+class _Reference(msgspec.Struct, gc=False):
+    reference: str | None = None
+
+
+class _Quantity(msgspec.Struct, gc=False):
+    value: int | float | None = None
+    unit: str | None = None
+    code: str | None = None
+    system: str | None = None
+    comparator: str | None = None
+
+
+class _Range(msgspec.Struct, gc=False):
+    low: _Quantity | None = None
+    high: _Quantity | None = None
+    text: str | None = None
+
+
+class WellFormedObservation(msgspec.Struct, tag_field="resourceType", tag="Observation", gc=False):
+    """An Observation in the shape nearly every sender uses (FHIR's element names)."""
+
+    id: str | None = None
+    meta: Any = None  # read only for its version (`reader.dedupe`), as the long way reads it
+    status: str | None = None
+    code: _CodeableConcept | None = None
+    subject: _Reference | None = None
+    effectiveDateTime: str | UnsetType | None = UNSET
+    valueQuantity: _Quantity | None = None
+    referenceRange: list[_Range] | None = None
+    interpretation: list[_CodeableConcept] | None = None
+    # Read the long way when present:
+    patient: Any = UNSET
+    effectiveInstant: Any = UNSET
+    effectivePeriod: Any = UNSET
+    valueString: Any = UNSET
+    valueCodeableConcept: Any = UNSET
+    valueBoolean: Any = UNSET
+    valueInteger: Any = UNSET
+    component: Any = UNSET
+
+
+class _NotAnObservation(msgspec.Struct, tag_field="resourceType", tag="\x00"):
+    """Never matches: in a union with it, msgspec requires `resourceType` to be present (a lone
+    tagged Struct takes an object without its tag as one of its own)."""
+
+
+_WELL_FORMED = msgspec.json.Decoder(Union[WellFormedObservation, _NotAnObservation])  # noqa: UP007
+
+
+def decode_well_formed(raw: bytes | msgspec.Raw) -> WellFormedObservation | None:
+    """The resource in `raw` as a WellFormedObservation; None when it is anything else: another
+    type, another shape, or JSON that msgspec refuses (the long way decodes it with Python's)."""
+    try:
+        return _WELL_FORMED.decode(raw)  # type: ignore[no-any-return]
+    except msgspec.DecodeError:  # ValidationError included
+        return None
+
+
+def well_formed_concept(value: _CodeableConcept | None, interned: dict[Any, Any]) -> Concept | None:
+    """As `FieldReader.concept` reads a CodeableConcept whose codings all have a code; None else."""
+    if value is None or value.coding is None:
+        return None
+    key: list[Any] = [value.text]
+    for coding in value.coding:
+        if coding.code is None:
+            return None
+        key += (coding.system, coding.code, coding.display)
+    return concept_of_strings(tuple(key), interned)
+
+
+def read_well_formed_observation(
+    obs: WellFormedObservation,
+    concept: Concept,
+    interned: dict[Any, Any],
+    site_tz: tzinfo,
+    trusted_until: datetime,
+) -> ObservationFact | None:
+    """The fact `read_observation` reads from the same result, when it would read it without a
+    note; None when it would repair, drop or read something from text (read it the long way).
+    `concept`: the result's code (`well_formed_concept`)."""
+    status = obs.status
+    if (
+        status not in OBSERVATION_RESULT_STATUSES
+        or obs.component is not UNSET
+        or obs.valueString is not UNSET
+        or obs.valueInteger is not UNSET
+        or obs.valueCodeableConcept is not UNSET
+        or obs.valueBoolean is not UNSET
+    ):
+        return None
+    value = None
+    if obs.valueQuantity is not None:
+        value = _well_formed_quantity(obs.valueQuantity, interned)
+        if value is None:
+            return None
+    reference_range = None
+    if obs.referenceRange:
+        first = obs.referenceRange[0]
+        low = high = None
+        if first.low is not None and (low := _well_formed_quantity(first.low, interned)) is None:
+            return None
+        if first.high is not None and (high := _well_formed_quantity(first.high, interned)) is None:
+            return None
+        if low is None and high is None and first.text:
+            return None  # a range that may be given only as text
+        if (
+            value is not None
+            and (value.unit or value.code)
+            and any(q is not None and q.unit is None and q.code is None for q in (low, high))
+        ):
+            return None  # bounds without a unit, which the long way takes from the result
+        reference_range = shared_range(low, high, first.text, interned)
+        if value is not None and value.unit is None and value.code is None:
+            unit_from = reference_range.high or reference_range.low
+            if unit_from is not None and (unit_from.unit or unit_from.code):
+                return None  # a unit the long way takes from the range
+    when = obs.effectiveDateTime
+    effective = None
+    if when is UNSET:
+        if obs.effectiveInstant is not UNSET or obs.effectivePeriod is not UNSET:
+            return None
+    elif when is not None:
+        parsed = parse_when(when, site_tz)
+        if parsed is None or parsed[1] is not None or parsed[0] > trusted_until:
+            return None  # unreadable, without a zone, or beyond the clock-skew allowance
+        effective = parsed[0]
+    interpretation: tuple[Concept, ...] = ()
+    if obs.interpretation:
+        flags = []
+        for item in obs.interpretation:
+            flag = well_formed_concept(item, interned)
+            if flag is None:
+                return None
+            flags.append(flag)
+        interpretation = shared_concepts(tuple(flags), interned)
+    return ObservationFact(
+        id=obs.id,
+        concept=concept,
+        status=status,
+        effective=effective,
+        value=value,
+        reference_range=reference_range,
+        interpretation=interpretation,
+    )
+
+
+def _well_formed_quantity(q: _Quantity, interned: dict[Any, Any]) -> Quantity | None:
+    number = q.value
+    if number is None or q.comparator not in _COMPARATORS:
+        return None
+    return quantity_of_number(number, q.unit, q.code, q.system, q.comparator, interned)

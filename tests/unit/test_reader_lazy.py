@@ -17,7 +17,7 @@ import pytest
 
 from cds_service import terminology, wire
 from cds_service.reader import build_record, dedupe
-from cds_service.reader.lazy import LazyResource, UnreadableResource, materialise
+from cds_service.reader.lazy import LazyResource, UnreadableResource, decode_bundle_lazily, materialise
 from cds_service.record import ObservationFact, Quantity
 from cds_service.terminology import Concept
 from tests.support import NOW, service_interest
@@ -91,7 +91,9 @@ def test_a_large_body_keeps_what_a_reader_asks_of_an_entry_besides_its_resource(
     body["entry"][0]["search"] = {"mode": "outcome"}
     body["entry"][1]["fullUrl"] = "https://ehr.example.org/fhir/Observation/a1"
     raw = dict(request.prefetch)
-    raw["observations"] = wire._resource(msgspec.Raw(json.dumps({"resourceType": "Bundle", **body}).encode()))
+    raw["observations"] = decode_bundle_lazily(
+        msgspec.Raw(json.dumps({"resourceType": "Bundle", **body}).encode())
+    )
     entries = raw["observations"]["entry"]
     assert entries[0]["search"] == {"mode": "outcome"}  # an outcome is not data: kept to say so
     assert entries[1]["fullUrl"] == "https://ehr.example.org/fhir/Observation/a1"
@@ -108,7 +110,36 @@ def test_a_typical_body_is_decoded_whole() -> None:
         }
     ).encode()
     request = wire.read_request(body)
-    assert type(request.prefetch["observations"]["entry"][0]["resource"]) is dict
+    resource = request.prefetch["observations"]["entry"][0]["resource"]
+    # A well-formed result: in its bytes, decoded once into the reader's Structs (observations.py).
+    assert type(resource) is LazyResource and resource.typed is not None
+    assert materialise(resource) == alt("a", 1)
+
+
+def test_a_typical_body_decodes_whole_what_is_not_a_well_formed_result() -> None:
+    odd = {**alt("b", 2), "effectiveDateTime": 20260101}  # not text: read the long way, which drops it
+    condition = {"resourceType": "Condition", "id": "c", "subject": {"reference": f"Patient/{PATIENT}"}}
+    body = json.dumps(
+        {
+            "hook": "patient-view",
+            "hookInstance": "x",
+            "context": {"patientId": PATIENT},
+            "extension-of-a-newer-spec": {"kept": True},
+            "prefetch": {
+                "observations": {
+                    "resourceType": "Bundle",
+                    "entry": [{"resource": odd}, {"resource": condition}, {"resource": alt("a", 1)}],
+                },
+                "patient": {"resourceType": "Patient", "id": PATIENT},
+            },
+        }
+    ).encode()
+    request = wire.read_request(body)
+    entries = request.prefetch["observations"]["entry"]
+    assert [type(e["resource"]) for e in entries] == [dict, dict, LazyResource]
+    assert [e["resource"] for e in entries[:2]] == [odd, condition]
+    assert request.prefetch["patient"] == {"resourceType": "Patient", "id": PATIENT}
+    assert request.model_extra == {"extension-of-a-newer-spec": {"kept": True}}
 
 
 def test_a_body_of_a_thousand_results_is_decoded_whole_and_a_far_larger_one_entry_by_entry() -> None:
@@ -125,9 +156,10 @@ def test_a_body_of_a_thousand_results_is_decoded_whole_and_a_far_larger_one_entr
     ).encode()
     assert wire.ALWAYS_WHOLE_BYTES < len(body) <= wire.WHOLE_BODY_BYTES
     entries = wire.read_request(body).prefetch["observations"]["entry"]
-    assert all(type(e["resource"]) is dict for e in entries)
+    assert all(e["resource"].typed is not None for e in entries)  # decoded once, for the reader
     split = large_request(resources).prefetch["observations"]["entry"]
-    assert all(isinstance(e["resource"], LazyResource) for e in split)
+    # Only their headers: each is decoded when the reader reaches it, and let go after.
+    assert all(type(e["resource"]) is LazyResource and e["resource"].typed is None for e in split)
 
 
 def test_bodies_decoded_whole_at_once_are_bounded_and_the_room_comes_back_when_the_call_ends(
@@ -167,9 +199,10 @@ def test_a_body_read_entry_by_entry_for_want_of_room_reads_the_same(monkeypatch:
     ).encode()
     whole = wire.read_request(body, whole=True).prefetch["observations"]["entry"]
     split = wire.read_request(body, whole=False).prefetch["observations"]["entry"]
-    assert all(type(e["resource"]) is dict for e in whole)
-    assert all(isinstance(e["resource"], LazyResource) for e in split)
-    assert [materialise(e["resource"]) for e in split] == [e["resource"] for e in whole]
+    assert all(e["resource"].typed is not None for e in whole)
+    assert all(e["resource"].typed is None for e in split)
+    assert [materialise(e["resource"]) for e in split] == [materialise(e["resource"]) for e in whole]
+    assert [materialise(e["resource"]) for e in whole] == resources
 
 
 def test_a_lazy_resource_answers_its_header_undecoded_and_the_rest_as_a_mapping() -> None:
