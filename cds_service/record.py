@@ -419,6 +419,9 @@ class PatientRecord:
     _dated: dict[tuple[int, int, int], tuple[Sequence[Any], ValueSet, list[Any]]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    _answered: dict[tuple[int, int], tuple[Sequence[Any], set[int]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def _grouped(self, facts: Sequence[Any]) -> dict[tuple[Concept, ...], list[tuple[int, Any]]]:
         """(position, fact) by the fact's concepts (a generic fact has several: an allergy's code
@@ -483,6 +486,26 @@ class PatientRecord:
         presence alone counts (a plan, a referral). Matched once per concept, as `observations_in`,
         not once per result."""
         return [o for o, _ in self._matching(self.observations, valueset)]
+
+    def observations_naming(self, valuesets: Sequence[ValueSet]) -> list[ObservationFact]:
+        """The results that may name what one of `valuesets` holds (a gene), in the order they
+        arrived: those whose code is in one, and those with an answer of their own (components, a
+        coded or text value), whose answer may name it. What a rule looking for a gene must read,
+        without looking at each of a large chart's plain results (matched once per concept)."""
+        named = {id(o) for vs in valuesets for o, _ in self._matching(self.observations, vs)}
+        key = (id(self.observations), len(self.observations))
+        hit = self._answered.get(key)
+        if hit is None or hit[0] is not self.observations:
+            answered = {
+                id(o)
+                for o in self.observations
+                if o.components or o.value_string or o.value_concept.codes or o.value_concept.text
+            }
+            hit = self._answered[key] = (self.observations, answered)
+        wanted = named | hit[1]
+        if not wanted:
+            return []
+        return [o for o in self.observations if id(o) in wanted]
 
     def latest_observation(self, valueset: ValueSet, *, with_value: bool = False) -> ObservationFact | None:
         for obs in self.observations_in(valueset):

@@ -135,7 +135,8 @@ def build_record(
         return True
 
     def read(item: Mapping[str, Any]) -> None:
-        rtype = item["resourceType"]
+        # A LazyResource's header answers without its Mapping methods (Python calls, on every result).
+        rtype = item.resource_type if type(item) is LazyResource else item["resourceType"]
         if rtype in ("Medication", "OperationOutcome"):
             return  # Medications are read through the requests that point at them
         if rtype != "Patient" and not interest.wants_type(rtype):
@@ -185,7 +186,8 @@ def build_record(
         # common case in a clinic), no rule reads the rest, which is counted and left undecoded.
         rest = []
         for item in unique:
-            if item["resourceType"] in GATE_TYPES:
+            rtype = item.resource_type if type(item) is LazyResource else item["resourceType"]
+            if rtype in GATE_TYPES:
                 read(item)
             else:
                 rest.append(item)

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from cds_service.reader.fields import FieldReader
-from cds_service.reader.lazy import UnreadableResource, materialise
+from cds_service.reader.lazy import LazyResource, UnreadableResource, materialise
 from cds_service.reader.repair import repaired_json
 from cds_service.record import Dosage, MedicationFact
 from cds_service.terminology import NO_CONCEPT, Concept
@@ -54,7 +54,10 @@ class MedicationIndex:
 
     def add_all(self, resources: Iterable[Mapping[str, Any]]) -> None:
         for raw in resources:
-            if raw.get("resourceType") == "Medication":
+            if type(raw) is LazyResource:  # its header answers (a Python call less a result)
+                if raw.resource_type == "Medication":
+                    self.add(raw)
+            elif raw.get("resourceType") == "Medication":
                 self.add(raw)
 
     def find(self, reference: str) -> Mapping[str, Any] | None:

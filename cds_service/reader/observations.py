@@ -274,7 +274,10 @@ def read_well_formed_observation(
         if (
             value is not None
             and (value.unit or value.code)
-            and any(q is not None and q.unit is None and q.code is None for q in (low, high))
+            and (
+                (low is not None and low.unit is None and low.code is None)
+                or (high is not None and high.unit is None and high.code is None)
+            )
         ):
             return None  # bounds without a unit, which the long way takes from the result
         reference_range = shared_range(low, high, first.text, interned)

@@ -475,7 +475,7 @@ def sod1_results(record: PatientRecord) -> list[Sod1Result]:
     # A plain result (a number, no components, no coded or text answer) can name SOD1 only by its
     # code: looked up once per concept (the reader shares equal concepts), not once per result.
     plain: dict[int, tuple[Concept, bool]] = {}
-    for obs in record.observations:
+    for obs in record.observations_naming((SOD1,)):
         if "effective" in obs.unreadable:
             continue  # a date from the future (or no date at all) is a data error, not a result
         if not (obs.components or obs.value_string or obs.value_concept.codes or obs.value_concept.text):

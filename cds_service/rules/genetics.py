@@ -84,7 +84,7 @@ def als_genetic_results(record: PatientRecord) -> list[str]:
     # A chart repeats a few result codes many times (and the reader shares equal concepts): a plain
     # result's code is looked up once per concept, not once per result.
     plain: dict[int, tuple[Concept, list[str]]] = {}
-    for obs in record.observations:
+    for obs in record.observations_naming(_GENE_VALUESETS):
         if "effective" in obs.unreadable:
             continue  # as dmt.sod1_results: a date from the future is a data error, not a result
         if obs.components or obs.value_string or obs.value_concept.codes or obs.value_concept.text:

@@ -595,3 +595,40 @@ def test_observations_matching_keeps_undated_results_in_arrival_order_and_matche
     assert [o.id for o in record.observations_matching(ALT)] == ["old", "undated", "new"]
     assert [o.id for o in record.observations_in(ALT)] == ["new", "old"]
     assert asked == {"1742-6": 1, "1920-8": 1}  # once per concept, not once per result
+
+
+def test_observations_naming_reads_coded_and_answered_results_in_arrival_order_not_every_plain_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a rule looking for a gene reads (genetics.py, dmt.py): results whose code is in the value
+    set, and results with an answer of their own; a plain result of another code is never looked at,
+    and each concept is matched once, however many results share it."""
+    from cds_service.rules import dmt
+
+    def result(oid: str, code: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "resourceType": "Observation",
+            "id": oid,
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "effectiveDateTime": "2026-11-01",
+            **extra,
+        }
+
+    variant = "69548-6"  # a genetic variant assessment: the gene is named by its answer
+    plain = [result(f"alt{i}", "1742-6", valueQuantity={"value": 30 + i, "unit": "U/L"}) for i in range(50)]
+    answered = result("gene", variant, valueString="SOD1 c.272A>C")
+    coded = result("sod1", "x-local")  # a lab's local single-gene test, named by its display
+    coded["code"]["coding"][0]["display"] = "SOD1 gene sequencing"
+    record = record_from([*plain[:25], answered, *plain[25:], coded], patient_id="p")
+    assert len(record.observations) == 52
+    asked = Counter[str]()
+    match = type(dmt.SOD1).match
+
+    def counted(self: terminology.ValueSet, concept: terminology.Concept) -> Any:
+        asked[concept.codes[0].code] += 1
+        return match(self, concept)
+
+    monkeypatch.setattr(type(dmt.SOD1), "match", counted)
+    assert [o.id for o in record.observations_naming((dmt.SOD1,))] == ["gene", "sod1"]
+    assert asked["1742-6"] == 1  # fifty plain ALT results: one look at their shared code
