@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import timedelta
+from datetime import UTC, timedelta, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import msgspec
 import pytest
@@ -22,8 +23,9 @@ from hypothesis import strategies as st
 
 from cds_service import wire
 from cds_service.reader import ReadOptions, build_record, resources_from_bundle
+from cds_service.reader.fields import parse_when
 from cds_service.reader.lazy import LazyResource, decode_for_reading
-from cds_service.reader.observations import decode_well_formed
+from cds_service.reader.observations import _instant, decode_well_formed
 from cds_service.rules import gate_open
 from tests.support import BUNDLED_SYNTHEA, FIXTURES, NOW, load_json, service_interest
 
@@ -244,6 +246,10 @@ _WHEN = st.one_of(
             "2026-11-22T13:30:00Z",  # within the clock-skew allowance
             "2026-11-23T13:30:00Z",  # beyond it
             "2026-11-19t09:30:00z",
+            " 2026-11-19T09:30:00Z",
+            "2026-11-19T09:30:00.123456789+00:00",
+            "20261119T093000Z",
+            "2026-11-19T24:00:00Z",
             "not a date",
         ]
     ),
@@ -371,3 +377,35 @@ def test_the_well_formed_decode_refuses_other_types_and_an_object_without_a_type
     assert decode_well_formed(json.dumps({**result(), "resourceType": "Condition"}).encode()) is None
     assert decode_well_formed(json.dumps(result(resourceType=DROP)).encode()) is None
     assert decode_well_formed(b'{"resourceType": "Observation", "valueQuantity": {"value": 1e999}}') is None
+
+
+@pytest.mark.parametrize("site_tz", [UTC, ZoneInfo("America/New_York")], ids=["UTC", "New York"])
+def test_the_well_formed_dates_are_parse_whens_instants_and_only_those_it_reads_without_a_note(
+    site_tz: tzinfo,
+) -> None:
+    texts = [
+        "2026-11-19T09:30:00Z",
+        "2026-11-19t09:30:00z",
+        "2026-11-19T09:30:00+0100",
+        "2026-11-19 09:30:00Z",
+        "2026-11-19T09:30Z",
+        "2026-11-19T09:30:00.123456789+00:00",
+        " 2026-11-19T09:30:00Z",
+        "2026-11-19T09:30:00Z ",
+        "2026-11-19T09:30:00",  # no zone: parse_when repairs it, so the well-formed path does not take it
+        "2026-11-19",
+        "2026-11",
+        "2026-W47-1T09:00:00Z",
+        "2026-11-19T24:00:00Z",
+        "20261119T093000Z",
+        "2026-11-19T09:30:00-05:00",
+        "2026-11-19T09:30:00,5Z",
+        "2026-11-19T09:30:00.000000000000000000000000000Z",  # over 40 characters: not read
+        "tomorrow",
+    ]
+    for text in texts:
+        parsed = parse_when(text, site_tz)
+        expected = parsed[0] if parsed is not None and parsed[1] is None else None
+        found = _instant(text, site_tz)
+        assert found == expected, text
+        assert found is None or found.tzinfo is site_tz, text
