@@ -27,7 +27,7 @@ from cds_service.reader.fields import parse_when
 from cds_service.reader.lazy import LazyResource, decode_for_reading
 from cds_service.reader.observations import _instant, decode_well_formed
 from cds_service.rules import gate_open
-from tests.support import BUNDLED_SYNTHEA, FIXTURES, NOW, load_json, service_interest
+from tests.support import BUNDLED_SYNTHEA, FIXTURES, NOW, load_json, record_from, service_interest
 
 PATIENT = "p1"
 LOINC = "http://loinc.org"
@@ -70,24 +70,10 @@ def read_both(resource: dict[str, Any]) -> tuple[Any, Any]:
     )
     as_kept = resources_from_bundle(bundle)
     assert len(as_kept) == 1
-    long_way = build_record(
-        patient_id=PATIENT,
-        now=NOW,
-        resources=[copy.deepcopy(resource)],
-        interest=service_interest(),
-        options=OPTIONS,
-    )
-    kept = build_record(
-        patient_id=PATIENT, now=NOW, resources=as_kept, interest=service_interest(), options=OPTIONS
-    )
+    long_way = record_from([copy.deepcopy(resource)], patient_id=PATIENT)
+    kept = record_from(as_kept, patient_id=PATIENT)
     # And from the bytes alone, as a large body's entries are read (decoded at the reader).
-    lazy = build_record(
-        patient_id=PATIENT,
-        now=NOW,
-        resources=[LazyResource.of(raw)],
-        interest=service_interest(),
-        options=OPTIONS,
-    )
+    lazy = record_from([LazyResource.of(raw)], patient_id=PATIENT)
     assert _summary(lazy) == _summary(kept)
     return long_way, kept
 
