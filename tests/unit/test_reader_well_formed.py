@@ -27,7 +27,15 @@ from cds_service.reader.fields import parse_when
 from cds_service.reader.lazy import LazyResource, decode_for_reading
 from cds_service.reader.observations import _instant, decode_well_formed
 from cds_service.rules import gate_open
-from tests.support import BUNDLED_SYNTHEA, FIXTURES, NOW, load_json, record_from, service_interest
+from tests.support import (
+    BUNDLED_SYNTHEA,
+    FIXTURES,
+    NOW,
+    load_json,
+    record_from,
+    service_interest,
+    with_changes,
+)
 
 PATIENT = "p1"
 LOINC = "http://loinc.org"
@@ -36,7 +44,7 @@ OPTIONS = ReadOptions()
 
 
 def result(**changes: Any) -> dict[str, Any]:
-    """A well-formed ALT result; `changes` replace its elements (`DROP` removes one)."""
+    """A well-formed ALT result; `changes` replace its elements (None removes one)."""
     resource: dict[str, Any] = {
         "resourceType": "Observation",
         "id": "r1",
@@ -50,15 +58,7 @@ def result(**changes: Any) -> dict[str, Any]:
         "interpretation": [{"coding": [{"code": "H"}]}],
         "referenceRange": [{"low": {"value": 7, "unit": "U/L"}, "high": {"value": 56, "unit": "U/L"}}],
     }
-    for name, value in changes.items():
-        if value is DROP:
-            resource.pop(name, None)
-        else:
-            resource[name] = value
-    return resource
-
-
-DROP = object()
+    return with_changes(resource, **changes)
 
 
 def read_both(resource: dict[str, Any]) -> tuple[Any, Any]:
@@ -115,25 +115,25 @@ DEVIATIONS: dict[str, dict[str, Any]] = {
     "result beyond the clock-skew allowance": {"effectiveDateTime": (NOW + timedelta(hours=5)).isoformat()},
     "unreadable date": {"effectiveDateTime": "yesterday"},
     "date as a number": {"effectiveDateTime": 20261119},
-    "value as text with a comparator": {"valueQuantity": DROP, "valueString": ">1000"},
+    "value as text with a comparator": {"valueQuantity": None, "valueString": ">1000"},
     "number as text": {"valueQuantity": {"value": "48.5", "unit": "U/L"}},
     "quantity without a number": {"valueQuantity": {"unit": "U/L"}},
     "unknown comparator": {"valueQuantity": {"value": 5, "comparator": "~", "unit": "U/L"}},
     "range given only as text": {"referenceRange": [{"text": "7-56"}]},
     "range bounds without a unit": {"referenceRange": [{"high": {"value": 56}}]},
     "result without a unit, its range with one": {"valueQuantity": {"value": 48.5}},
-    "flag only, no value": {"valueQuantity": DROP, "interpretation": [{"coding": [{"code": "HH"}]}]},
+    "flag only, no value": {"valueQuantity": None, "interpretation": [{"coding": [{"code": "HH"}]}]},
     "status with capitals": {"status": "Final"},
     "status not a result": {"status": "entered-in-error"},
-    "no status": {"status": DROP},
+    "no status": {"status": None},
     "one range object where R4 wants a list": {"referenceRange": {"high": {"value": 56, "unit": "U/L"}}},
     "one interpretation object where R4 wants a list": {"interpretation": {"coding": [{"code": "H"}]}},
     "a Coding where a CodeableConcept belongs": {"code": {"system": LOINC, "code": "1742-6"}},
     "a code as a number": {"code": {"coding": [{"system": LOINC, "code": 17426}]}},
     "a coding without a code": {"code": {"coding": [{"system": LOINC}], "text": "ALT"}},
-    "no code": {"code": DROP},
-    "an integer value": {"valueQuantity": DROP, "valueInteger": 48},
-    "a period": {"effectiveDateTime": DROP, "effectivePeriod": {"start": "2026-11-19T09:30:00Z"}},
+    "no code": {"code": None},
+    "an integer value": {"valueQuantity": None, "valueInteger": 48},
+    "a period": {"effectiveDateTime": None, "effectivePeriod": {"start": "2026-11-19T09:30:00Z"}},
     "components": {"component": [{"code": {"coding": [{"system": LOINC, "code": "8480-6"}]}}]},
     "a patient element": {"patient": {"reference": f"Patient/{PATIENT}"}},
     "a subject as text": {"subject": f"Patient/{PATIENT}"},
@@ -361,7 +361,7 @@ def test_a_chart_reads_into_the_same_record_from_its_body_as_from_plain_json(
 def test_the_well_formed_decode_refuses_other_types_and_an_object_without_a_type() -> None:
     assert decode_well_formed(json.dumps(result()).encode()) is not None
     assert decode_well_formed(json.dumps({**result(), "resourceType": "Condition"}).encode()) is None
-    assert decode_well_formed(json.dumps(result(resourceType=DROP)).encode()) is None
+    assert decode_well_formed(json.dumps(result(resourceType=None)).encode()) is None
     assert decode_well_formed(b'{"resourceType": "Observation", "valueQuantity": {"value": 1e999}}') is None
 
 
