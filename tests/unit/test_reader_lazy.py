@@ -142,6 +142,32 @@ def test_a_typical_body_decodes_whole_what_is_not_a_well_formed_result() -> None
     assert request.model_extra == {"extension-of-a-newer-spec": {"kept": True}}
 
 
+def test_an_epic_extension_after_prefetch_keeps_the_one_pass_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CDS Hooks keeps `extension` for extensions on every object, and Epic sends its own after
+    `prefetch`: read by the request's own Struct, not the general way (which scanned the prefetch
+    three times over), and kept on the request all the same."""
+    extension = {"com.epic.cdshooks.request.bpa-trigger-action": "OnOpenPatientChart"}
+    body = json.dumps(
+        {
+            "hook": "patient-view",
+            "hookInstance": "x",
+            "context": {"patientId": PATIENT},
+            "prefetch": {"observations": {"resourceType": "Bundle", "entry": [{"resource": alt("a", 1)}]}},
+            "extension": extension,
+        }
+    ).encode()
+
+    class Refused:
+        def decode(self, _: Any) -> Any:
+            raise AssertionError("the general way was taken")
+
+    monkeypatch.setattr(wire, "_OBJECT", Refused())
+    request = wire.read_request(body)
+    assert request.model_extra == {"extension": extension}
+    resource = request.prefetch["observations"]["entry"][0]["resource"]
+    assert type(resource) is LazyResource and resource.typed is not None
+
+
 def test_a_body_of_a_thousand_results_is_decoded_whole_and_a_far_larger_one_entry_by_entry() -> None:
     """One pass is cheaper than splitting up to WHOLE_BODY_BYTES (wire.py); beyond it, memory wins."""
     resources = [alt(f"a{i}", 30 + i) for i in range(1000)]
