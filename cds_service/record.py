@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -384,6 +384,10 @@ class Deviation:
 # The record
 
 
+_T = TypeVar("_T")
+_C = TypeVar("_C")
+
+
 @dataclass
 class PatientRecord:
     now: datetime
@@ -422,6 +426,36 @@ class PatientRecord:
     _answered: dict[tuple[int, int], tuple[Sequence[Any], set[int]]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    _derived: dict[Any, tuple[tuple[Any, ...], Any, Any]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def derived(self, compute: Callable[[PatientRecord, _C], _T], config: _C) -> _T:
+        """`compute(self, config)`, once per record and config: for what several rules derive
+        alike from the same facts (the breathing rules' reading of the interval's results). The
+        answer is kept with the config it was computed for and the shape of the record's lists
+        (tests build records by hand and add to them), so neither a changed record nor another
+        config is ever answered from it. `compute` must be pure and its answer not mutated."""
+        shape = (
+            len(self.conditions),
+            len(self.observations),
+            len(self.medications),
+            len(self.procedures),
+            len(self.allergies),
+            len(self.encounters),
+            len(self.devices),
+            len(self.documents),
+            len(self.consents),
+            len(self.draft_orders),
+            id(self.patient),
+            self.now,
+        )
+        hit = self._derived.get(compute)
+        if hit is not None and hit[0] == shape and hit[1] is config:
+            return hit[2]  # type: ignore[no-any-return]
+        value = compute(self, config)
+        self._derived[compute] = (shape, config, value)
+        return value
 
     def _grouped(self, facts: Sequence[Any]) -> dict[tuple[Concept, ...], list[tuple[int, Any]]]:
         """(position, fact) by the fact's concepts (a generic fact has several: an allergy's code

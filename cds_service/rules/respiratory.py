@@ -671,7 +671,13 @@ def _snip_criteria(record: PatientRecord, interval: int, found: list[Symptom]) -
 
 
 def breathing(record: PatientRecord, config: RuleConfig) -> Breathing:
-    """The latest results of the interval against NG42 table 2, 1.14.11 and 1.14.13."""
+    """The latest results of the interval against NG42 table 2, 1.14.11 and 1.14.13: read once a
+    call for the rules that ask (NIV referral, hypercapnia, and advance care planning's trigger
+    points), not once by each."""
+    return record.derived(_breathing, config)
+
+
+def _breathing(record: PatientRecord, config: RuleConfig) -> Breathing:
     interval = config.respiratory_interval_days
     found = symptoms(record, interval)
     criteria = [*_spirometry_criteria(record, interval, found), *_snip_criteria(record, interval, found)]

@@ -632,3 +632,46 @@ def test_observations_naming_reads_coded_and_answered_results_in_arrival_order_n
     monkeypatch.setattr(type(dmt.SOD1), "match", counted)
     assert [o.id for o in record.observations_naming((dmt.SOD1,))] == ["gene", "sod1"]
     assert asked["1742-6"] == 1  # fifty plain ALT results: one look at their shared code
+
+
+def test_a_derived_value_is_computed_once_a_record_and_config_and_again_when_either_changes() -> None:
+    """`PatientRecord.derived`: what several rules derive alike (the breathing rules' reading) is
+    computed once a call, never answered for a record that has since grown or another config."""
+    from cds_service.rules.base import RuleConfig
+
+    calls: list[int] = []
+
+    def count(record: Any, config: RuleConfig) -> int:
+        calls.append(1)
+        return len(record.observations)
+
+    record = record_from([], patient_id="p")
+    config, other = RuleConfig(), RuleConfig()
+    assert record.derived(count, config) == 0
+    assert record.derived(count, config) == 0
+    assert len(calls) == 1
+    assert record.derived(count, other) == 0  # another config (equal, but not the same): again
+    assert len(calls) == 2
+    record.observations.append(object())  # type: ignore[arg-type]
+    assert record.derived(count, other) == 1  # the record grew: again, and the new answer
+    assert len(calls) == 3
+
+
+def test_the_breathing_rules_read_the_interval_once_a_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cds_service.rules import CATALOGUE, evaluate, respiratory
+    from cds_service.rules.base import RuleConfig
+
+    resources = patient_resources("respiratory-fvc-70-orthopnoea")
+    patient = next(r["id"] for r in resources if r["resourceType"] == "Patient")
+    record = record_from(resources, patient_id=patient)
+    read = respiratory._breathing
+    calls: list[int] = []
+
+    def counted(*args: Any) -> Any:
+        calls.append(1)
+        return read(*args)
+
+    monkeypatch.setattr(respiratory, "_breathing", counted)
+    findings = evaluate(CATALOGUE, record, RuleConfig())
+    assert "respiratory-niv-referral" in {f.rule_id for f in findings}  # the reading was used
+    assert len(calls) == 1  # NIV referral, hypercapnia and advance care planning's trigger points
