@@ -140,20 +140,25 @@ class _Strict(BaseModel):
 
 
 def _prune(value: Any) -> Any:
-    """Drop null, "", [] and {} members from objects, at every depth (one pass)."""
-    if isinstance(value, dict):
+    """Drop null, "", [] and {} members from objects, at every depth (one pass).
+
+    `value` is what `model_dump(mode="json")` made: only dicts, lists, strings, numbers, booleans
+    and None, so exact type checks suffice (an isinstance check and a comparison of every number
+    with "" were most of a typical answer's serialisation)."""
+    if type(value) is dict:
         pruned = {}
         for key, member in value.items():
-            if isinstance(member, (dict, list)):
+            kind = type(member)
+            if kind is dict or kind is list:
                 member = _prune(member)
                 if not member:
                     continue
-            elif member is None or member == "":
+            elif member is None or (kind is str and not member):
                 continue
             pruned[key] = member
         return pruned
-    if isinstance(value, list):
-        return [_prune(v) if isinstance(v, (dict, list)) else v for v in value]
+    if type(value) is list:
+        return [_prune(v) if type(v) is dict or type(v) is list else v for v in value]
     return value
 
 

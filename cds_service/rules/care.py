@@ -210,7 +210,9 @@ def acp_evidence(record: PatientRecord) -> tuple[list[PlanRecord], list[str]]:
     # Every observation, dated or not: an undated plan still shows that a plan exists.
     plans = {id(o) for vs in (ACP, ACP_UK) for o in record.observations_matching(vs)}
     directives = {id(o) for o in record.observations_matching(AD_OBSERVATION)}
-    for obs in record.observations:
+    # In arrival order, so every result is visited; when none is a plan or a directive (nearly
+    # every chart), a large chart's results need not be.
+    for obs in record.observations if plans or directives else ():
         if id(obs) in plans:
             found.append(
                 PlanRecord(obs.effective, f"Recorded finding: {obs.concept.label} ({day(obs.effective)}).")
