@@ -108,7 +108,7 @@ def build_record(
         """An Observation read on the well-formed path (`observations.py`): True when read and
         counted here; False when it is to be read the long way (nothing counted yet). The same
         decisions, in the same order, as `read` and `_read_fact` below."""
-        obs = item.typed if item.typed is not None else decode_well_formed(item.raw)
+        obs = item.typed if item.typed is not None else decode_well_formed(item.bytes())
         if obs is None or obs.patient is not UNSET:
             return False
         if obs.subject is not None and obs.subject.reference != own:

@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from cds_service.reader.observations import decode_well_formed
+from cds_service.reader.observations import WellFormedResult, decode_well_formed
 
 
 class _Header(msgspec.Struct):
@@ -46,12 +46,15 @@ class UnreadableResource(ValueError):
 class LazyResource(msgspec.Struct, gc=False):
     """A FHIR resource as JSON bytes; `resource_type`, `id` and the version decoded at once.
 
-    A msgspec Struct with `gc=False`: it holds only bytes and strings, so it can be in no reference
-    cycle, and the garbage collector need not track it (nor the entry dicts that hold it, which
-    CPython then stops tracking too). A Mapping (registered below) for any code that reads it.
+    A msgspec Struct with `gc=False`: it holds only bytes, strings and Structs of them (`_InBundle`,
+    the result's decoded Structs), so it can be in no reference cycle, and the garbage collector
+    need not track it (nor the entry dicts that hold it, which CPython then stops tracking too).
+    A Mapping (registered below) for any code that reads it.
     """
 
-    raw: msgspec.Raw
+    #: The resource's bytes: a view into the body; or, for a result decoded with its whole Bundle
+    #: (`decode_for_reading`), where to find them (`_InBundle`), split out only if ever asked for.
+    raw: Any
     resource_type: Any = None
     id: Any = None
     version_id: Any = None
@@ -77,16 +80,22 @@ class LazyResource(msgspec.Struct, gc=False):
             _atomic(meta.get("lastUpdated")),
         )
 
+    def bytes(self) -> msgspec.Raw:
+        """The resource's JSON (split out of its Bundle now if it was decoded with it)."""
+        raw = self.raw
+        return raw if type(raw) is msgspec.Raw else raw.resource_bytes()
+
     def decode(self) -> dict[str, Any]:
         """The whole resource as a fresh dict (not kept: the caller holds it while it reads)."""
+        raw = self.bytes()
         try:
-            return _DECODER.decode(self.raw)  # type: ignore[no-any-return]
+            return _DECODER.decode(raw)  # type: ignore[no-any-return]
         except msgspec.DecodeError:
             pass
         # msgspec's scan of the body accepts a number out of range (1e999), its decoding does not:
         # Python's json reads it (as infinity), so the defect costs that field, not the resource.
         try:
-            decoded = json.loads(bytes(self.raw))
+            decoded = json.loads(bytes(raw))
         except (ValueError, RecursionError) as exc:
             raise UnreadableResource("the resource's JSON could not be decoded") from exc
         if not isinstance(decoded, dict):
@@ -133,7 +142,8 @@ class LazyResource(msgspec.Struct, gc=False):
 
     def __repr__(self) -> str:
         # Never the content: a resource is patient data.
-        return f"<LazyResource {self.resource_type!s}, {len(self.raw)} bytes>"
+        size = len(self.raw) if type(self.raw) is msgspec.Raw else "?"
+        return f"<LazyResource {self.resource_type!s}, {size} bytes>"
 
 
 Mapping.register(LazyResource)
@@ -225,6 +235,13 @@ def decode_for_reading(raw: bytes | msgspec.Raw) -> Any:
         # type is spelled with escapes is only read the long way.
         return _DECODER.decode(raw)
     try:
+        results = _RESULTS_BUNDLE.decode(raw)
+    except msgspec.DecodeError:  # ValidationError included: any entry of another type or shape
+        pass
+    else:
+        if type(results) is _ResultsBundle:
+            return _results_for_reading(results, _Split(raw))
+    try:
         bundle = _BUNDLE.decode(raw)
     except msgspec.ValidationError:
         return _DECODER.decode(raw)
@@ -258,6 +275,109 @@ def _entry_for_reading(entry: _Entry) -> dict[str, Any]:
             decoded["resource"] = LazyResource(raw, "Observation", typed.id, version, updated, typed)
     if entry.search is not UNSET:
         decoded["search"] = entry.search
+    _rest_of_entry(entry, decoded)
+    return decoded
+
+
+class _ResultEntry(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """An entry of a Bundle of well-formed results only: `_Entry`, its resource decoded."""
+
+    resource: WellFormedResult | UnsetType = UNSET
+    fullUrl: Any = UNSET
+    search: Any = UNSET
+    id: Any = UNSET
+    extension: Any = UNSET
+    modifierExtension: Any = UNSET
+    link: Any = UNSET
+    request: Any = UNSET
+    response: Any = UNSET
+
+
+class _ResultsBundle(msgspec.Struct, tag_field="resourceType", tag="Bundle", forbid_unknown_fields=True):
+    """`_Bundle` whose every entry holds a well-formed result (`WellFormedObservation`): the
+    common prefetch value of results decoded in one pass, without splitting it first."""
+
+    entry: list[_ResultEntry] | UnsetType | None = UNSET
+    id: Any = UNSET
+    meta: Any = UNSET
+    implicitRules: Any = UNSET
+    language: Any = UNSET
+    identifier: Any = UNSET
+    type: Any = UNSET
+    timestamp: Any = UNSET
+    total: Any = UNSET
+    link: Any = UNSET
+    signature: Any = UNSET
+
+
+_RESULTS_BUNDLE = msgspec.json.Decoder(_ResultsBundle | _NotABundle)
+
+
+class _Split(msgspec.Struct, gc=False):
+    """A Bundle's bytes, split into its entries' resources at the first question (then kept)."""
+
+    raw: Any
+    resources_: list[Any] | None = None
+
+    def resources(self) -> list[Any]:
+        if self.resources_ is None:
+            entries = _BUNDLE.decode(self.raw).entry  # decoded whole already: it cannot fail now
+            self.resources_ = [e.resource for e in entries or ()]
+        return self.resources_
+
+
+class _InBundle(msgspec.Struct, gc=False):
+    """Where a result decoded with its Bundle is: the Bundle (`_Split`) and the entry's place.
+
+    The reader reads such a result from its Structs; only one it sends the long way (a date
+    without its zone, a result of another patient...) needs its own bytes, so the Bundle is split
+    then, once for all its entries, and never for a Bundle whose results all read the fast way.
+    Neither Struct is tracked by the garbage collector, as LazyResource: they refer to bytes and
+    to a list of bytes, never back to anything that holds them, so they can be in no cycle."""
+
+    split: _Split
+    index: int
+
+    def resource_bytes(self) -> msgspec.Raw:
+        return self.split.resources()[self.index]  # type: ignore[no-any-return]
+
+
+def _results_for_reading(bundle: _ResultsBundle, split: _Split) -> dict[str, Any]:
+    """The Bundle as `decode_for_reading` gives it, each entry's result a LazyResource holding its
+    Structs and where its bytes are."""
+    decoded: dict[str, Any] = {"resourceType": "Bundle"}
+    for name in _BUNDLE_ELEMENTS:
+        if (value := getattr(bundle, name)) is not UNSET:
+            decoded[name] = value
+    if bundle.entry is UNSET:
+        return decoded
+    if bundle.entry is None:
+        decoded["entry"] = None
+        return decoded
+    entries = []
+    for index, entry in enumerate(bundle.entry):
+        item: dict[str, Any] = {}
+        if entry.fullUrl is not UNSET:
+            item["fullUrl"] = entry.fullUrl
+        typed = entry.resource
+        if typed is not UNSET:
+            meta = typed.meta
+            if type(meta) is dict:
+                version, updated = _atomic(meta.get("versionId")), _atomic(meta.get("lastUpdated"))
+            else:
+                version = updated = None
+            where = _InBundle(split, index)
+            item["resource"] = LazyResource(where, "Observation", typed.id, version, updated, typed)
+        if entry.search is not UNSET:
+            item["search"] = entry.search
+        _rest_of_entry(entry, item)
+        entries.append(item)
+    decoded["entry"] = entries
+    return decoded
+
+
+def _rest_of_entry(entry: _Entry | _ResultEntry, decoded: dict[str, Any]) -> None:
+    """An entry's elements no reader asks for, kept as they came (rare: all absent is one test)."""
     if not (
         entry.id is UNSET
         and entry.extension is UNSET
@@ -269,7 +389,6 @@ def _entry_for_reading(entry: _Entry) -> dict[str, Any]:
         for name in ("id", "extension", "modifierExtension", "link", "request", "response"):
             if (value := getattr(entry, name)) is not UNSET:
                 decoded[name] = value
-    return decoded
 
 
 def _lazy_entry(raw: msgspec.Raw) -> Any:

@@ -213,7 +213,9 @@ class _NotAnObservation(msgspec.Struct, tag_field="resourceType", tag="\x00"):
     tagged Struct takes an object without its tag as one of its own)."""
 
 
-_WELL_FORMED = msgspec.json.Decoder(Union[WellFormedObservation, _NotAnObservation])  # noqa: UP007
+#: A result in the well-formed shape, `resourceType` required (in a Bundle's entries too: lazy.py).
+WellFormedResult = Union[WellFormedObservation, _NotAnObservation]  # noqa: UP007
+_WELL_FORMED = msgspec.json.Decoder(WellFormedResult)
 
 
 def decode_well_formed(raw: bytes | msgspec.Raw) -> WellFormedObservation | None:

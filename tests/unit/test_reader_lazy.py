@@ -168,6 +168,63 @@ def test_an_epic_extension_after_prefetch_keeps_the_one_pass_split(monkeypatch: 
     assert type(resource) is LazyResource and resource.typed is not None
 
 
+def results_body(resources: list[dict[str, Any]]) -> bytes:
+    bundle = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in resources]}
+    request = {"hook": "patient-view", "hookInstance": "x", "context": {"patientId": PATIENT}}
+    return json.dumps({**request, "prefetch": {"observations": bundle}}).encode()
+
+
+class CountedSplits:
+    """`lazy._BUNDLE`, counting how often a Bundle is split into its entries' bytes."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from cds_service.reader import lazy as module
+
+        self.calls = 0
+        self.decoder = module._BUNDLE
+        monkeypatch.setattr(module, "_BUNDLE", self)
+
+    def decode(self, raw: Any) -> Any:
+        self.calls += 1
+        return self.decoder.decode(raw)
+
+
+def test_a_bundle_of_well_formed_results_is_decoded_in_one_pass_never_split(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    splits = CountedSplits(monkeypatch)
+    resources = [alt(f"a{i}", 30 + i) for i in range(20)]
+    request = wire.read_request(results_body(resources))
+    entries = request.prefetch["observations"]["entry"]
+    assert all(type(e["resource"]) is LazyResource and e["resource"].typed is not None for e in entries)
+    record = build_record(
+        patient_id=PATIENT, now=NOW, resources=[e["resource"] for e in entries], interest=service_interest()
+    )
+    assert [o.id for o in record.observations] == [f"a{i}" for i in range(20)]
+    assert splits.calls == 0  # every result read from its Structs: the Bundle's bytes never split
+    gc.collect()
+    assert not any(gc.is_tracked(e) for e in entries)
+
+
+def test_results_of_a_bundle_decoded_whole_that_read_the_long_way_split_it_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A result the fast path declines (here a date without its zone, read in the site's zone with
+    a note) needs its own bytes: the Bundle is split then, once for all such results."""
+    splits = CountedSplits(monkeypatch)
+    zoneless = [alt(f"z{i}", 40 + i, effectiveDateTime="2026-11-20T08:30:00") for i in range(3)]
+    resources = [alt("a0", 30), *zoneless, alt("a1", 31)]
+    entries = wire.read_request(results_body(resources)).prefetch["observations"]["entry"]
+    assert [materialise(e["resource"]) for e in entries] == resources  # each its own, as sent
+    assert splits.calls == 1
+    record = build_record(
+        patient_id=PATIENT, now=NOW, resources=[e["resource"] for e in entries], interest=service_interest()
+    )
+    assert sorted(o.id for o in record.observations) == ["a0", "a1", "z0", "z1", "z2"]
+    assert record.report.repaired  # the zone-less dates, noted as the long way notes them
+    assert splits.calls == 1
+
+
 def test_a_body_of_a_thousand_results_is_decoded_whole_and_a_far_larger_one_entry_by_entry() -> None:
     """One pass is cheaper than splitting up to WHOLE_BODY_BYTES (wire.py); beyond it, memory wins."""
     resources = [alt(f"a{i}", 30 + i) for i in range(1000)]
