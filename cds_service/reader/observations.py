@@ -156,14 +156,18 @@ def _reference_range(value: Any, result: Quantity | None, f: FieldReader) -> Ref
 # UNSET when absent.
 
 
-class _Coding(msgspec.Struct, gc=False):
+# Concepts and quantities are frozen, so hashable by their contents (in C): a result's code, unit
+# and range repeat across a chart, and each is read once a read, then found by the Struct itself.
+
+
+class _Coding(msgspec.Struct, frozen=True, gc=False):
     system: str | None = None
     code: str | None = None
     display: str | None = None
 
 
-class _CodeableConcept(msgspec.Struct, gc=False):
-    coding: list[_Coding] | None = None
+class _CodeableConcept(msgspec.Struct, frozen=True, gc=False):
+    coding: tuple[_Coding, ...] | None = None
     text: str | None = None
 
 
@@ -171,7 +175,7 @@ class _Reference(msgspec.Struct, gc=False):
     reference: str | None = None
 
 
-class _Quantity(msgspec.Struct, gc=False):
+class _Quantity(msgspec.Struct, frozen=True, gc=False):
     value: int | float | None = None
     unit: str | None = None
     code: str | None = None
@@ -229,7 +233,20 @@ def decode_well_formed(raw: bytes | msgspec.Raw) -> WellFormedObservation | None
 
 def well_formed_concept(value: _CodeableConcept | None, interned: dict[Any, Any]) -> Concept | None:
     """As `FieldReader.concept` reads a CodeableConcept whose codings all have a code; None else."""
-    if value is None or value.coding is None:
+    if value is None:
+        return None
+    found = interned.get(value, _UNREAD)
+    if found is _UNREAD:
+        found = interned[value] = _concept_of(value, interned)
+    return found  # type: ignore[no-any-return]
+
+
+#: Not yet read in this read (None is an answer: the concept is not for this path).
+_UNREAD = object()
+
+
+def _concept_of(value: _CodeableConcept, interned: dict[Any, Any]) -> Concept | None:
+    if value.coding is None:
         return None
     key: list[Any] = [value.text]
     for coding in value.coding:
@@ -327,7 +344,14 @@ def _instant(when: str, site_tz: tzinfo) -> datetime | None:
 
 
 def _well_formed_quantity(q: _Quantity, interned: dict[Any, Any]) -> Quantity | None:
-    number = q.value
-    if number is None or q.comparator not in _COMPARATORS:
-        return None
-    return quantity_of_number(number, q.unit, q.code, q.system, q.comparator, interned)
+    # The number's type is part of the key: 5 and 5.0 are equal, but their Decimals print differently.
+    key = (type(q.value), q)
+    found = interned.get(key, _UNREAD)
+    if found is _UNREAD:
+        number = q.value
+        if number is None or q.comparator not in _COMPARATORS:
+            found = None
+        else:
+            found = quantity_of_number(number, q.unit, q.code, q.system, q.comparator, interned)
+        interned[key] = found
+    return found  # type: ignore[no-any-return]

@@ -395,3 +395,35 @@ def test_the_well_formed_dates_are_parse_whens_instants_and_only_those_it_reads_
         found = _instant(text, site_tz)
         assert found == expected, text
         assert found is None or found.tzinfo is site_tz, text
+
+
+def test_a_code_and_a_quantity_shared_by_many_results_are_read_once_each_and_five_is_not_five_point_zero(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The well-formed path finds a result's code, value and range by their Structs (frozen, so
+    hashed by content): fifty results of one test read its concept once. A number's type stays part
+    of the key: 56 and 56.0 are equal, but a card prints them as the lab sent them."""
+    from cds_service.reader import observations
+
+    read = observations._concept_of
+    calls: list[int] = []
+
+    def counted(*args: Any) -> Any:
+        calls.append(1)
+        return read(*args)
+
+    monkeypatch.setattr(observations, "_concept_of", counted)
+    integral = [result(id=f"i{i}", valueQuantity={"value": 56, "unit": "U/L"}) for i in range(25)]
+    decimal = [result(id=f"d{i}", valueQuantity={"value": 56.0, "unit": "U/L"}) for i in range(25)]
+    bundle = decode_for_reading(
+        msgspec.Raw(
+            json.dumps(
+                {"resourceType": "Bundle", "entry": [{"resource": r} for r in integral + decimal]}
+            ).encode()
+        )
+    )
+    record = record_from(resources_from_bundle(bundle), patient_id=PATIENT)
+    assert len(record.observations) == 50
+    assert len(calls) == 2  # the code, and the interpretation flag
+    printed = {o.id[0]: str(o.value.value) for o in record.observations}
+    assert printed == {"i": "56", "d": "56.0"}
