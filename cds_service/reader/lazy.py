@@ -279,35 +279,18 @@ def _entry_for_reading(entry: _Entry) -> dict[str, Any]:
     return decoded
 
 
-class _ResultEntry(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+class _ResultEntry(_Entry):
     """An entry of a Bundle of well-formed results only: `_Entry`, its resource decoded."""
 
-    resource: WellFormedResult | UnsetType = UNSET
-    fullUrl: Any = UNSET
-    search: Any = UNSET
-    id: Any = UNSET
-    extension: Any = UNSET
-    modifierExtension: Any = UNSET
-    link: Any = UNSET
-    request: Any = UNSET
-    response: Any = UNSET
+    resource: WellFormedResult | UnsetType = UNSET  # type: ignore[assignment]
 
 
-class _ResultsBundle(msgspec.Struct, tag_field="resourceType", tag="Bundle", forbid_unknown_fields=True):
-    """`_Bundle` whose every entry holds a well-formed result (`WellFormedObservation`): the
-    common prefetch value of results decoded in one pass, without splitting it first."""
+class _ResultsBundle(_Bundle):
+    """`_Bundle` (every R4 element, the same tag) whose every entry holds a well-formed result
+    (`WellFormedObservation`): the common prefetch value of results, decoded in one pass without
+    splitting it first."""
 
-    entry: list[_ResultEntry] | UnsetType | None = UNSET
-    id: Any = UNSET
-    meta: Any = UNSET
-    implicitRules: Any = UNSET
-    language: Any = UNSET
-    identifier: Any = UNSET
-    type: Any = UNSET
-    timestamp: Any = UNSET
-    total: Any = UNSET
-    link: Any = UNSET
-    signature: Any = UNSET
+    entry: list[_ResultEntry] | UnsetType | None = UNSET  # type: ignore[assignment]
 
 
 _RESULTS_BUNDLE = msgspec.json.Decoder(_ResultsBundle | _NotABundle)
