@@ -8,12 +8,13 @@ Observations stalled every other request of the worker for over a second. Here:
   pass, but for the results among them (`reader/lazy.py`, `decode_for_reading`): each is decoded
   by msgspec straight into the Structs the reader's well-formed path reads
   (`reader/observations.py`), no dict built, and kept with its bytes; one of another shape is
-  decoded plainly and read the long way. The two first passes (the request, then each Bundle's
-  entries, as `msgspec.Raw`) only find where values end; with them, decoding a body costs what one
-  plain pass did, and reading its results a third. Up to HANDOFF_BODY_BYTES on the event loop,
-  larger in a worker thread (app.py: the hand-off costs more than it spares below that). What it
-  decodes, some five times its size, lives until the call ends, so beyond ALWAYS_WHOLE_BYTES a
-  process holds at most WHOLE_BUDGET_BYTES of bodies so decoded at once (`room_to_decode`); the
+  decoded plainly and read the long way. The first pass (the request, its prefetch values as
+  `msgspec.Raw`) only finds where values end; a Bundle of results only is then decoded in one typed
+  pass, and one holding anything else split into its entries' bytes first. Decoding a body costs
+  some 55 % of the instructions `json.loads` does, and reading its results about as much again.
+  Up to HANDOFF_BODY_BYTES on the event loop, larger in a worker thread (app.py: the hand-off
+  costs more than it spares below that). What it decodes, some five times its size, lives until
+  the call ends, so beyond ALWAYS_WHOLE_BYTES a process holds at most WHOLE_BUDGET_BYTES of bodies so decoded at once (`room_to_decode`); the
   rest are read as larger bodies are.
 * A larger body is scanned by msgspec (a fast C pass that only finds where each value starts and
   ends, `msgspec.Raw`, and checks that the JSON is well formed), then each prefetch Bundle entry

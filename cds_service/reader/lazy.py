@@ -225,11 +225,13 @@ _BUNDLE = msgspec.json.Decoder(_Bundle | _NotABundle)
 
 def decode_for_reading(raw: bytes | msgspec.Raw) -> Any:
     """Like decoding the JSON whole, but each Observation in a Bundle's entries that has the
-    well-formed shape stays in its bytes, as a LazyResource holding that decode
-    (`observations.WellFormedObservation`), so the reader reads it without a dict. A body small
-    enough to decode whole (`wire.py`) has its prefetch values decoded here. Anything else is decoded
-    as plain JSON, as before: other resources, an Observation of another shape, a value that is not
-    a Bundle, a Bundle with an element R4 does not have."""
+    well-formed shape is a LazyResource holding that decode (`observations.WellFormedObservation`)
+    and where its bytes are, so the reader reads it without a dict. A body small enough to decode
+    whole (`wire.py`) has its prefetch values decoded here. A Bundle of such results only (the
+    common case) is decoded in one typed pass, its bytes split only if a result is read the long
+    way; any other Bundle naming an Observation is split into its entries first, each decoded on its
+    own. Anything else is decoded as plain JSON, as before: other resources, an Observation of
+    another shape, a value that is not a Bundle, a Bundle with an element R4 does not have."""
     if b'"Observation"' not in bytes(raw):
         # No result in it (a byte search, some microseconds): one pass is cheapest. A result whose
         # type is spelled with escapes is only read the long way.
