@@ -14,8 +14,8 @@ Observations stalled every other request of the worker for over a second. Here:
   some 55 % of the instructions `json.loads` does, and reading its results about as much again.
   Up to HANDOFF_BODY_BYTES on the event loop, larger in a worker thread (app.py: the hand-off
   costs more than it spares below that). What it decodes, some five times its size, lives until
-  the call ends, so beyond ALWAYS_WHOLE_BYTES a process holds at most WHOLE_BUDGET_BYTES of bodies so decoded at once (`room_to_decode`); the
-  rest are read as larger bodies are.
+  the call ends, so beyond ALWAYS_WHOLE_BYTES a process holds at most WHOLE_BUDGET_BYTES of bodies
+  so decoded at once (`room_to_decode`); the rest are read as larger bodies are.
 * A larger body is scanned by msgspec (a fast C pass that only finds where each value starts and
   ends, `msgspec.Raw`, and checks that the JSON is well formed), then each prefetch Bundle entry
   is split on its own and its resource left in its bytes (`reader/lazy.py`): decoded only when the
