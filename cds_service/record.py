@@ -433,23 +433,23 @@ class PatientRecord:
     def derived(self, compute: Callable[[PatientRecord, _C], _T], config: _C) -> _T:
         """`compute(self, config)`, once per record and config: for what several rules derive
         alike from the same facts (the breathing rules' reading of the interval's results). The
-        answer is kept with the config it was computed for and the shape of the record's lists
-        (tests build records by hand and add to them), so neither a changed record nor another
-        config is ever answered from it. `compute` must be pure and its answer not mutated."""
-        shape = (
-            len(self.conditions),
-            len(self.observations),
-            len(self.medications),
-            len(self.procedures),
-            len(self.allergies),
-            len(self.encounters),
-            len(self.devices),
-            len(self.documents),
-            len(self.consents),
-            len(self.draft_orders),
-            id(self.patient),
-            self.now,
+        answer is kept with the config it was computed for and the shape of the record (its lists,
+        their lengths, the patient, the time: tests build records by hand and change them), so
+        neither a changed record nor another config is ever answered from it. `compute` must be
+        pure and its answer not mutated."""
+        lists = (
+            self.conditions,
+            self.observations,
+            self.medications,
+            self.procedures,
+            self.allergies,
+            self.encounters,
+            self.devices,
+            self.documents,
+            self.consents,
+            self.draft_orders,
         )
+        shape = (*map(id, lists), *map(len, lists), self.patient, self.now)
         hit = self._derived.get(compute)
         if hit is not None and hit[0] == shape and hit[1] is config:
             return hit[2]  # type: ignore[no-any-return]

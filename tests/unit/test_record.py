@@ -655,6 +655,9 @@ def test_a_derived_value_is_computed_once_a_record_and_config_and_again_when_eit
     record.observations.append(object())  # type: ignore[arg-type]
     assert record.derived(count, other) == 1  # the record grew: again, and the new answer
     assert len(calls) == 3
+    record.observations = list(record.observations)  # another list, as long
+    assert record.derived(count, other) == 1
+    assert len(calls) == 4
 
 
 def test_the_breathing_rules_read_the_interval_once_a_call(monkeypatch: pytest.MonkeyPatch) -> None:
