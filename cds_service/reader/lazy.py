@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from cds_service.reader.observations import WellFormedResult, decode_well_formed
+from cds_service.reader.observations import TypeRequired, WellFormedResult, decode_well_formed
 
 
 class _Header(msgspec.Struct):
@@ -216,11 +216,7 @@ class _Bundle(msgspec.Struct, tag_field="resourceType", tag="Bundle", forbid_unk
     signature: Any = UNSET
 
 
-class _NotABundle(msgspec.Struct, tag_field="resourceType", tag="\x00"):
-    """Never matches: makes `resourceType` required (see `observations._NotAnObservation`)."""
-
-
-_BUNDLE = msgspec.json.Decoder(_Bundle | _NotABundle)
+_BUNDLE = msgspec.json.Decoder(_Bundle | TypeRequired)
 
 
 def decode_for_reading(raw: bytes | msgspec.Raw) -> Any:
@@ -295,7 +291,7 @@ class _ResultsBundle(_Bundle):
     entry: list[_ResultEntry] | UnsetType | None = UNSET  # type: ignore[assignment]
 
 
-_RESULTS_BUNDLE = msgspec.json.Decoder(_ResultsBundle | _NotABundle)
+_RESULTS_BUNDLE = msgspec.json.Decoder(_ResultsBundle | TypeRequired)
 
 
 class _Split(msgspec.Struct, gc=False):

@@ -212,13 +212,13 @@ class WellFormedObservation(msgspec.Struct, tag_field="resourceType", tag="Obser
     component: Any = UNSET
 
 
-class _NotAnObservation(msgspec.Struct, tag_field="resourceType", tag="\x00"):
+class TypeRequired(msgspec.Struct, tag_field="resourceType", tag="\x00"):
     """Never matches: in a union with it, msgspec requires `resourceType` to be present (a lone
-    tagged Struct takes an object without its tag as one of its own)."""
+    tagged Struct takes an object without its tag as one of its own). Here and in lazy.py."""
 
 
 #: A result in the well-formed shape, `resourceType` required (in a Bundle's entries too: lazy.py).
-WellFormedResult = Union[WellFormedObservation, _NotAnObservation]  # noqa: UP007
+WellFormedResult = Union[WellFormedObservation, TypeRequired]  # noqa: UP007
 _WELL_FORMED = msgspec.json.Decoder(WellFormedResult)
 
 
