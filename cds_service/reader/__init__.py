@@ -32,6 +32,8 @@ from cds_service.reader.medications import (
     reference_id,
 )
 from cds_service.reader.observations import (
+    ResultReading,
+    WellFormedObservation,
     decode_well_formed,
     read_observation,
     read_well_formed_observation,
@@ -104,30 +106,43 @@ def build_record(
             ):
                 index.add(entry["resource"], entry.get("fullUrl"))
 
-    def read_well_formed(item: LazyResource) -> bool:
+    # A result's code decides its concept and whether any rule reads it: once per distinct code
+    # (found by its decoded Struct) in this read, as `wants` decides it for the long way.
+    result_codes: dict[Any, tuple[Concept, bool] | None] = {}
+    reading = ResultReading(interned, options.site_tz, trusted_until)
+    results_wanted = interest.wants_type("Observation")
+
+    def result_code(code: Any) -> tuple[Concept, bool] | None:
+        concept = well_formed_concept(code, interned)
+        if concept is None:
+            return None
+        concepts = (concept,)
+        concepts = interned.setdefault(concepts, concepts)
+        wanted = wants.get(("Observation", concepts))
+        if wanted is None:
+            wanted = wants[("Observation", concepts)] = interest.wants("Observation", concepts)
+        return concept, wanted
+
+    def read_well_formed(obs: WellFormedObservation) -> bool:
         """An Observation read on the well-formed path (`observations.py`): True when read and
         counted here; False when it is to be read the long way (nothing counted yet). The same
         decisions, in the same order, as `read` and `_read_fact` below."""
-        obs = item.typed if item.typed is not None else decode_well_formed(item.bytes())
-        if obs is None or obs.patient is not UNSET:
+        if obs.patient is not UNSET:
             return False
         if obs.subject is not None and obs.subject.reference != own:
             other = reference_id(obs.subject.reference, "Patient")
             if other is not None and other != patient_id:
                 report.other_patient["Observation"] += 1
                 return True
-        concept = well_formed_concept(obs.code, interned)
-        if concept is None:
+        code = result_codes.get(obs.code, _UNDECIDED)
+        if code is _UNDECIDED:
+            code = result_codes[obs.code] = result_code(obs.code)
+        if code is None:
             return False
-        concepts = (concept,)
-        concepts = interned.setdefault(concepts, concepts)
-        wanted = wants.get(("Observation", concepts))
-        if wanted is None:
-            wanted = wants[("Observation", concepts)] = interest.wants("Observation", concepts)
-        if not wanted:
+        if not code[1]:
             report.not_relevant["Observation"] += 1
             return True
-        fact = read_well_formed_observation(obs, concept, interned, options.site_tz, trusted_until)
+        fact = read_well_formed_observation(obs, code[0], reading)
         if fact is None:
             return False
         report.read["Observation"] += 1
@@ -135,15 +150,26 @@ def build_record(
         return True
 
     def read(item: Mapping[str, Any]) -> None:
-        # A LazyResource's header answers without its Mapping methods (Python calls, on every result).
-        rtype = item.resource_type if type(item) is LazyResource else item["resourceType"]
+        if type(item) is LazyResource:
+            # Its header answers without its Mapping methods (Python calls, on every result).
+            rtype = item.resource_type
+            if item.typed is not None:  # a result its Bundle's decoding found well formed
+                if not results_wanted:
+                    report.not_relevant[rtype] += 1
+                    return
+                if read_well_formed(item.typed):
+                    return
+            elif rtype == "Observation" and results_wanted:
+                obs = decode_well_formed(item.bytes())
+                if obs is not None and read_well_formed(obs):
+                    return
+        else:
+            rtype = item["resourceType"]
         if rtype in ("Medication", "OperationOutcome"):
             return  # Medications are read through the requests that point at them
         if rtype != "Patient" and not interest.wants_type(rtype):
             report.not_relevant[rtype] += 1
             return  # decided on the header: most of a large chart is never decoded
-        if rtype == "Observation" and type(item) is LazyResource and read_well_formed(item):
-            return
         try:
             raw = item if type(item) is dict else materialise(item)
         except UnreadableResource:
@@ -241,6 +267,9 @@ def _read_fact(
     if fact is not None:
         target.append(fact)
 
+
+#: Not yet decided in this read (None is an answer: the code is not read the well-formed way).
+_UNDECIDED = object()
 
 #: Checked by type first: an isinstance check against Mapping (an ABC) costs a microsecond.
 _MAPPINGS = (dict, LazyResource)

@@ -458,6 +458,12 @@ def concept_of_strings(key: tuple[Any, ...], interned: dict[Any, Any]) -> Concep
     return found  # type: ignore[no-any-return]
 
 
+def json_decimal(number: int | float) -> Decimal:
+    """A finite JSON number's Decimal: an integer as it is, a float by its shortest repr (what it
+    was sent as, for the numbers labs send), so that 56 and 56.0 print as they were sent."""
+    return Decimal(number) if type(number) is int else Decimal(repr(number))
+
+
 def quantity_of_number(
     number: int | float,
     unit: str | None,
@@ -471,8 +477,7 @@ def quantity_of_number(
     key = (type(number), number, unit, code, system, comparator)
     found = interned.get(key)
     if found is None:
-        decimal = Decimal(number) if type(number) is int else Decimal(repr(number))
-        found = interned[key] = Quantity(decimal, unit, code, system, comparator)
+        found = interned[key] = Quantity(json_decimal(number), unit, code, system, comparator)
     return found  # type: ignore[no-any-return]
 
 

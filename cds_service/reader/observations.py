@@ -31,8 +31,8 @@ from cds_service.reader.fields import (
     _COMPARATORS,
     FieldReader,
     concept_of_strings,
+    json_decimal,
     parse_when,
-    quantity_of_number,
     shared_concepts,
     shared_range,
 )
@@ -183,7 +183,7 @@ class _Quantity(msgspec.Struct, frozen=True, gc=False):
     comparator: str | None = None
 
 
-class _Range(msgspec.Struct, gc=False):
+class _Range(msgspec.Struct, frozen=True, gc=False):
     low: _Quantity | None = None
     high: _Quantity | None = None
     text: str | None = None
@@ -199,8 +199,9 @@ class WellFormedObservation(msgspec.Struct, tag_field="resourceType", tag="Obser
     subject: _Reference | None = None
     effectiveDateTime: str | UnsetType | None = UNSET
     valueQuantity: _Quantity | None = None
-    referenceRange: list[_Range] | None = None
-    interpretation: list[_CodeableConcept] | None = None
+    # Tuples, not lists: hashable, so the range and the flags are found by their contents (`ResultReading`).
+    referenceRange: tuple[_Range, ...] | None = None
+    interpretation: tuple[_CodeableConcept, ...] | None = None
     # Read the long way when present:
     patient: Any = UNSET
     effectiveInstant: Any = UNSET
@@ -256,16 +257,30 @@ def _concept_of(value: _CodeableConcept, interned: dict[Any, Any]) -> Concept | 
     return concept_of_strings(tuple(key), interned)
 
 
+class ResultReading:
+    """What the well-formed results of one read share: where instants are read, the clock-skew
+    allowance, the read's shared values (`interned`), and each distinct reference range and set of
+    flags already read, found by their decoded Structs. A chart's results repeat a few ranges and
+    flags many times over; reading them once (a third of a result's reading, with the calls it
+    took) and then finding them in one lookup is what keeps a result's reading to one call."""
+
+    __slots__ = ("flags", "interned", "ranges", "site_tz", "trusted_until")
+
+    def __init__(self, interned: dict[Any, Any], site_tz: tzinfo, trusted_until: datetime) -> None:
+        self.interned = interned
+        self.site_tz = site_tz
+        self.trusted_until = trusted_until
+        self.ranges: dict[Any, ReferenceRange | None] = {}
+        self.flags: dict[Any, tuple[Concept, ...] | None] = {}
+
+
 def read_well_formed_observation(
-    obs: WellFormedObservation,
-    concept: Concept,
-    interned: dict[Any, Any],
-    site_tz: tzinfo,
-    trusted_until: datetime,
+    obs: WellFormedObservation, concept: Concept, reading: ResultReading
 ) -> ObservationFact | None:
     """The fact `read_observation` reads from the same result, when it would read it without a
     note; None when it would repair, drop or read something from text (read it the long way).
-    `concept`: the result's code (`well_formed_concept`)."""
+    `concept`: the result's code (`well_formed_concept`). One function, its steps inline: it runs
+    for nearly every resource of a large chart, and each call it made cost more than its work."""
     status = obs.status
     if (
         status not in OBSERVATION_RESULT_STATUSES
@@ -276,57 +291,87 @@ def read_well_formed_observation(
         or obs.valueBoolean is not UNSET
     ):
         return None
+    interned = reading.interned
     value = None
-    if obs.valueQuantity is not None:
-        value = _well_formed_quantity(obs.valueQuantity, interned)
+    if (quantity := obs.valueQuantity) is not None:
+        key = (type(quantity.value), quantity)  # as `_well_formed_quantity`, inline
+        value = interned.get(key, _UNREAD)
+        if value is _UNREAD:
+            value = interned[key] = _quantity_of(quantity)
         if value is None:
             return None
     reference_range = None
-    if obs.referenceRange:
-        first = obs.referenceRange[0]
-        low = high = None
-        if first.low is not None and (low := _well_formed_quantity(first.low, interned)) is None:
+    if ranges := obs.referenceRange:
+        first = ranges[0]
+        low, high = first.low, first.high
+        # The numbers' types are part of the key, as for a quantity: 7 and 7.0 print differently.
+        key = (
+            first,
+            type(low.value) if low is not None else None,
+            type(high.value) if high is not None else None,
+        )
+        reference_range = reading.ranges.get(key, _UNREAD)
+        if reference_range is _UNREAD:
+            reference_range = reading.ranges[key] = _well_formed_range(first, interned)
+        if reference_range is None:
             return None
-        if first.high is not None and (high := _well_formed_quantity(first.high, interned)) is None:
-            return None
-        if low is None and high is None and first.text:
-            return None  # a range that may be given only as text
-        if (
-            value is not None
-            and (value.unit or value.code)
-            and (
-                (low is not None and low.unit is None and low.code is None)
-                or (high is not None and high.unit is None and high.code is None)
-            )
-        ):
-            return None  # bounds without a unit, which the long way takes from the result
-        reference_range = shared_range(low, high, first.text, interned)
-        if value is not None and value.unit is None and value.code is None:
-            unit_from = reference_range.high or reference_range.low
-            if unit_from is not None and (unit_from.unit or unit_from.code):
-                return None  # a unit the long way takes from the range
+        if value is not None:
+            low, high = reference_range.low, reference_range.high
+            if value.unit or value.code:
+                if (low is not None and low.unit is None and low.code is None) or (
+                    high is not None and high.unit is None and high.code is None
+                ):
+                    return None  # bounds without a unit, which the long way takes from the result
+            elif value.unit is None and value.code is None:
+                unit_from = high or low
+                if unit_from is not None and (unit_from.unit or unit_from.code):
+                    return None  # a unit the long way takes from the range
     when = obs.effectiveDateTime
     effective = None
     if when is UNSET:
         if obs.effectiveInstant is not UNSET or obs.effectivePeriod is not UNSET:
             return None
     elif when is not None:
-        effective = _instant(when, site_tz)
-        if effective is None or effective > trusted_until:
+        effective = _instant(when, reading.site_tz)
+        if effective is None or effective > reading.trusted_until:
             return None  # unreadable, without a zone, or beyond the clock-skew allowance
-    interpretation: tuple[Concept, ...] = ()
-    if obs.interpretation:
-        flags = []
-        for item in obs.interpretation:
-            flag = well_formed_concept(item, interned)
-            if flag is None:
-                return None
-            flags.append(flag)
-        interpretation = shared_concepts(tuple(flags), interned)
+    interpretation: tuple[Concept, ...] | None = ()
+    if flags := obs.interpretation:
+        interpretation = reading.flags.get(flags, _UNREAD)
+        if interpretation is _UNREAD:
+            interpretation = reading.flags[flags] = _well_formed_flags(flags, interned)
+        if interpretation is None:
+            return None
     # Positional, in the fields' order: a fifth cheaper than by name, for every result.
     return ObservationFact(
         obs.id, concept, status, effective, value, reference_range, NO_CONCEPT, (), None, None, interpretation
     )
+
+
+def _well_formed_range(first: _Range, interned: dict[Any, Any]) -> ReferenceRange | None:
+    """The shared ReferenceRange of a result's first range; None when the long way would read it
+    otherwise (a bound it cannot read, or a range that may be given only as text)."""
+    low = high = None
+    if first.low is not None and (low := _well_formed_quantity(first.low, interned)) is None:
+        return None
+    if first.high is not None and (high := _well_formed_quantity(first.high, interned)) is None:
+        return None
+    if low is None and high is None and first.text:
+        return None
+    return shared_range(low, high, first.text, interned)
+
+
+def _well_formed_flags(
+    flags: tuple[_CodeableConcept, ...], interned: dict[Any, Any]
+) -> tuple[Concept, ...] | None:
+    """The shared concepts of a result's interpretation; None when a flag is not well formed."""
+    concepts = []
+    for item in flags:
+        flag = well_formed_concept(item, interned)
+        if flag is None:
+            return None
+        concepts.append(flag)
+    return shared_concepts(tuple(concepts), interned)
 
 
 def _instant(when: str, site_tz: tzinfo) -> datetime | None:
@@ -348,10 +393,13 @@ def _well_formed_quantity(q: _Quantity, interned: dict[Any, Any]) -> Quantity | 
     key = (type(q.value), q)
     found = interned.get(key, _UNREAD)
     if found is _UNREAD:
-        number = q.value
-        if number is None or q.comparator not in _COMPARATORS:
-            found = None
-        else:
-            found = quantity_of_number(number, q.unit, q.code, q.system, q.comparator, interned)
-        interned[key] = found
+        found = interned[key] = _quantity_of(q)
     return found  # type: ignore[no-any-return]
+
+
+def _quantity_of(q: _Quantity) -> Quantity | None:
+    """As `quantity_of_number` builds it (a JSON number's Decimal, as `FieldReader.decimal` reads it)."""
+    number = q.value
+    if number is None or q.comparator not in _COMPARATORS:
+        return None
+    return Quantity(json_decimal(number), q.unit, q.code, q.system, q.comparator)

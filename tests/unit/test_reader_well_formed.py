@@ -427,3 +427,50 @@ def test_a_code_and_a_quantity_shared_by_many_results_are_read_once_each_and_fiv
     assert len(calls) == 2  # the code, and the interpretation flag
     printed = {o.id[0]: str(o.value.value) for o in record.observations}
     assert printed == {"i": "56", "d": "56.0"}
+
+
+def test_a_range_and_flags_shared_by_many_results_are_read_once_and_a_range_of_seven_point_zero_stays_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each distinct reference range and set of flags is read once a read and then found by its
+    Structs (`ResultReading`); the numbers' types are part of a range's key, as of a value's: a
+    range sent as 7.0-56.0 prints so, not as the 7-56 of the results before it."""
+    from cds_service.reader import observations
+
+    ranges, flags = observations._well_formed_range, observations._well_formed_flags
+    calls: list[str] = []
+
+    def counted_range(*args: Any) -> Any:
+        calls.append("range")
+        return ranges(*args)
+
+    def counted_flags(*args: Any) -> Any:
+        calls.append("flags")
+        return flags(*args)
+
+    monkeypatch.setattr(observations, "_well_formed_range", counted_range)
+    monkeypatch.setattr(observations, "_well_formed_flags", counted_flags)
+    integral = [result(id=f"i{i}") for i in range(20)]
+    decimal = [
+        result(
+            id=f"d{i}",
+            referenceRange=[{"low": {"value": 7.0, "unit": "U/L"}, "high": {"value": 56.0, "unit": "U/L"}}],
+        )
+        for i in range(20)
+    ]
+    bundle = decode_for_reading(
+        msgspec.Raw(
+            json.dumps(
+                {"resourceType": "Bundle", "entry": [{"resource": r} for r in integral + decimal]}
+            ).encode()
+        )
+    )
+    record = record_from(resources_from_bundle(bundle), patient_id=PATIENT)
+    assert len(record.observations) == 40
+    assert sorted(calls) == ["flags", "range", "range"]
+    printed = {
+        (o.id[0], str(o.reference_range.low.value), str(o.reference_range.high.value))
+        for o in record.observations
+    }
+    assert printed == {("i", "7", "56"), ("d", "7.0", "56.0")}
+    assert {o.interpretation[0].codes[0].code for o in record.observations} == {"H"}
