@@ -20,6 +20,7 @@ reader could not read is never silently normal here:
 
 from __future__ import annotations
 
+import operator
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -333,6 +334,10 @@ class PatientFact:
     birth_date: datetime | None = None
 
 
+#: A result's time, as a sort key (dated results only): read in C, not by a function per result.
+_EFFECTIVE = operator.attrgetter("effective")
+
+
 @dataclass
 class ReadReport:
     """What happened to the resources that arrived: counts only, never content (no PHI).
@@ -476,13 +481,24 @@ class PatientRecord:
         key = (id(facts), id(valueset), len(facts))
         hit = self._matches.get(key)
         if hit is None or hit[0] is not facts or hit[1] is not valueset:
-            found: list[tuple[int, Any, Match]] = []
+            matched = []
             for concepts, members in self._grouped(facts).items():
                 match = first_match(valueset, concepts)
                 if match is not None:
-                    found.extend((position, fact, match) for position, fact in members)
-            found.sort(key=lambda item: item[0])
-            hit = (facts, valueset, [(fact, match) for _, fact, match in found])
+                    matched.append((members, match))
+            if len(matched) == 1:  # the common case: one code in the set, its facts in list order
+                members, match = matched[0]
+                found = [(fact, match) for _, fact in members]
+            else:
+                # Each group is in list order: merged by position (unique, so a tuple's first
+                # item decides its order, compared in C, without a key function per fact).
+                ordered = sorted(
+                    (position, group, fact)
+                    for group, (members, _) in enumerate(matched)
+                    for position, fact in members
+                )
+                found = [(fact, matched[group][1]) for _, group, fact in ordered]
+            hit = (facts, valueset, found)
             self._matches[key] = hit
         return hit[2]
 
@@ -510,7 +526,7 @@ class PatientRecord:
         hit = self._dated.get(key)
         if hit is None or hit[0] is not self.observations or hit[1] is not valueset:
             found = [o for o, _ in self._matching(self.observations, valueset) if o.effective is not None]
-            found.sort(key=lambda o: o.effective or self.now, reverse=True)
+            found.sort(key=_EFFECTIVE, reverse=True)
             hit = (self.observations, valueset, found)
             self._dated[key] = hit
         return list(hit[2])  # a copy: the caller may sort or trim it
