@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -410,7 +409,7 @@ def _add_routes(app: FastAPI) -> None:
         # Sent as bytes: the cards were validated when they were built, and FastAPI's own check of
         # a returned dict (then json.dumps) cost more than a tenth of a typical call's CPU.
         return Response(
-            msgspec.json.encode(CDSResponse(cards=outcome.cards).to_json()),
+            CDSResponse(cards=outcome.cards).to_json_bytes(),
             media_type="application/json",
             # The body and the record are freed once the answer is sent, not before: freeing the
             # objects of a large chart is a twentieth of its call, and the EHR need not wait for it.

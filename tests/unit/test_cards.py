@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 from cds_service import cards
-from cds_service.hooks import Card
+from cds_service.hooks import Card, CDSResponse
 from cds_service.record import UNREAD_PREFIX
 from cds_service.rules import CATALOGUE, RuleConfig, evaluate
 from cds_service.rules.base import Finding
@@ -375,3 +376,45 @@ def test_uuids_taken_from_many_threads_at_once_are_all_distinct() -> None:
         sys.setswitchinterval(interval)
     made = [u for batch in batches for u in batch]
     assert len(set(made)) == len(made) == 16000
+
+
+def _all_cards_of_the_bundled_patients() -> list[Card]:
+    rendered = []
+    for path in sorted((Path(__file__).parents[2] / "fhir_fixtures" / "patients").glob("*.json")):
+        record = record_from(patient_resources(path.stem), patient_id=path.stem)
+        rendered += cards.render_all(evaluate(CATALOGUE, record, RuleConfig()), CATALOG)
+    return rendered
+
+
+def test_an_answers_json_bytes_are_its_pruned_json_for_every_card_the_bundled_patients_get() -> None:
+    """`to_json_bytes` (pydantic's serializer, for the hook's answer) says what `to_json` says."""
+    rendered = _all_cards_of_the_bundled_patients()
+    assert len(rendered) > 20
+    response = CDSResponse(cards=rendered)
+    assert json.loads(response.to_json_bytes()) == response.to_json()
+    assert json.loads(CDSResponse().to_json_bytes()) == {"cards": []}
+
+
+def test_empty_strings_lists_and_objects_are_pruned_from_the_json_bytes_as_from_the_json() -> None:
+    """Where the serializer's bytes could hold an empty member, the answer takes the pruning way:
+    a suggested resource with an empty note, an empty status and an empty extension loses them,
+    and a text that only looks empty ('[]' in a detail) is kept as written."""
+    [card] = [c for c in _all_cards_of_the_bundled_patients() if c.suggestions][:1]
+    action = card.suggestions[0].actions[0]  # type: ignore[index]
+    resource = {**action.resource, "note": [], "status": "", "meta": {}}  # type: ignore[dict-item]
+    emptied = card.model_copy(
+        update={
+            "detail": f"{card.detail} []",
+            "suggestions": [
+                card.suggestions[0].model_copy(  # type: ignore[index]
+                    update={"actions": [action.model_copy(update={"resource": resource})]}
+                )
+            ],
+        }
+    )
+    body = json.loads(CDSResponse(cards=[emptied]).to_json_bytes())
+    assert body == CDSResponse(cards=[emptied]).to_json()
+    sent = body["cards"][0]["suggestions"][0]["actions"][0]["resource"]
+    assert "note" not in sent and "status" not in sent and "meta" not in sent
+    assert body["cards"][0]["detail"].endswith(" []")
+    assert no_empty_values(body) == []
