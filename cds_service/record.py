@@ -478,6 +478,8 @@ class PatientRecord:
 
     def _matching(self, facts: Sequence[Any], valueset: ValueSet) -> list[tuple[Any, Match]]:
         """(fact, match) for the facts in the value set, in list order; memoised for this record."""
+        if not facts:
+            return []  # most of a chart's lists, for most value sets: nothing to remember
         key = (id(facts), id(valueset), len(facts))
         hit = self._matches.get(key)
         if hit is None or hit[0] is not facts or hit[1] is not valueset:
@@ -486,7 +488,9 @@ class PatientRecord:
                 match = first_match(valueset, concepts)
                 if match is not None:
                     matched.append((members, match))
-            if len(matched) == 1:  # the common case: one code in the set, its facts in list order
+            if not matched:
+                found = []
+            elif len(matched) == 1:  # the common case: one code in the set, its facts in list order
                 members, match = matched[0]
                 found = [(fact, match) for _, fact in members]
             else:
@@ -522,6 +526,8 @@ class PatientRecord:
         An observation without a (trustworthy) date cannot show that a test is up to date, so it is
         left out; `unreadable_observations` lists it for the card's evidence.
         """
+        if not self.observations:
+            return []
         key = (id(self.observations), id(valueset), len(self.observations))
         hit = self._dated.get(key)
         if hit is None or hit[0] is not self.observations or hit[1] is not valueset:

@@ -287,8 +287,9 @@ def resources_from_bundle(bundle: Mapping[str, Any]) -> list[Mapping[str, Any]]:
         if type(resource) not in _MAPPINGS and not isinstance(resource, Mapping):
             continue
         search = entry.get("search")
-        if isinstance(search, Mapping) and search.get("mode") == "outcome":
-            continue
+        if search is not None and (type(search) is dict or isinstance(search, Mapping)):
+            if search.get("mode") == "outcome":
+                continue
         found.append(resource)
     return found
 
