@@ -37,7 +37,7 @@ from cds_service.reader.observations import (
     decode_well_formed,
     read_observation,
     read_well_formed_observation,
-    well_formed_concept,
+    well_formed_code,
 )
 from cds_service.reader.orders import read_draft_orders
 from cds_service.reader.others import KEEP_STATUSES, read_concepts, read_generic, read_patient
@@ -107,13 +107,13 @@ def build_record(
                 index.add(entry["resource"], entry.get("fullUrl"))
 
     # A result's code decides its concept and whether any rule reads it: once per distinct code
-    # (found by its decoded Struct) in this read, as `wants` decides it for the long way.
-    result_codes: dict[Any, tuple[Concept, bool] | None] = {}
+    # (found by its bytes) in this read, as `wants` decides it for the long way.
+    result_codes: dict[bytes, tuple[Concept, bool] | None] = {}
     reading = ResultReading(interned, options.site_tz, trusted_until)
     results_wanted = interest.wants_type("Observation")
 
-    def result_code(code: Any) -> tuple[Concept, bool] | None:
-        concept = well_formed_concept(code, interned)
+    def result_code(code: bytes) -> tuple[Concept, bool] | None:
+        concept = well_formed_code(code, interned)
         if concept is None:
             return None
         concepts = (concept,)
@@ -134,9 +134,10 @@ def build_record(
             if other is not None and other != patient_id:
                 report.other_patient["Observation"] += 1
                 return True
-        code = result_codes.get(obs.code, _UNDECIDED)
+        key = bytes(obs.code)
+        code = result_codes.get(key, _UNDECIDED)
         if code is _UNDECIDED:
-            code = result_codes[obs.code] = result_code(obs.code)
+            code = result_codes[key] = result_code(key)
         if code is None:
             return False
         if not code[1]:
@@ -287,9 +288,12 @@ def resources_from_bundle(bundle: Mapping[str, Any]) -> list[Mapping[str, Any]]:
         if type(resource) not in _MAPPINGS and not isinstance(resource, Mapping):
             continue
         search = entry.get("search")
-        if search is not None and (type(search) is dict or isinstance(search, Mapping)):
-            if search.get("mode") == "outcome":
-                continue
+        if (
+            search is not None
+            and (type(search) is dict or isinstance(search, Mapping))
+            and search.get("mode") == "outcome"
+        ):
+            continue
         found.append(resource)
     return found
 

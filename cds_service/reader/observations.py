@@ -156,8 +156,8 @@ def _reference_range(value: Any, result: Quantity | None, f: FieldReader) -> Ref
 # UNSET when absent.
 
 
-# Concepts and quantities are frozen, so hashable by their contents (in C): a result's code, unit
-# and range repeat across a chart, and each is read once a read, then found by the Struct itself.
+# Concepts and quantities are frozen, so hashable by their contents (in C): a result's unit repeats
+# across a chart, and is read once a read, then found by the Struct itself.
 
 
 class _Coding(msgspec.Struct, frozen=True, gc=False):
@@ -189,19 +189,26 @@ class _Range(msgspec.Struct, frozen=True, gc=False):
     text: str | None = None
 
 
+#: An element a `WellFormedObservation` keeps in its bytes, not sent (the default itself, as is).
+ABSENT = msgspec.Raw(b"")
+
+
 class WellFormedObservation(msgspec.Struct, tag_field="resourceType", tag="Observation", gc=False):
     """An Observation in the shape nearly every sender uses (FHIR's element names)."""
 
     id: str | None = None
     meta: Any = None  # read only for its version (`reader.dedupe`), as the long way reads it
     status: str | None = None
-    code: _CodeableConcept | None = None
     subject: _Reference | None = None
     effectiveDateTime: str | UnsetType | None = UNSET
     valueQuantity: _Quantity | None = None
-    # Tuples, not lists: hashable, so the range and the flags are found by their contents (`ResultReading`).
-    referenceRange: tuple[_Range, ...] | None = None
-    interpretation: tuple[_CodeableConcept, ...] | None = None
+    # Kept in their bytes, `ABSENT` when not sent: a chart's results repeat a few codes, ranges and
+    # sets of flags many times over. Each distinct one is decoded and read once a read, and then
+    # found by its bytes (`ResultReading`): a third less to decode than as Structs, and no Structs
+    # to hash, compare and free for every result. What does not decode is read the long way.
+    code: msgspec.Raw = ABSENT
+    referenceRange: msgspec.Raw = ABSENT
+    interpretation: msgspec.Raw = ABSENT
     # Read the long way when present:
     patient: Any = UNSET
     effectiveInstant: Any = UNSET
@@ -221,6 +228,9 @@ class TypeRequired(msgspec.Struct, tag_field="resourceType", tag="\x00"):
 #: A result in the well-formed shape, `resourceType` required (in a Bundle's entries too: lazy.py).
 WellFormedResult = Union[WellFormedObservation, TypeRequired]  # noqa: UP007
 _WELL_FORMED = msgspec.json.Decoder(WellFormedResult)
+_CONCEPT = msgspec.json.Decoder(_CodeableConcept | None)
+_RANGES = msgspec.json.Decoder(tuple[_Range, ...] | None)
+_FLAGS = msgspec.json.Decoder(tuple[_CodeableConcept, ...] | None)
 
 
 def decode_well_formed(raw: bytes | msgspec.Raw) -> WellFormedObservation | None:
@@ -229,6 +239,15 @@ def decode_well_formed(raw: bytes | msgspec.Raw) -> WellFormedObservation | None
     try:
         return _WELL_FORMED.decode(raw)  # type: ignore[no-any-return]
     except msgspec.DecodeError:  # ValidationError included
+        return None
+
+
+def well_formed_code(raw: bytes, interned: dict[Any, Any]) -> Concept | None:
+    """A result's code from its bytes (`WellFormedObservation.code`), as `well_formed_concept`
+    reads it; None when it is not sent or not in the well-formed shape."""
+    try:
+        return well_formed_concept(_CONCEPT.decode(raw), interned)
+    except msgspec.DecodeError:  # ValidationError included; b"" (not sent) too
         return None
 
 
@@ -260,9 +279,9 @@ def _concept_of(value: _CodeableConcept, interned: dict[Any, Any]) -> Concept | 
 class ResultReading:
     """What the well-formed results of one read share: where instants are read, the clock-skew
     allowance, the read's shared values (`interned`), and each distinct reference range and set of
-    flags already read, found by their decoded Structs. A chart's results repeat a few ranges and
-    flags many times over; reading them once (a third of a result's reading, with the calls it
-    took) and then finding them in one lookup is what keeps a result's reading to one call."""
+    flags already read, by their bytes. A chart's results repeat a few ranges and flags many times
+    over; reading them once (a third of a result's reading, with the calls it took) and then
+    finding them in one lookup is what keeps a result's reading to one call."""
 
     __slots__ = ("flags", "interned", "ranges", "site_tz", "trusted_until")
 
@@ -270,8 +289,8 @@ class ResultReading:
         self.interned = interned
         self.site_tz = site_tz
         self.trusted_until = trusted_until
-        self.ranges: dict[Any, ReferenceRange | None] = {}
-        self.flags: dict[Any, tuple[Concept, ...] | None] = {}
+        self.ranges: dict[bytes, Any] = {}  # ReferenceRange, None (no range) or REFUSED
+        self.flags: dict[bytes, Any] = {}  # concepts or REFUSED
 
 
 def read_well_formed_observation(
@@ -301,21 +320,14 @@ def read_well_formed_observation(
         if value is None:
             return None
     reference_range = None
-    if ranges := obs.referenceRange:
-        first = ranges[0]
-        low, high = first.low, first.high
-        # The numbers' types are part of the key, as for a quantity: 7 and 7.0 print differently.
-        key = (
-            first,
-            type(low.value) if low is not None else None,
-            type(high.value) if high is not None else None,
-        )
+    if (ranges := obs.referenceRange) is not ABSENT:
+        key = bytes(ranges)
         reference_range = reading.ranges.get(key, _UNREAD)
         if reference_range is _UNREAD:
-            reference_range = reading.ranges[key] = _well_formed_range(first, interned)
-        if reference_range is None:
+            reference_range = reading.ranges[key] = _well_formed_range(key, interned)
+        if reference_range is REFUSED:
             return None
-        if value is not None:
+        if value is not None and reference_range is not None:
             low, high = reference_range.low, reference_range.high
             if value.unit or value.code:
                 if (low is not None and low.unit is None and low.code is None) or (
@@ -335,12 +347,13 @@ def read_well_formed_observation(
         effective = _instant(when, reading.site_tz)
         if effective is None or effective > reading.trusted_until:
             return None  # unreadable, without a zone, or beyond the clock-skew allowance
-    interpretation: tuple[Concept, ...] | None = ()
-    if flags := obs.interpretation:
-        interpretation = reading.flags.get(flags, _UNREAD)
+    interpretation: Any = ()
+    if (flags := obs.interpretation) is not ABSENT:
+        key = bytes(flags)
+        interpretation = reading.flags.get(key, _UNREAD)
         if interpretation is _UNREAD:
-            interpretation = reading.flags[flags] = _well_formed_flags(flags, interned)
-        if interpretation is None:
+            interpretation = reading.flags[key] = _well_formed_flags(key, interned)
+        if interpretation is REFUSED:
             return None
     # Positional, in the fields' order: a fifth cheaper than by name, for every result.
     return ObservationFact(
@@ -348,28 +361,44 @@ def read_well_formed_observation(
     )
 
 
-def _well_formed_range(first: _Range, interned: dict[Any, Any]) -> ReferenceRange | None:
-    """The shared ReferenceRange of a result's first range; None when the long way would read it
-    otherwise (a bound it cannot read, or a range that may be given only as text)."""
+#: A range or set of flags the long way must read (`ResultReading`): refused, not absent.
+REFUSED = object()
+
+
+def _well_formed_range(raw: bytes, interned: dict[Any, Any]) -> Any:
+    """The shared ReferenceRange of a result's first range; None when it has none; REFUSED when
+    the long way would read it otherwise (another shape, a bound it cannot read, or a range that
+    may be given only as text)."""
+    try:
+        ranges = _RANGES.decode(raw)
+    except msgspec.DecodeError:
+        return REFUSED
+    if not ranges:
+        return None
+    first = ranges[0]
     low = high = None
     if first.low is not None and (low := _well_formed_quantity(first.low, interned)) is None:
-        return None
+        return REFUSED
     if first.high is not None and (high := _well_formed_quantity(first.high, interned)) is None:
-        return None
+        return REFUSED
     if low is None and high is None and first.text:
-        return None
+        return REFUSED
     return shared_range(low, high, first.text, interned)
 
 
-def _well_formed_flags(
-    flags: tuple[_CodeableConcept, ...], interned: dict[Any, Any]
-) -> tuple[Concept, ...] | None:
-    """The shared concepts of a result's interpretation; None when a flag is not well formed."""
+def _well_formed_flags(raw: bytes, interned: dict[Any, Any]) -> Any:
+    """The shared concepts of a result's interpretation; REFUSED when it or a flag is not well formed."""
+    try:
+        flags = _FLAGS.decode(raw)
+    except msgspec.DecodeError:
+        return REFUSED
+    if not flags:
+        return ()
     concepts = []
     for item in flags:
         flag = well_formed_concept(item, interned)
         if flag is None:
-            return None
+            return REFUSED
         concepts.append(flag)
     return shared_concepts(tuple(concepts), interned)
 
