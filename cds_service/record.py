@@ -334,6 +334,29 @@ class PatientFact:
     birth_date: datetime | None = None
 
 
+def _grouped_by_identity(facts: Sequence[Any]) -> dict[tuple[Concept, ...], list[tuple[int, Any]]] | None:
+    """`PatientRecord._grouped` for facts of one concept each (None if a GenericFact is among
+    them). That concept is nearly always an object the read shares (`interned`): found by its
+    identity, without a Python __hash__ call and a tuple for every fact, and then merged with any
+    equal concept that is not the same object (one group, in list order)."""
+    by_identity: dict[int, tuple[Concept, list[tuple[int, Any]]]] = {}
+    for position, fact in enumerate(facts):
+        if type(fact) is GenericFact:
+            return None
+        concept = fact.concept
+        group = by_identity.get(id(concept))
+        if group is None:
+            group = by_identity[id(concept)] = (concept, [])
+        group[1].append((position, fact))
+    groups: dict[tuple[Concept, ...], list[tuple[int, Any]]] = {}
+    for concept, members in by_identity.values():
+        merged = groups.setdefault((concept,), members)
+        if merged is not members:
+            merged.extend(members)
+            merged.sort()  # by position, which is unique: the facts themselves are never compared
+    return groups
+
+
 #: A result's time, as a sort key (dated results only): read in C, not by a function per result.
 _EFFECTIVE = operator.attrgetter("effective")
 
@@ -468,10 +491,12 @@ class PatientRecord:
         key = (id(facts), len(facts))
         hit = self._groups.get(key)
         if hit is None or hit[0] is not facts:
-            groups: dict[tuple[Concept, ...], list[tuple[int, Any]]] = {}
-            for position, fact in enumerate(facts):
-                concepts = fact.concepts if isinstance(fact, GenericFact) else (fact.concept,)
-                groups.setdefault(concepts, []).append((position, fact))
+            groups = _grouped_by_identity(facts)
+            if groups is None:  # a generic fact among them: several concepts each
+                groups = {}
+                for position, fact in enumerate(facts):
+                    concepts = fact.concepts if isinstance(fact, GenericFact) else (fact.concept,)
+                    groups.setdefault(concepts, []).append((position, fact))
             hit = (facts, groups)
             self._groups[key] = hit
         return hit[1]

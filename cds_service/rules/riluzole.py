@@ -425,11 +425,12 @@ def _alt_stops(record: PatientRecord, config: RuleConfig) -> list[_AltStop]:
     for obs in record.observations_in(ALT):
         if obs.value is None or obs.effective is None:
             continue
-        times = _alt_times(obs, record, config)
-        if times is None or times.ratio < STOP_TIMES_ULN:
-            continue
+        # The course first: cheaper than the ALT against its ULN, which only a course's need.
         course = next((c for c in courses if _ran_at(c.fact, obs.effective)), None)
-        if course is not None:
+        if course is None:
+            continue
+        times = _alt_times(obs, record, config)
+        if times is not None and times.ratio >= STOP_TIMES_ULN:
             found.append(_AltStop(times, course))
     return found
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 from functools import lru_cache
-from typing import Protocol
+from typing import Any, Protocol
 
 UCUM_SYSTEM = "http://unitsofmeasure.org"
 
@@ -119,12 +119,36 @@ def convert(quantity: QuantityLike | None, target: str) -> Decimal | None:
     source = _unit_of(quantity)
     if source is None:
         return None
-    if _normalise(target) in _TEMPERATURE:
+    plan = _plans.get((source, target))
+    if plan is None:
+        plan = _plan(source, target)
+    if plan is _BY_TEMPERATURE:
         return _convert_temperature(quantity.value, source, target)
-    factors = _factors(source, target)
     # Multiplied then divided, as before the cache: a factor such as 1/60 taken first would leave a
     # rounding residue in the last digit, and a value exactly at a threshold would cross it.
-    return None if factors is None else quantity.value * factors[0] / factors[1]
+    return None if plan is _UNKNOWN else quantity.value * plan[0] / plan[1]
+
+
+#: How to convert from one unit string to another, by (source, target): factors, or one of the
+#: two markers below. A dict looked up first, not only `lru_cache`: the rules convert every result
+#: of a chart they read (each ALT and its range), and normalising the target's spelling and the
+#: cache's own call were most of a conversion. Bounded: the strings are the senders'.
+_plans: dict[tuple[str, str], Any] = {}
+_PLANS_MAX = 4096
+_BY_TEMPERATURE = object()
+_UNKNOWN = object()
+
+
+def _plan(source: str, target: str) -> Any:
+    if _normalise(target) in _TEMPERATURE:
+        plan: Any = _BY_TEMPERATURE
+    else:
+        factors = _factors(source, target)
+        plan = _UNKNOWN if factors is None else factors
+    if len(_plans) >= _PLANS_MAX:
+        _plans.clear()
+    _plans[(source, target)] = plan
+    return plan
 
 
 @lru_cache(maxsize=4096)

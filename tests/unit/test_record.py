@@ -678,3 +678,41 @@ def test_the_breathing_rules_read_the_interval_once_a_call(monkeypatch: pytest.M
     findings = evaluate(CATALOGUE, record, RuleConfig())
     assert "respiratory-niv-referral" in {f.rule_id for f in findings}  # the reading was used
     assert len(calls) == 1  # NIV referral, hypercapnia and advance care planning's trigger points
+
+
+def test_results_of_equal_concepts_that_are_not_one_object_match_as_one_group_in_list_order() -> None:
+    """The record groups facts by their concept's identity (the read shares concepts); facts built
+    apart carry equal concepts that are different objects, and still match as one group, in the
+    order they arrived, whatever the value set; a list with generic facts is grouped by each of
+    their concepts."""
+    from cds_service.record import GenericFact, ObservationFact
+    from cds_service.terminology import Code, Concept, ValueSet
+
+    def alt() -> Concept:
+        return Concept((Code("http://loinc.org", "1742-6", "ALT"),), "ALT")
+
+    def ast() -> Concept:
+        return Concept((Code("http://loinc.org", "1920-8", "AST"),), "AST")
+
+    when = NOW - timedelta(days=1)
+    record = record_from([], patient_id="p")
+    concepts = [alt(), ast(), alt(), alt(), ast()]
+    record.observations = [
+        ObservationFact(f"o{i}", c, "final", when - timedelta(hours=i), None, None)
+        for i, c in enumerate(concepts)
+    ]
+    assert concepts[0] is not concepts[2] and concepts[0] == concepts[2]
+    alt_set = ValueSet("alt", "ALT", frozenset({("http://loinc.org", "1742-6")}))
+    both = ValueSet(
+        "both", "ALT and AST", frozenset({("http://loinc.org", "1742-6"), ("http://loinc.org", "1920-8")})
+    )
+    assert [o.id for o in record.observations_matching(alt_set)] == ["o0", "o2", "o3"]
+    assert [o.id for o in record.observations_matching(both)] == ["o0", "o1", "o2", "o3", "o4"]
+    assert [o.id for o in record.observations_in(alt_set)] == ["o0", "o2", "o3"]  # newest first
+    substance = Concept((Code("http://snomed.info/sct", "1", "riluzole"),))
+    record.allergies = [
+        GenericFact("a0", (alt(), substance), "active", when),
+        GenericFact("a1", (ast(),), "active", when),
+    ]
+    by_substance = ValueSet("s", "riluzole", frozenset({("http://snomed.info/sct", "1")}))
+    assert [f.id for f, _ in record._matching(record.allergies, by_substance)] == ["a0"]
