@@ -510,7 +510,8 @@ class PatientRecord:
         if hit is None or hit[0] is not facts or hit[1] is not valueset:
             matched = []
             for concepts, members in self._grouped(facts).items():
-                match = first_match(valueset, concepts)
+                # One concept a group, nearly always: asked of the value set without a call between.
+                match = valueset.match(concepts[0]) if len(concepts) == 1 else first_match(valueset, concepts)
                 if match is not None:
                     matched.append((members, match))
             if not matched:

@@ -170,7 +170,6 @@ class Match:
 
 #: Concepts a value set remembers its answer for (`ValueSet.match`).
 MATCH_MEMO_ENTRIES = 1024  # per value set (about a hundred): a few MB at most in all
-_UNKNOWN = object()
 
 
 @dataclass(frozen=True)
@@ -194,14 +193,19 @@ class ValueSet:
         few concepts (ALT, riluzole, ALS) arrive in call after call, and matching a name is a
         regular-expression search. Concepts and matches are frozen, so a remembered answer is the
         answer."""
-        memo: dict[Concept, Match | None] = self._memo  # type: ignore[attr-defined]
-        found = memo.get(concept, _UNKNOWN)
-        if found is not _UNKNOWN:
-            return found  # type: ignore[return-value]
+        memo: dict[int, tuple[Concept, Match | None]] = self._memo  # type: ignore[attr-defined]
+        # By the concept's identity (a read shares its concepts, and a process its well-formed
+        # ones: `reader.fields.concept_of_strings`), not its value: a Concept's hash is a Python
+        # call, and the rules ask a few hundred questions a call. The entry holds the concept, so
+        # its id cannot be reused while it is remembered; an equal concept that is another object
+        # is matched again, to the same answer.
+        hit = memo.get(id(concept))
+        if hit is not None and hit[0] is concept:
+            return hit[1]
         found = self._match(concept)
         if len(memo) >= MATCH_MEMO_ENTRIES:
             memo.clear()
-        memo[concept] = found
+        memo[id(concept)] = (concept, found)
         return found
 
     def _match(self, concept: Concept) -> Match | None:
