@@ -508,12 +508,7 @@ class PatientRecord:
         key = (id(facts), id(valueset), len(facts))
         hit = self._matches.get(key)
         if hit is None or hit[0] is not facts or hit[1] is not valueset:
-            matched = []
-            for concepts, members in self._grouped(facts).items():
-                # One concept a group, nearly always: asked of the value set without a call between.
-                match = valueset.match(concepts[0]) if len(concepts) == 1 else first_match(valueset, concepts)
-                if match is not None:
-                    matched.append((members, match))
+            matched = valueset.match_groups(self._grouped(facts))
             if not matched:
                 found = []
             elif len(matched) == 1:  # the common case: one code in the set, its facts in list order
