@@ -156,17 +156,13 @@ def _reference_range(value: Any, result: Quantity | None, f: FieldReader) -> Ref
 # UNSET when absent.
 
 
-# Concepts and quantities are frozen, so hashable by their contents (in C): a result's unit repeats
-# across a chart, and is read once a read, then found by the Struct itself.
-
-
-class _Coding(msgspec.Struct, frozen=True, gc=False):
+class _Coding(msgspec.Struct, gc=False):
     system: str | None = None
     code: str | None = None
     display: str | None = None
 
 
-class _CodeableConcept(msgspec.Struct, frozen=True, gc=False):
+class _CodeableConcept(msgspec.Struct, gc=False):
     coding: tuple[_Coding, ...] | None = None
     text: str | None = None
 
@@ -175,6 +171,8 @@ class _Reference(msgspec.Struct, gc=False):
     reference: str | None = None
 
 
+# Frozen, so hashable by its contents (in C): a bound or a value repeats across a chart, and is
+# read once a read, then found by the Struct itself (`_well_formed_quantity`).
 class _Quantity(msgspec.Struct, frozen=True, gc=False):
     value: int | float | None = None
     unit: str | None = None
@@ -183,7 +181,7 @@ class _Quantity(msgspec.Struct, frozen=True, gc=False):
     comparator: str | None = None
 
 
-class _Range(msgspec.Struct, frozen=True, gc=False):
+class _Range(msgspec.Struct, gc=False):
     low: _Quantity | None = None
     high: _Quantity | None = None
     text: str | None = None
@@ -252,16 +250,13 @@ def well_formed_code(raw: bytes, interned: dict[Any, Any]) -> Concept | None:
 
 
 def well_formed_concept(value: _CodeableConcept | None, interned: dict[Any, Any]) -> Concept | None:
-    """As `FieldReader.concept` reads a CodeableConcept whose codings all have a code; None else."""
-    if value is None:
-        return None
-    found = interned.get(value, _UNREAD)
-    if found is _UNREAD:
-        found = interned[value] = _concept_of(value, interned)
-    return found  # type: ignore[no-any-return]
+    """As `FieldReader.concept` reads a CodeableConcept whose codings all have a code; None else.
+    Asked once per distinct code or set of flags of a read (`ResultReading` finds them by their
+    bytes); the concept itself is shared by its strings (`concept_of_strings`)."""
+    return None if value is None else _concept_of(value, interned)
 
 
-#: Not yet read in this read (None is an answer: the concept is not for this path).
+#: Not yet read in this read (None is an answer: the value is not for this path).
 _UNREAD = object()
 
 

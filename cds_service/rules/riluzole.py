@@ -425,7 +425,7 @@ def _alt_stops(record: PatientRecord, config: RuleConfig) -> list[_AltStop]:
     for obs in record.observations_in(ALT):
         if obs.value is None or obs.effective is None:
             continue
-        # The course first: cheaper than the ALT against its ULN, which only a course's need.
+        # The course first: cheaper than setting the ALT against its ULN, needed only during one.
         course = next((c for c in courses if _ran_at(c.fact, obs.effective)), None)
         if course is None:
             continue

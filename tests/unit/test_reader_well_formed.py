@@ -400,9 +400,9 @@ def test_the_well_formed_dates_are_parse_whens_instants_and_only_those_it_reads_
 def test_a_code_and_a_quantity_shared_by_many_results_are_read_once_each_and_five_is_not_five_point_zero(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The well-formed path finds a result's code, value and range by their Structs (frozen, so
-    hashed by content): fifty results of one test read its concept once. A number's type stays part
-    of the key: 56 and 56.0 are equal, but a card prints them as the lab sent them."""
+    """The well-formed path finds a result's code (by its bytes) and value (by its frozen Struct)
+    once read: fifty results of one test read its concept once. A number's type stays part of the
+    key: 56 and 56.0 are equal, but a card prints them as the lab sent them."""
     from cds_service.reader import observations
 
     read = observations._concept_of
