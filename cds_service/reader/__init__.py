@@ -106,22 +106,15 @@ def build_record(
             ):
                 index.add(entry["resource"], entry.get("fullUrl"))
 
-    # A result's code decides its concept and whether any rule reads it: once per distinct code
-    # (found by its bytes) in this read, as `wants` decides it for the long way.
+    # A result's code decides its concept (remembered by its bytes for the process) and whether any
+    # rule reads it (by `interest.wants`, as for the long way): once per distinct code in this read.
     result_codes: dict[bytes, tuple[Concept, bool] | None] = {}
     reading = ResultReading(interned, options.site_tz, trusted_until)
     results_wanted = interest.wants_type("Observation")
 
     def result_code(code: bytes) -> tuple[Concept, bool] | None:
         concept = well_formed_code(code, interned)
-        if concept is None:
-            return None
-        concepts = (concept,)
-        concepts = interned.setdefault(concepts, concepts)
-        wanted = wants.get(("Observation", concepts))
-        if wanted is None:
-            wanted = wants[("Observation", concepts)] = interest.wants("Observation", concepts)
-        return concept, wanted
+        return None if concept is None else (concept, interest.wants("Observation", (concept,)))
 
     def read_well_formed(obs: WellFormedObservation) -> bool:
         """An Observation read on the well-formed path (`observations.py`): True when read and

@@ -242,11 +242,16 @@ def decode_well_formed(raw: bytes | msgspec.Raw) -> WellFormedObservation | None
 
 def well_formed_code(raw: bytes, interned: dict[Any, Any]) -> Concept | None:
     """A result's code from its bytes (`WellFormedObservation.code`), as `well_formed_concept`
-    reads it; None when it is not sent or not in the well-formed shape."""
-    try:
-        return well_formed_concept(_CONCEPT.decode(raw), interned)
-    except msgspec.DecodeError:  # ValidationError included; b"" (not sent) too
-        return None
+    reads it; None when it is not sent or not in the well-formed shape. Remembered by its bytes
+    for the process (`_CODES_READ`)."""
+    found = _CODES_READ.get(raw, _UNREAD)
+    if found is _UNREAD:
+        try:
+            found = well_formed_concept(_CONCEPT.decode(raw), interned)
+        except msgspec.DecodeError:  # ValidationError included; b"" (not sent) too
+            found = None
+        _remember(_CODES_READ, raw, found)
+    return found  # type: ignore[no-any-return]
 
 
 def well_formed_concept(value: _CodeableConcept | None, interned: dict[Any, Any]) -> Concept | None:
@@ -256,8 +261,6 @@ def well_formed_concept(value: _CodeableConcept | None, interned: dict[Any, Any]
     return None if value is None else _concept_of(value, interned)
 
 
-#: Not yet read in this read (None is an answer: the value is not for this path).
-_UNREAD = object()
 
 
 def _concept_of(value: _CodeableConcept, interned: dict[Any, Any]) -> Concept | None:
@@ -271,12 +274,34 @@ def _concept_of(value: _CodeableConcept, interned: dict[Any, Any]) -> Concept | 
     return concept_of_strings(tuple(key), interned)
 
 
+#: Not yet read (None is an answer: the value is not for this path).
+_UNREAD = object()
+
+#: What a result's code, reference range and set of flags read as, by their bytes, for the whole
+#: process. A site's results repeat a few hundred codes, ranges and flags over all its patients and
+#: calls; each was decoded and read again at every call, a tenth of reading 100 results (some 3 k
+#: instructions each, ten to thirty a chart). Each answer depends on the bytes alone (not on the
+#: site's zone, the clock or the patient) and is immutable; at most RESULT_PARTS_MEMO_ENTRIES of
+#: each are kept, then all are forgotten at once, as `fields.CONCEPT_MEMO_ENTRIES`.
+RESULT_PARTS_MEMO_ENTRIES = 4096
+_CODES_READ: dict[bytes, Concept | None] = {}
+_RANGES_READ: dict[bytes, Any] = {}  # ReferenceRange, None (no range) or REFUSED
+_FLAGS_READ: dict[bytes, Any] = {}  # concepts or REFUSED
+
+
+def _remember(memo: dict[bytes, Any], key: bytes, value: Any) -> Any:
+    if len(memo) >= RESULT_PARTS_MEMO_ENTRIES:
+        memo.clear()
+    memo[key] = value
+    return value
+
+
 class ResultReading:
     """What the well-formed results of one read share: where instants are read, the clock-skew
-    allowance, the read's shared values (`interned`), and each distinct reference range and set of
-    flags already read, by their bytes. A chart's results repeat a few ranges and flags many times
-    over; reading them once (a third of a result's reading, with the calls it took) and then
-    finding them in one lookup is what keeps a result's reading to one call."""
+    allowance, and the read's shared values (`interned`). A result's range and flags are found by
+    their bytes in the process's memos (`_RANGES_READ`, `_FLAGS_READ`), kept here too so that the
+    result's reading finds them without a global lookup: reading each distinct one once, and then
+    finding it in one lookup, is what keeps a result's reading to one call."""
 
     __slots__ = ("flags", "interned", "ranges", "site_tz", "trusted_until")
 
@@ -284,8 +309,8 @@ class ResultReading:
         self.interned = interned
         self.site_tz = site_tz
         self.trusted_until = trusted_until
-        self.ranges: dict[bytes, Any] = {}  # ReferenceRange, None (no range) or REFUSED
-        self.flags: dict[bytes, Any] = {}  # concepts or REFUSED
+        self.ranges = _RANGES_READ
+        self.flags = _FLAGS_READ
 
 
 def read_well_formed_observation(
@@ -319,7 +344,7 @@ def read_well_formed_observation(
         key = bytes(ranges)
         reference_range = reading.ranges.get(key, _UNREAD)
         if reference_range is _UNREAD:
-            reference_range = reading.ranges[key] = _well_formed_range(key, interned)
+            reference_range = _remember(reading.ranges, key, _well_formed_range(key, interned))
         if reference_range is REFUSED:
             return None
         if value is not None and reference_range is not None:
@@ -347,7 +372,7 @@ def read_well_formed_observation(
         key = bytes(flags)
         interpretation = reading.flags.get(key, _UNREAD)
         if interpretation is _UNREAD:
-            interpretation = reading.flags[key] = _well_formed_flags(key, interned)
+            interpretation = _remember(reading.flags, key, _well_formed_flags(key, interned))
         if interpretation is REFUSED:
             return None
     # Positional, in the fields' order: a fifth cheaper than by name, for every result.

@@ -397,6 +397,14 @@ def test_the_well_formed_dates_are_parse_whens_instants_and_only_those_it_reads_
         assert found is None or found.tzinfo is site_tz, text
 
 
+def forget_result_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Empty memos of results' codes, ranges and flags for this test (they last the process)."""
+    from cds_service.reader import observations
+
+    for name in ("_CODES_READ", "_RANGES_READ", "_FLAGS_READ"):
+        monkeypatch.setattr(observations, name, {})
+
+
 def test_a_code_and_a_quantity_shared_by_many_results_are_read_once_each_and_five_is_not_five_point_zero(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -413,6 +421,7 @@ def test_a_code_and_a_quantity_shared_by_many_results_are_read_once_each_and_fiv
         return read(*args)
 
     monkeypatch.setattr(observations, "_concept_of", counted)
+    forget_result_parts(monkeypatch)
     integral = [result(id=f"i{i}", valueQuantity={"value": 56, "unit": "U/L"}) for i in range(25)]
     decimal = [result(id=f"d{i}", valueQuantity={"value": 56.0, "unit": "U/L"}) for i in range(25)]
     bundle = decode_for_reading(
@@ -432,9 +441,9 @@ def test_a_code_and_a_quantity_shared_by_many_results_are_read_once_each_and_fiv
 def test_a_range_and_flags_shared_by_many_results_are_read_once_and_a_range_of_seven_point_zero_stays_so(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Each distinct reference range and set of flags is read once a read and then found by its
-    Structs (`ResultReading`); the numbers' types are part of a range's key, as of a value's: a
-    range sent as 7.0-56.0 prints so, not as the 7-56 of the results before it."""
+    """Each distinct reference range and set of flags is read once and then found by its bytes
+    (`ResultReading`); the numbers' types are part of a range's key, as of a value's: a range sent
+    as 7.0-56.0 prints so, not as the 7-56 of the results before it."""
     from cds_service.reader import observations
 
     ranges, flags = observations._well_formed_range, observations._well_formed_flags
@@ -450,6 +459,7 @@ def test_a_range_and_flags_shared_by_many_results_are_read_once_and_a_range_of_s
 
     monkeypatch.setattr(observations, "_well_formed_range", counted_range)
     monkeypatch.setattr(observations, "_well_formed_flags", counted_flags)
+    forget_result_parts(monkeypatch)
     integral = [result(id=f"i{i}") for i in range(20)]
     decimal = [
         result(
@@ -474,3 +484,55 @@ def test_a_range_and_flags_shared_by_many_results_are_read_once_and_a_range_of_s
     }
     assert printed == {("i", "7", "56"), ("d", "7.0", "56.0")}
     assert {o.interpretation[0].codes[0].code for o in record.observations} == {"H"}
+
+
+def test_a_results_code_range_and_flags_are_read_once_a_process_not_once_a_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A site's results repeat the same codes, ranges and flags over every patient and call: the
+    second call reads none of them again, and reads them to the same facts. A range the long way
+    must read (text only) is remembered as such, and still read the long way every time. The memos
+    are bounded: once full, they are forgotten at once, and what comes next is read again."""
+    from cds_service.reader import observations
+
+    forget_result_parts(monkeypatch)
+    reads: list[str] = []
+    for name in ("_concept_of", "_well_formed_range", "_well_formed_flags"):
+        original = getattr(observations, name)
+
+        def counted(*args: Any, _original: Any = original, _name: str = name) -> Any:
+            reads.append(_name)
+            return _original(*args)
+
+        monkeypatch.setattr(observations, name, counted)
+
+    def chart(high: int = 56) -> list[Any]:
+        results = [
+            result(
+                id="plain",
+                referenceRange=[{"low": {"value": 7, "unit": "U/L"}, "high": {"value": high, "unit": "U/L"}}],
+            ),
+            result(id="text-range", referenceRange=[{"text": "7-56"}]),
+        ]
+        bundle = {"resourceType": "Bundle", "entry": [{"resource": r} for r in results]}
+        return resources_from_bundle(decode_for_reading(msgspec.Raw(json.dumps(bundle).encode())))
+
+    first = record_from(chart(), patient_id=PATIENT)
+    # The code and the flag's concept; the two ranges; the one set of flags.
+    assert sorted(reads) == sorted(["_concept_of"] * 2 + ["_well_formed_range"] * 2 + ["_well_formed_flags"])
+    reads.clear()
+    second = record_from(chart(), patient_id=PATIENT)
+    assert reads == []
+    assert second.observations == first.observations
+    by_id = {o.id: o for o in second.observations}
+    assert by_id["text-range"].reference_range.text == "7-56"  # the long way's reading of the text
+    assert by_id["text-range"].reference_range.high.value == 56
+    assert by_id["plain"].reference_range.high.value == 56
+
+    monkeypatch.setattr(observations, "RESULT_PARTS_MEMO_ENTRIES", 1)
+    other = record_from(chart(high=60), patient_id=PATIENT)  # a new range: the full memo is forgotten
+    assert {o.id: o.reference_range.high.value for o in other.observations} == {"plain": 60, "text-range": 56}
+    assert len(observations._RANGES_READ) == 1
+    reads.clear()
+    record_from(chart(), patient_id=PATIENT)
+    assert "_well_formed_range" in reads  # forgotten, so read again
