@@ -334,11 +334,15 @@ class PatientFact:
     birth_date: datetime | None = None
 
 
-def _grouped_by_identity(facts: Sequence[Any]) -> dict[tuple[Concept, ...], list[tuple[int, Any]]] | None:
-    """`PatientRecord._grouped` for facts of one concept each (None if a GenericFact is among
-    them). That concept is nearly always an object the read shares (`interned`): found by its
-    identity, without a Python __hash__ call and a tuple for every fact, and then merged with any
-    equal concept that is not the same object (one group, in list order)."""
+#: Facts by their concepts: (position in the list, fact), in list order.
+_Groups = dict[tuple[Concept, ...], list[tuple[int, Any]]]
+
+
+def _grouped_by_identity(facts: Sequence[Any]) -> _Groups | None:
+    """`PatientRecord._grouped_with_codes`'s groups for facts of one concept each (None if a
+    GenericFact is among them). That concept is nearly always an object the read shares
+    (`interned`): found by its identity, without a Python __hash__ call and a tuple for every fact,
+    and then merged with any equal concept that is not the same object (one group, in list order)."""
     by_identity: dict[int, tuple[Concept, list[tuple[int, Any]]]] = {}
     for position, fact in enumerate(facts):
         if type(fact) is GenericFact:
@@ -441,7 +445,7 @@ class PatientRecord:
     # group matched once per value set. Each cache entry keeps the objects it was computed for, so
     # a list that grew (tests build records by hand) or a value set built anew is never answered
     # from a stale entry.
-    _groups: dict[tuple[int, int], tuple[Sequence[Any], dict[tuple[Concept, ...], list[Any]]]] = field(
+    _groups: dict[tuple[int, int], tuple[Sequence[Any], _Groups, frozenset[tuple[str, str]]]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
     _matches: dict[tuple[int, int, int], tuple[Sequence[Any], ValueSet, list[Any]]] = field(
@@ -485,9 +489,9 @@ class PatientRecord:
         self._derived[compute] = (shape, config, value)
         return value
 
-    def _grouped(self, facts: Sequence[Any]) -> dict[tuple[Concept, ...], list[tuple[int, Any]]]:
+    def _grouped_with_codes(self, facts: Sequence[Any]) -> tuple[_Groups, frozenset[tuple[str, str]]]:
         """(position, fact) by the fact's concepts (a generic fact has several: an allergy's code
-        and its substances)."""
+        and its substances), and every code (its `key`) of those concepts (`ValueSet.match_groups`)."""
         key = (id(facts), len(facts))
         hit = self._groups.get(key)
         if hit is None or hit[0] is not facts:
@@ -497,9 +501,10 @@ class PatientRecord:
                 for position, fact in enumerate(facts):
                     concepts = fact.concepts if isinstance(fact, GenericFact) else (fact.concept,)
                     groups.setdefault(concepts, []).append((position, fact))
-            hit = (facts, groups)
+            codes = frozenset(code.key for group in groups for concept in group for code in concept.codes)
+            hit = (facts, groups, codes)
             self._groups[key] = hit
-        return hit[1]
+        return hit[1], hit[2]
 
     def _matching(self, facts: Sequence[Any], valueset: ValueSet) -> list[tuple[Any, Match]]:
         """(fact, match) for the facts in the value set, in list order; memoised for this record."""
@@ -508,7 +513,7 @@ class PatientRecord:
         key = (id(facts), id(valueset), len(facts))
         hit = self._matches.get(key)
         if hit is None or hit[0] is not facts or hit[1] is not valueset:
-            matched = valueset.match_groups(self._grouped(facts))
+            matched = valueset.match_groups(*self._grouped_with_codes(facts))
             if not matched:
                 found = []
             elif len(matched) == 1:  # the common case: one code in the set, its facts in list order

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -210,10 +211,18 @@ class ValueSet:
         memo[id(concept)] = (concept, found)
         return found
 
-    def match_groups(self, groups: Mapping[tuple[Concept, ...], _G]) -> list[tuple[_G, Match]]:
+    def match_groups(
+        self, groups: Mapping[tuple[Concept, ...], _G], codes: AbstractSet[tuple[str, str]] | None = None
+    ) -> list[tuple[_G, Match]]:
         """(group, match) for each group of facts whose concepts the set matches (the first that
         does), in the groups' order: what `PatientRecord` asks of every list it matches, with the
-        memo read here rather than through a call of `match` for each group."""
+        memo read here rather than through a call of `match` for each group.
+
+        `codes`: every code (`Code.key`) of the groups' concepts, when the caller keeps them. A set
+        that matches by code alone (no names) and holds none of them matches no group: answered by
+        one set operation, where most of a record's questions to most of its lists end."""
+        if codes is not None and self._name_re is None and self.codes.isdisjoint(codes):  # type: ignore[attr-defined]
+            return []
         memo: dict[int, tuple[Concept, Match | None]] = self._memo  # type: ignore[attr-defined]
         found = []
         for concepts, group in groups.items():

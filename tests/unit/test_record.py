@@ -716,3 +716,42 @@ def test_results_of_equal_concepts_that_are_not_one_object_match_as_one_group_in
     ]
     by_substance = ValueSet("s", "riluzole", frozenset({("http://snomed.info/sct", "1")}))
     assert [f.id for f, _ in record._matching(record.allergies, by_substance)] == ["a0"]
+
+
+def test_a_value_set_that_shares_no_code_with_a_list_answers_without_its_groups_unless_it_matches_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A list keeps every code of its facts' concepts: a value set matched by code alone that holds
+    none of them matches nothing, and is answered without asking after any group. One that also
+    matches names still reads each concept, and finds a result named in its text; one that shares a
+    code finds its results, as before."""
+    from cds_service.record import ObservationFact
+    from cds_service.terminology import Code, Concept, ValueSet
+
+    LOINC = "http://loinc.org"
+    asked: list[str] = []
+    match = ValueSet._match
+
+    def counted(self: ValueSet, concept: Concept) -> Any:
+        asked.append(self.id)
+        return match(self, concept)
+
+    monkeypatch.setattr(ValueSet, "_match", counted)
+    when = NOW - timedelta(days=1)
+    record = record_from([], patient_id="p")
+
+    def result(rid: str, code: str, text: str | None = None) -> ObservationFact:
+        return ObservationFact(rid, Concept((Code(LOINC, code, text),), text), "final", when, None, None)
+
+    record.observations = [result("o0", "1742-6", "ALT"), result("o1", "9999-9", "FVC")]
+    fvc_code = ValueSet("fvc", "FVC", frozenset({(LOINC, "19868-9")}))
+    fvc_named = ValueSet("fvc-named", "FVC", frozenset({(LOINC, "19868-9")}), match_names=("FVC",))
+    alt = ValueSet("alt", "ALT", frozenset({(LOINC, "1742-6")}))
+
+    assert record.observations_matching(fvc_code) == []
+    assert asked == []
+    assert [o.id for o in record.observations_matching(fvc_named)] == ["o1"]
+    assert asked == ["fvc-named", "fvc-named"]
+    assert [o.id for o in record.observations_matching(alt)] == ["o0"]
+    record.observations.append(result("o2", "19868-9"))  # the list grew: its codes are taken again
+    assert [o.id for o in record.observations_matching(fvc_code)] == ["o2"]
