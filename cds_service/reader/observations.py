@@ -261,8 +261,6 @@ def well_formed_concept(value: _CodeableConcept | None, interned: dict[Any, Any]
     return None if value is None else _concept_of(value, interned)
 
 
-
-
 def _concept_of(value: _CodeableConcept, interned: dict[Any, Any]) -> Concept | None:
     if value.coding is None:
         return None
@@ -279,7 +277,7 @@ _UNREAD = object()
 
 #: What a result's code, reference range and set of flags read as, by their bytes, for the whole
 #: process. A site's results repeat a few hundred codes, ranges and flags over all its patients and
-#: calls; each was decoded and read again at every call, a tenth of reading 100 results (some 3 k
+#: calls; each was decoded and read again at every call, a tenth of reading 100 results (some 15 k
 #: instructions each, ten to thirty a chart). Each answer depends on the bytes alone (not on the
 #: site's zone, the clock or the patient) and is immutable; at most RESULT_PARTS_MEMO_ENTRIES of
 #: each are kept, then all are forgotten at once, as `fields.CONCEPT_MEMO_ENTRIES`.
