@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -202,6 +203,7 @@ def create_app(
         summary="CDS Hooks 2.0 service for guideline-based ALS/MND care",
         version="0.1.0",
         lifespan=lifespan,
+        **_framework_telemetry(),
     )
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
     # Outside the body checks, inside CORS (a browser can read the 503) and the access log.
@@ -233,6 +235,18 @@ def create_app(
     console.install(app, settings)  # /console, when the settings serve it (console/__init__.py)
     _document_request_body(app)
     return app
+
+
+def _framework_telemetry() -> dict[str, Any]:
+    """FastAPI's own OpenTelemetry (0.165 and later), once an operator configures a provider,
+    records request validation failures and unhandled exceptions as log records, with the
+    exceptions' messages and stack traces ("logs"). Either can quote what a request carried, and
+    this service never logs patient data (its own lines name exception types only): off. FastAPI's
+    spans and metrics (route, method, status, duration) stay the operator's to enable. An older
+    FastAPI has no such option."""
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}
+    return {"telemetry": {"logs": False}}
 
 
 def _document_request_body(app: FastAPI) -> None:
