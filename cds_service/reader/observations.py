@@ -201,9 +201,10 @@ class WellFormedObservation(msgspec.Struct, tag_field="resourceType", tag="Obser
     effectiveDateTime: str | UnsetType | None = UNSET
     valueQuantity: _Quantity | None = None
     # Kept in their bytes, `ABSENT` when not sent: a chart's results repeat a few codes, ranges and
-    # sets of flags many times over. Each distinct one is decoded and read once a read, and then
-    # found by its bytes (`ResultReading`): a third less to decode than as Structs, and no Structs
-    # to hash, compare and free for every result. What does not decode is read the long way.
+    # sets of flags many times over. Each distinct one is decoded and read once a process, and then
+    # found by its bytes (`_CODES_READ`, `ResultReading`): a third less to decode than as Structs,
+    # and no Structs to hash, compare and free for every result. What does not decode is read the
+    # long way.
     code: msgspec.Raw = ABSENT
     referenceRange: msgspec.Raw = ABSENT
     interpretation: msgspec.Raw = ABSENT
@@ -256,8 +257,8 @@ def well_formed_code(raw: bytes, interned: dict[Any, Any]) -> Concept | None:
 
 def well_formed_concept(value: _CodeableConcept | None, interned: dict[Any, Any]) -> Concept | None:
     """As `FieldReader.concept` reads a CodeableConcept whose codings all have a code; None else.
-    Asked once per distinct code or set of flags of a read (`ResultReading` finds them by their
-    bytes); the concept itself is shared by its strings (`concept_of_strings`)."""
+    Asked once per distinct code or set of flags a process (`_CODES_READ`, `_FLAGS_READ` find them
+    by their bytes); the concept itself is shared by its strings (`concept_of_strings`)."""
     return None if value is None else _concept_of(value, interned)
 
 
